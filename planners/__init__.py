@@ -1,1 +1,1 @@
-"""Planners that act through a simulator's rollout interface: policy ranking, CEM MPC, fine-tuning."""
+"""Planners that act through a simulator's rollout interface: ranking, CEM MPC, fine-tuning."""

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("import envs", "from envs", "import planners", "from planners")
 
 
 @pytest.mark.parametrize("name", ["worldsim", "planners", "envs"])
@@ -19,6 +20,6 @@ def test_worldsim_imports_neither_envs_nor_planners():
     for path in (REPO / "worldsim").rglob("*.py"):
         for line in path.read_text().splitlines():
             stripped = line.strip()
-            if stripped.startswith(("import envs", "from envs", "import planners", "from planners")):
+            if stripped.startswith(FORBIDDEN):
                 offenders.append(f"{path.relative_to(REPO)}: {stripped}")
     assert offenders == []
