@@ -201,7 +201,7 @@ def plot_trajectories(
     path: str | Path,
     occupancy: np.ndarray | None = None,
     extent: tuple[float, float, float, float] | None = None,
-    goal: Sequence[float] | None = None,
+    goal: Sequence[float] | np.ndarray | None = None,
     title: str | None = None,
 ) -> Path:
     """Top-down overlay of trajectories on the floor plane (world x-z), as a PNG.
@@ -216,7 +216,8 @@ def plot_trajectories(
             ``i`` at ``z = z_min + (i + 0.5) (z_max - z_min) / H`` and column ``j`` at
             ``x = x_min + (j + 0.5) (x_max - x_min) / W``.
         extent: ``(x_min, x_max, z_min, z_max)`` of ``occupancy`` in metres; required with it.
-        goal: optional goal position ``(x, y, z)`` in metres, drawn as a star.
+        goal: optional goal position ``(x, y, z)`` in metres, or (G, 3) goals visited in turn
+            (numbered), drawn as stars.
         title: figure title.
 
     Returns:
@@ -250,10 +251,15 @@ def plot_trajectories(
         ax.plot(*positions[0, [0, 2]], "o", color=line.get_color())
         ax.plot(*positions[-1, [0, 2]], "x", color=line.get_color(), markersize=8)
     if goal is not None:
-        goal_array = np.asarray(goal, dtype=np.float64)
-        if goal_array.shape != (3,):
-            raise ValueError(f"goal must be an (x, y, z) position, got shape {goal_array.shape}")
-        ax.plot(goal_array[0], goal_array[2], "*", color="gold", markersize=14, label="goal")
+        goals = np.asarray(goal, dtype=np.float64)
+        if goals.shape[-1:] != (3,) or goals.ndim > 2:
+            raise ValueError(f"goal must be (x, y, z) or (G, 3) positions, got shape {goals.shape}")
+        goals = goals.reshape(-1, 3)
+        label = "goal" if len(goals) == 1 else "goals"
+        ax.plot(goals[:, 0], goals[:, 2], "*", color="gold", markersize=14, label=label)
+        if len(goals) > 1:
+            for index, (x, _, z) in enumerate(goals):
+                ax.annotate(str(index + 1), (x, z), xytext=(5, 5), textcoords="offset points")
     if not ax.yaxis_inverted():
         ax.invert_yaxis()  # z down: a view from above
     ax.set_aspect("equal", adjustable="datalim")
