@@ -231,7 +231,7 @@ class IndoorNavEnv(gym.Env):
         best, best_distance = start, 0.0
         for _ in range(100):
             candidate = sim.sample_navigable_point(self.np_random)
-            distance = sim.geodesic_distance(start, candidate)
+            distance = sim.geodesic_distance(candidate, start)  # one field (the start's) serves all
             if np.isfinite(distance) and distance >= self._min_goal_distance:
                 return candidate
             if np.isfinite(distance) and distance > best_distance:
