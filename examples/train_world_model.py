@@ -1,0 +1,93 @@
+"""Train the world model stage by stage: VAE, backbone (eq. 3), memory blocks (eq. 4).
+
+Run every stage of the small configuration on synthetic box-room clips:
+
+    python examples/train_world_model.py --stage all --config small --data synthetic \
+        --output-dir runs/world_model
+
+or one stage, starting from the previous stage's exported model:
+
+    python examples/train_world_model.py --stage memory --init runs/world_model/backbone/model \
+        --output-dir runs/world_model
+
+Each stage writes ``<output-dir>/<stage>/`` with resumable checkpoints (re-running the same
+command continues a killed run), ``metrics.jsonl``, sample GIFs (true | generated RGB, true |
+generated depth) and the final EMA model in ``model/``. ``--data synthetic`` is the only data
+source wired here for now: random walks in a ray-cast box room.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+
+from worldsim.memory import build_memory
+from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
+from worldsim.world_model import WorldModel
+
+
+@dataclass(frozen=True)
+class Args:
+    """Command-line arguments."""
+
+    stage: Literal["all", "vae", "backbone", "memory"] = "all"
+    """Which stage to run; ``all`` runs vae, backbone and memory in turn."""
+    config: Literal["tiny", "small"] = "small"
+    """Model configuration for a fresh model (ignored with --init)."""
+    init: Path | None = None
+    """Model folder to start from (a previous stage's ``model/``); a fresh model if None."""
+    data: Literal["synthetic"] = "synthetic"
+    """Training data source."""
+    output_dir: Path = Path("runs/world_model")
+    """Where each stage writes its folder."""
+    memory: str = "feature_map"
+    """Memory for stage 2 (a name of worldsim.memory.build_memory)."""
+    memory_encoder: str = "vgg16"
+    """Image encoder of the memory (``pooled_color`` is a cheap one)."""
+    batch_size: int = 8
+    """Clips per batch."""
+    memory_frames: int = 8
+    """Earlier frames per clip used to build the memory."""
+    device: Literal["auto", "cpu"] = "auto"
+    """``auto`` uses a GPU where there is one."""
+    seed: int = 0
+    """Seeds the model initialisation, the data and the training noise."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Settings shared by the stages (``stage`` is set by --stage)."""
+
+
+def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
+    memory = None
+    if stage == "memory":
+        memory = build_memory(args.memory, encoder=args.memory_encoder)
+    data = SyntheticRoomClips(
+        model.config, batch_size=args.batch_size, memory_frames=args.memory_frames, seed=args.seed
+    )
+    config = replace(args.train, stage=stage, seed=args.seed)
+    trainer = Trainer(
+        model, config, args.output_dir / stage, memory=memory, cpu=args.device == "cpu"
+    )
+    history = trainer.fit(data)
+    print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    print(f"  model: {args.output_dir / stage / 'model'}")
+    return WorldModel.from_pretrained(args.output_dir / stage / "model")
+
+
+def main(args: Args) -> None:
+    torch.manual_seed(args.seed)
+    if args.init is not None:
+        model = WorldModel.from_pretrained(args.init)
+    else:
+        token_dim = build_memory(args.memory, encoder=args.memory_encoder).token_dim
+        model = WorldModel.from_config_name(args.config, memory_token_dim=token_dim)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        model = run_stage(args, stage, model)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from tests.worldsim.conftest import make_tiny, randomise_memory_gates
+from worldsim.sampling import rollout, sample_chunk
+
+
+def start(batch):
+    return batch["rgb"][:, :1], batch["depth"][:, :1], batch["cam_to_world"][:, :1]
+
+
+def test_rollout_shapes_and_poses(tiny_model, tiny_batch):
+    rgb, depth, poses = start(tiny_batch)
+    actions = torch.tensor([[1, 2, 3, 1], [2, 2, 1, 0]])
+    result = rollout(
+        tiny_model, rgb, depth, poses, actions, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.rgb.shape == (2, 4, 3, 32, 32) and result.depth.shape == (2, 4, 1, 32, 32)
+    assert result.rgb.min() >= 0 and result.rgb.max() <= 1 and result.depth.min() >= 0
+    expected = poses[:, 0]
+    for step in range(4):  # composing the actions' relative poses one by one
+        expected = (
+            expected @ tiny_model.relative_poses_from_actions(actions[:, step : step + 1])[:, 0]
+        )
+        torch.testing.assert_close(result.cam_to_world[:, step], expected)  # float32 products
+
+
+def test_rollout_is_deterministic_under_a_seed(tiny_model, tiny_batch):
+    rgb, depth, poses = start(tiny_batch)
+    actions = torch.ones(2, 2, dtype=torch.int64)
+
+    def run(seed):
+        return rollout(
+            tiny_model, rgb, depth, poses, actions, generator=torch.Generator().manual_seed(seed)
+        )
+
+    first, second, other = run(0), run(0), run(1)
+    assert torch.equal(first.rgb, second.rgb) and torch.equal(first.depth, second.depth)
+    assert not torch.equal(first.rgb, other.rgb)
+
+
+def test_one_step_sampling_equals_minus_v_at_the_last_timestep(tiny_model, tiny_batch):
+    # With zero terminal SNR, alpha_bar(999) = 0 and one trailing DDIM step returns the
+    # predicted x0 = sqrt(alpha) x - sqrt(1 - alpha) v = -v.
+    with torch.no_grad():
+        context = tiny_model.encode(tiny_batch["rgb"][:, :1], tiny_batch["depth"][:, :1])
+        rays = tiny_model.chunk_rays(
+            tiny_model.default_intrinsics(2),
+            tiny_model.relative_poses_from_actions(torch.ones(2, 2, dtype=torch.int64)),
+        )
+        sampled = sample_chunk(
+            tiny_model,
+            context,
+            rays,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(3),
+        )
+        noise = torch.randn(
+            tiny_model.future_latent_shape(2), generator=torch.Generator().manual_seed(3)
+        )
+        expected = -tiny_model.predict(noise, torch.tensor([999, 999]), context, rays)
+    torch.testing.assert_close(sampled, expected, rtol=1e-6, atol=1e-6)  # float32 rounding in step
+
+
+def test_bad_rollout_inputs(tiny_model, tiny_batch):
+    rgb, depth, poses = start(tiny_batch)
+    with pytest.raises(ValueError, match="positive multiple of 2, got 3"):
+        rollout(tiny_model, rgb, depth, poses, torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="frames of 32x32 pixels"):
+        rollout(
+            tiny_model,
+            rgb[..., :16, :16],
+            depth[..., :16, :16],
+            poses,
+            torch.ones(2, 2, dtype=torch.int64),
+        )
+    with pytest.raises(ValueError, match="unknown action 7"):
+        rollout(tiny_model, rgb, depth, poses, torch.full((2, 2), 7))
+    rgb_only = make_tiny(use_depth=False)
+    memory = pytest.importorskip("worldsim.memory").build_memory("none")
+    with pytest.raises(ValueError, match="memory tokens have width 1"):
+        rollout(tiny_model, rgb, depth, poses, torch.ones(2, 2, dtype=torch.int64), memory=memory)
+    with pytest.raises(ValueError, match="RGB-only model"):
+        memory_model = make_tiny(use_depth=False, memory_token_dim=1)
+        rollout(memory_model, rgb, None, poses, torch.ones(2, 2, dtype=torch.int64), memory=memory)
+    result = rollout(rgb_only, rgb, None, poses, torch.ones(2, 2, dtype=torch.int64))
+    assert result.depth is None and result.rgb.shape == (2, 2, 3, 32, 32)
+
+
+def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
+    memories = pytest.importorskip("worldsim.memory")
+    memory = memories.build_memory(
+        "feature_map", encoder="pooled_color", voxel_size=0.25, max_tokens=None
+    )
+    model = make_tiny(memory_token_dim=memory.token_dim, turn_step_deg=90.0)
+    randomise_memory_gates(model)
+    rgb, depth, poses = start(tiny_batch)
+    k = model.default_intrinsics(2)[:, None]
+    memory.reset(2)
+    memory.update(rgb, depth, k, poses)
+    # The view after a half turn looks away from the start frame's view.
+    actions = torch.full((2, 2), 2)  # two 90-degree left turns: one chunk
+    behind = poses @ model.relative_poses_from_actions(actions)[:, -1:]
+    seen_before = memory.tokens(behind, k, (32, 32))[1].sum()
+    rollout(
+        model,
+        rgb,
+        depth,
+        poses,
+        actions,
+        memory=memory,
+        insert_start_frames=False,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert memory.tokens(behind, k, (32, 32))[1].sum() > seen_before

@@ -1,0 +1,795 @@
+"""Training the world model: VAE stage, stage 1 (backbone), stage 2 (memory blocks).
+
+Stages
+    ``vae``: the RGB-D autoencoder alone (reconstruction + ``kl_weight`` x KL), after which the
+    latent scale is set to ``1 / std`` of the latents of the first training batch. This is the
+    library's documented substitute for a pretrained CogVideoX VAE, which cannot be downloaded
+    here; a real one loads with :meth:`worldsim.world_model.WorldModel.from_cogvideox`.
+
+    ``backbone`` (paper eq. 3): the transformer without its memory branch learns to predict the
+    future chunk from the conditioning frames and the Plücker rays of the chunk's relative poses,
+    ``E || v - v_theta(x_t, t, z_ctx, rays) ||^2``. The VAE is frozen.
+
+    ``memory`` (paper eq. 4): the same loss with the map tokens of a
+    :class:`~worldsim.memory.Memory` built from the clip's earlier frames; only the memory
+    branch (memory blocks, token projection, camera embedding) is trained, everything else is
+    frozen.
+
+Camera poses of the chunk come from its actions (free-space motion, as at sampling time), or
+from the recorded poses with ``pose_source="recorded"``.
+
+:class:`Trainer` runs a stage with ``accelerate`` (one CPU, one GPU or many), AdamW, a warm-up
+learning-rate schedule, an EMA of the trained weights, periodic sample videos, a progress bar and
+``metrics.jsonl``, and resumable checkpoints: ``checkpoints/step-XXXXXXXX`` folders written by
+``accelerate`` (model weights as safetensors, optimizer, learning-rate schedule, RNG states, EMA)
+plus ``trainer_state.json``; each is written under a temporary name and renamed when complete,
+so a killed run resumes from the last complete one. At the end the EMA weights are exported with
+``WorldModel.save_pretrained`` to ``<output_dir>/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from worldsim.geometry import relative_pose
+from worldsim.sampling import rollout
+
+if TYPE_CHECKING:
+    from worldsim.memory import Memory
+    from worldsim.world_model import WorldModel
+
+STAGES = ("vae", "backbone", "memory")
+"""Training stages, in the order they are run."""
+POSE_SOURCES = ("actions", "recorded")
+"""Where the chunk's camera poses come from during training."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training stage.
+
+    Attributes:
+        stage: ``"vae"``, ``"backbone"`` (eq. 3) or ``"memory"`` (eq. 4).
+        steps: optimizer steps in total (a resumed run continues up to this), >= 1.
+        learning_rate: AdamW learning rate, in (0, 1].
+        weight_decay: AdamW weight decay, >= 0.
+        warmup_steps: linear learning-rate warm-up steps, >= 0.
+        grad_clip: gradient-norm clip, > 0.
+        ema_decay: EMA decay of the trained weights, in [0, 1).
+        kl_weight: weight of the KL term in the VAE stage, >= 0.
+        pose_source: ``"actions"`` or ``"recorded"`` (see module docstring).
+        checkpoint_every: steps between checkpoints, >= 1.
+        keep_checkpoints: most recent checkpoints kept, >= 1.
+        sample_every: steps between sample videos, >= 0 (0 = none).
+        sample_inference_steps: DDIM steps of sample videos; the model's default if None.
+        log_every: steps between lines of ``metrics.jsonl``, >= 1.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (accelerate).
+        seed: seed of the noise / timestep / posterior generator, >= 0.
+    """
+
+    stage: str = "backbone"
+    steps: int = 20000
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    kl_weight: float = 1e-6
+    pose_source: str = "actions"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    sample_every: int = 2000
+    sample_inference_steps: int | None = None
+    log_every: int = 10
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(
+                f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}"
+            )
+        checks = (
+            ("steps", self.steps, self.steps >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate, 0 < self.learning_rate <= 1, "in (0, 1]"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            ("grad_clip", self.grad_clip, self.grad_clip > 0, "> 0"),
+            ("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("kl_weight", self.kl_weight, self.kl_weight >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1"),
+            ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
+            ("sample_every", self.sample_every, self.sample_every >= 0, ">= 0"),
+            ("log_every", self.log_every, self.log_every >= 1, ">= 1"),
+            ("seed", self.seed, self.seed >= 0, ">= 0"),
+        )
+        for name, value, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
+        steps = self.sample_inference_steps
+        if steps is not None and steps < 1:
+            raise ValueError(f"sample_inference_steps must be >= 1 or None, got {steps}")
+
+
+def trainable_parameters(model: WorldModel, stage: str) -> list[torch.nn.Parameter]:
+    """The parameters a stage trains (see module docstring)."""
+    if stage == "vae":
+        return list(model.vae.parameters())
+    if stage == "backbone":
+        return model.transformer.backbone_parameters()
+    if stage == "memory":
+        if not model.transformer.has_memory:
+            raise ValueError("stage 'memory' needs a model with memory_token_dim > 0")
+        return model.transformer.memory_parameters()
+    raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+def freeze_for_stage(model: WorldModel, stage: str) -> list[torch.nn.Parameter]:
+    """Set ``requires_grad`` so that only the stage's parameters train; return them."""
+    trained = trainable_parameters(model, stage)
+    keep = {id(p) for p in trained}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+    return trained
+
+
+def _check_batch(model: WorldModel, batch: dict[str, Tensor], with_memory: bool) -> None:
+    n_context, n_future = model.config.n_context, model.config.n_future
+    frames = n_context + n_future
+    model.check_frames(batch["rgb"], "batch['rgb']", 3, frames)
+    model.check_frames(batch["depth"], "batch['depth']", 1, frames)
+    size = batch["rgb"].shape[0]
+    expected = {
+        "cam_to_world": (size, frames, 4, 4),
+        "intrinsics": (size, frames, 3, 3),
+        "actions": (size, frames - 1),
+    }
+    for key, shape in expected.items():
+        if key not in batch:
+            raise ValueError(f"batch has no {key!r}; expected shape {shape}")
+        if tuple(batch[key].shape) != shape:
+            raise ValueError(
+                f"batch[{key!r}] must have shape {shape} (n_context={n_context} + "
+                f"n_future={n_future} frames), got {tuple(batch[key].shape)}"
+            )
+    if with_memory:
+        for key in (
+            "memory_rgb",
+            "memory_depth",
+            "memory_cam_to_world",
+            "memory_intrinsics",
+            "memory_mask",
+        ):
+            if key not in batch:
+                raise ValueError(f"stage 'memory' needs batch[{key!r}] (frames to build the map)")
+
+
+def chunk_targets(
+    model: WorldModel, batch: dict[str, Tensor], pose_source: str = "actions"
+) -> tuple[Tensor, Tensor]:
+    """Poses of a clip's future frames, relative to and in the world frame.
+
+    Args:
+        model: the world model.
+        batch: a training batch (see :func:`diffusion_loss`).
+        pose_source: ``"actions"`` (free-space poses of the actions) or ``"recorded"``.
+
+    Returns:
+        ``(cam_to_ref, cam_to_world)``: (B, n_future, 4, 4) each, relative to the last
+        conditioning frame and in the world frame.
+    """
+    n_context, n_future = model.config.n_context, model.config.n_future
+    poses = batch["cam_to_world"]
+    reference = poses[:, n_context - 1]  # (B, 4, 4)
+    if pose_source == "actions":
+        actions = batch["actions"][:, n_context - 1 : n_context - 1 + n_future]
+        cam_to_ref = model.relative_poses_from_actions(actions).to(poses.dtype)
+        return cam_to_ref, reference[:, None] @ cam_to_ref
+    future = poses[:, n_context:]
+    return relative_pose(reference[:, None], future), future
+
+
+def memory_tokens_for_batch(
+    model: WorldModel, memory: Memory, batch: dict[str, Tensor], targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Build B maps from the batch's memory frames and read tokens for the target cameras.
+
+    Returns:
+        ``(tokens, mask)``: (B, N, D_mem) and (B, N) bool.
+    """
+    n_context = model.config.n_context
+    size = batch["rgb"].shape[0]
+    memory.reset(size, batch["rgb"].device)
+    if batch["memory_rgb"].shape[1] > 0:
+        memory.update(
+            batch["memory_rgb"],
+            batch["memory_depth"],
+            batch["memory_intrinsics"],
+            batch["memory_cam_to_world"],
+            valid=batch["memory_mask"],
+        )
+    image_size = (model.config.height, model.config.width)
+    return memory.tokens(targets, batch["intrinsics"][:, n_context:], image_size)
+
+
+def diffusion_loss(
+    model: WorldModel,
+    batch: dict[str, Tensor],
+    generator: torch.Generator,
+    memory: Memory | None = None,
+    pose_source: str = "actions",
+    network: torch.nn.Module | None = None,
+) -> Tensor:
+    """Diffusion loss of a clip (paper eq. 3 without memory, eq. 4 with).
+
+    Args:
+        model: the world model.
+        batch: ``rgb`` (B, T, 3, H, W) in [0, 1]; ``depth`` (B, T, 1, H, W) metres;
+            ``cam_to_world`` (B, T, 4, 4); ``intrinsics`` (B, T, 3, 3); ``actions`` (B, T - 1)
+            int64; with a memory also ``memory_rgb`` / ``memory_depth`` /
+            ``memory_cam_to_world`` / ``memory_intrinsics`` (B, S, ...) and ``memory_mask``
+            (B, S) bool. ``T = n_context + n_future``.
+        generator: draws timesteps and noise (on the CPU, then moved).
+        memory: the memory to read map tokens from, or ``None`` (stage 1).
+        pose_source: ``"actions"`` or ``"recorded"``.
+        network: the callable that runs ``model.predict`` (e.g. the model wrapped for
+            distributed training); ``model`` itself if ``None``.
+
+    Returns:
+        Scalar mean squared error between predicted and true ``v``.
+    """
+    _check_batch(model, batch, memory is not None)
+    n_context = model.config.n_context
+    rgb, depth = batch["rgb"], batch["depth"]
+    with torch.no_grad():
+        context = model.encode(rgb[:, :n_context], depth[:, :n_context])
+        target = model.encode(rgb[:, n_context:], depth[:, n_context:])  # (B, F, C, h, w)
+    cam_to_ref, targets = chunk_targets(model, batch, pose_source)
+    rays = model.chunk_rays(batch["intrinsics"][:, n_context:], cam_to_ref).to(target.dtype)
+    tokens = mask = None
+    if memory is not None:
+        with torch.no_grad():
+            tokens, mask = memory_tokens_for_batch(model, memory, batch, targets)
+        tokens = tokens.to(target.dtype)
+    scheduler = model.scheduler
+    size = target.shape[0]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator)
+    noise = torch.randn(target.shape, generator=generator).to(target)
+    timesteps = timesteps.to(target.device)
+    noisy = scheduler.add_noise(target, noise, timesteps)
+    velocity = scheduler.get_velocity(target, noise, timesteps)
+    network = network if network is not None else model
+    prediction = network(noisy, timesteps, context, rays, tokens, mask)
+    return torch.mean((prediction.float() - velocity.float()) ** 2)
+
+
+def vae_loss(
+    model: WorldModel,
+    batch: dict[str, Tensor],
+    generator: torch.Generator,
+    kl_weight: float,
+    network: torch.nn.Module | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """VAE-stage loss of a batch of clips: reconstruction + ``kl_weight`` x KL.
+
+    Args:
+        model: the world model.
+        batch: ``rgb`` (B, T, 3, H, W) in [0, 1] and ``depth`` (B, T, 1, H, W) metres.
+        generator: samples the VAE posterior.
+        kl_weight: weight of the KL term.
+        network: the callable that runs ``model.vae`` (e.g. wrapped for distributed
+            training); ``model.vae`` itself if ``None``.
+
+    Returns:
+        ``(loss, parts)``: the scalar loss and its parts as floats.
+    """
+    model.check_frames(batch["rgb"], "batch['rgb']", 3)
+    depth = batch["depth"] if model.config.use_depth else None
+    network = network if network is not None else model.vae
+    reconstruction, kl = network(batch["rgb"], depth, generator)
+    loss = reconstruction + kl_weight * kl
+    return loss, {"reconstruction": float(reconstruction.detach()), "kl": float(kl.detach())}
+
+
+@torch.no_grad()
+def latent_std(model: WorldModel, batch: dict[str, Tensor]) -> float:
+    """Standard deviation of the unscaled latents of a batch (to set the VAE's scale)."""
+    depth = batch["depth"] if model.config.use_depth else None
+    latents = model.vae.encode(batch["rgb"], depth) / model.vae.scaling_factor
+    return float(latents.float().std())
+
+
+def _batches_forever(batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
+    """Cycle over an iterable of batches (re-iterating it, so loaders reshuffle)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training data yielded no batch")
+
+
+class Trainer:
+    """Runs one training stage of a :class:`~worldsim.world_model.WorldModel`.
+
+    Args:
+        model: the model; its stage's parameters are trained in place.
+        config: the stage's settings.
+        output_dir: where checkpoints, samples, metrics and the final model go.
+        memory: the memory for stage ``"memory"`` (its own parameters stay frozen).
+        cpu: force the CPU even where a GPU exists.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        config: TrainConfig,
+        output_dir: str | Path,
+        memory: Memory | None = None,
+        cpu: bool = False,
+    ):
+        if config.stage == "memory":
+            if memory is None:
+                raise ValueError("stage 'memory' needs a memory (e.g. build_memory('feature_map'))")
+            expected = model.transformer.config.memory_token_dim
+            if memory.token_dim != expected:
+                raise ValueError(
+                    f"memory tokens have width {memory.token_dim}, the model's memory blocks "
+                    f"expect memory_token_dim={expected}"
+                )
+        elif memory is not None:
+            raise ValueError(f"stage {config.stage!r} trains without memory: pass memory=None")
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.memory = memory
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+        trained = freeze_for_stage(model, config.stage)
+        if memory is not None:
+            memory.requires_grad_(False)
+            memory.to(self.accelerator.device)
+        optimizer = torch.optim.AdamW(
+            trained, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        schedule = get_scheduler(
+            "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps
+        )
+        # The VAE stage runs the autoencoder's forward; the others the model's (= predict).
+        network = model.vae if config.stage == "vae" else model
+        self.world_model = model
+        self.network, self.optimizer, self.lr_schedule = self.accelerator.prepare(
+            network, optimizer, schedule
+        )
+        self.trained = trained
+        self.ema = EMAModel(trained, decay=config.ema_decay)
+        self.ema.to(self.accelerator.device)
+        self.accelerator.register_for_checkpointing(self.ema)
+        seed = config.seed + self.accelerator.process_index
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+    @property
+    def unwrapped(self) -> WorldModel:
+        """The model being trained (without accelerate's wrappers)."""
+        return self.world_model
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Folder holding the ``step-XXXXXXXX`` checkpoints."""
+        return self.output_dir / "checkpoints"
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [
+            path
+            for path in self.checkpoint_dir.glob("step-*")
+            if path.is_dir()
+            and not path.name.endswith(".tmp")
+            and (path / "trainer_state.json").is_file()
+        ]
+        return sorted(found, key=lambda path: int(path.name.split("-")[1]))
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step atomically; prune old ones."""
+        final = self.checkpoint_dir / f"step-{self.step:08d}"
+        temporary = final.with_name(final.name + ".tmp")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process and temporary.exists():
+            shutil.rmtree(temporary)
+        self.accelerator.save_state(str(temporary), safe_serialization=True)
+        if self.accelerator.is_main_process:
+            torch.save(self.generator.get_state(), temporary / "generator.pt")
+            state = {
+                "step": self.step,
+                "stage": self.config.stage,
+                "model_config": dict(self.unwrapped.config),
+            }
+            (temporary / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            temporary.rename(final)
+            for old in self.complete_checkpoints()[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint, if any; return whether one was loaded.
+
+        Raises:
+            ValueError: if the checkpoint belongs to another stage or model configuration.
+        """
+        checkpoints = self.complete_checkpoints()
+        if not checkpoints:
+            return False
+        latest = checkpoints[-1]
+        state = json.loads((latest / "trainer_state.json").read_text())
+        if state["stage"] != self.config.stage:
+            raise ValueError(
+                f"checkpoint {str(latest)!r} is of stage {state['stage']!r}, this run trains "
+                f"{self.config.stage!r}: use another output_dir"
+            )
+        current = json.loads(json.dumps(dict(self.unwrapped.config), default=str))
+        saved = {k: v for k, v in state["model_config"].items() if not k.startswith("_")}
+        differing = sorted(
+            key for key in saved if key != "vae_scaling_factor" and saved[key] != current.get(key)
+        )
+        if differing:
+            details = ", ".join(f"{k}: {saved[k]!r} vs {current.get(k)!r}" for k in differing)
+            raise ValueError(
+                f"checkpoint {str(latest)!r} was written by a model of another configuration "
+                f"(checkpoint vs this model: {details})"
+            )
+        self.accelerator.load_state(str(latest))
+        self.generator.set_state(torch.load(latest / "generator.pt"))
+        self.step = int(state["step"])
+        scale = state["model_config"].get("vae_scaling_factor")
+        if scale is not None:
+            self.unwrapped.set_latent_scaling_factor(float(scale))
+        return True
+
+    # ----------------------------------------------------------------------------- training
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """The stage's loss of one batch (already on the device)."""
+        if self.config.stage == "vae":
+            return vae_loss(
+                self.world_model, batch, self.generator, self.config.kl_weight, self.network
+            )
+        loss = diffusion_loss(
+            self.world_model,
+            batch,
+            self.generator,
+            self.memory,
+            self.config.pose_source,
+            self.network,
+        )
+        return loss, {}
+
+    def fit(
+        self, batches: Iterable[dict[str, Tensor]], resume: bool = True
+    ) -> list[dict[str, Any]]:
+        """Train until ``config.steps``, resuming from the newest checkpoint first.
+
+        Args:
+            batches: an iterable of training batches (cycled; see :func:`diffusion_loss`).
+            resume: look for a checkpoint in ``output_dir`` first.
+
+        Returns:
+            The logged metrics (one dict per ``log_every`` steps).
+        """
+        config = self.config
+        if resume:
+            self.resume()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stream = _batches_forever(batches)
+        first = None
+        history = []
+        self.network.train()
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            desc=f"stage {config.stage}",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        started = time.perf_counter()
+        while self.step < config.steps:
+            batch = {k: v.to(self.accelerator.device) for k, v in next(stream).items()}
+            if first is None:
+                first = batch
+            with self.accelerator.accumulate(self.network):
+                loss, parts = self.loss(batch)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    self.accelerator.clip_grad_norm_(self.trained, config.grad_clip)
+                self.optimizer.step()
+                self.lr_schedule.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step(self.trained)
+            self.step += 1
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {self.step}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                record = {
+                    "step": self.step,
+                    "loss": value,
+                    "lr": self.lr_schedule.get_last_lr()[0],
+                    "seconds": time.perf_counter() - started,
+                    **parts,
+                }
+                history.append(record)
+                if self.accelerator.is_main_process:
+                    with open(self.output_dir / "metrics.jsonl", "a") as log:
+                        log.write(json.dumps(record) + "\n")
+            if config.sample_every and self.step % config.sample_every == 0:
+                self.write_samples(first)
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save_checkpoint()
+        bar.close()
+        if config.stage == "vae" and first is not None:
+            self.unwrapped.set_latent_scaling_factor(1.0 / latent_std(self.unwrapped, first))
+        self.export()
+        return history
+
+    def export(self) -> Path:
+        """Save the model with its EMA weights to ``<output_dir>/model`` and return the path."""
+        folder = self.output_dir / "model"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.ema.store(self.trained)
+            self.ema.copy_to(self.trained)
+            self.unwrapped.save_pretrained(folder, max_shard_size="40MB")
+            self.ema.restore(self.trained)
+        return folder
+
+    @torch.no_grad()
+    def write_samples(self, batch: dict[str, Tensor], max_rollouts: int = 2) -> Path | None:
+        """Write a video (or reconstruction) of the first clips of ``batch`` to ``samples/``.
+
+        Each frame shows, left to right: true RGB, generated RGB, true depth, generated depth
+        (depth scaled by ``max_depth_m``).
+        """
+        if not self.accelerator.is_main_process:
+            return None
+        import imageio.v3 as iio
+
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        n_context = model.config.n_context
+        clip = {k: v[:max_rollouts] for k, v in batch.items()}
+        if self.config.stage == "vae":
+            depth = clip["depth"] if model.config.use_depth else None
+            rgb, predicted_depth = model.decode(model.encode(clip["rgb"], depth))
+            truth_rgb, truth_depth = clip["rgb"], clip["depth"]
+        else:
+            memory = None
+            if self.config.stage == "memory":
+                memory = self.memory
+                memory.reset(clip["rgb"].shape[0], self.accelerator.device)
+                if clip["memory_rgb"].shape[1] > 0:
+                    memory.update(
+                        clip["memory_rgb"],
+                        clip["memory_depth"],
+                        clip["memory_intrinsics"],
+                        clip["memory_cam_to_world"],
+                        valid=clip["memory_mask"],
+                    )
+            result = rollout(
+                model,
+                clip["rgb"][:, :n_context],
+                clip["depth"][:, :n_context],
+                clip["cam_to_world"][:, :n_context],
+                clip["actions"][:, n_context - 1 :][:, : model.config.n_future],
+                intrinsics=clip["intrinsics"][:, 0],
+                memory=memory,
+                num_inference_steps=self.config.sample_inference_steps,
+                generator=torch.Generator().manual_seed(self.config.seed),
+            )
+            rgb, predicted_depth = result.rgb, result.depth
+            truth_rgb, truth_depth = clip["rgb"][:, n_context:], clip["depth"][:, n_context:]
+        scale = model.config.max_depth_m
+        panels = [truth_rgb, rgb]
+        if predicted_depth is not None:
+            panels += [
+                (truth_depth / scale).expand_as(truth_rgb),
+                (predicted_depth / scale).expand_as(rgb),
+            ]
+        video = torch.cat(panels, dim=-1)  # (B, T, 3, H, k*W)
+        video = torch.cat(list(video), dim=-2)  # (T, 3, B*H, k*W)
+        frames = (video.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        path = self.output_dir / "samples" / f"{self.config.stage}-step-{self.step:08d}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, frames, duration=250, loop=0)
+        model.train(was_training)
+        return path
+
+
+_WALL_COLOURS = (
+    (0.85, 0.25, 0.2),  # x = -half: red
+    (0.2, 0.55, 0.85),  # x = +half: blue
+    (0.5, 0.5, 0.5),  # floor: grey
+    (0.95, 0.95, 0.9),  # ceiling: white
+    (0.25, 0.75, 0.3),  # z = -half: green
+    (0.9, 0.8, 0.2),  # z = +half: yellow
+)
+
+
+def render_box_room(
+    cam_to_world: Tensor,
+    intrinsics: Tensor,
+    height: int,
+    width: int,
+    half_size: float = 2.0,
+    ceiling: float = 2.5,
+) -> tuple[Tensor, Tensor]:
+    """Ray-cast RGB-D views of a box room with coloured, checkered walls.
+
+    The room spans ``[-half_size, half_size]`` in x and z and ``[0, ceiling]`` in y (world
+    metres); each wall has its own colour, modulated by a 0.5 m checkerboard.
+
+    Args:
+        cam_to_world: (N, 4, 4) camera poses inside the room.
+        intrinsics: (N, 3, 3) ``K`` in pixels.
+        height: image rows.
+        width: image columns.
+        half_size: half the room's width, metres.
+        ceiling: ceiling height, metres.
+
+    Returns:
+        ``(rgb, depth)``: (N, 3, H, W) in [0, 1] and (N, 1, H, W) z-depth in metres.
+    """
+    from worldsim.geometry import unproject_depth
+
+    count = cam_to_world.shape[0]
+    ones = torch.ones(count, height, width)
+    directions = unproject_depth(ones, intrinsics).reshape(count, -1, 3)  # (N, HW, 3), z = 1
+    directions = directions @ cam_to_world[:, :3, :3].transpose(-1, -2)  # world, unnormalised
+    origins = cam_to_world[:, None, :3, 3]  # (N, 1, 3)
+    planes = (
+        (0, -half_size),
+        (0, half_size),
+        (1, 0.0),
+        (1, ceiling),
+        (2, -half_size),
+        (2, half_size),
+    )
+    best = torch.full(directions.shape[:2], float("inf"))
+    colour = torch.zeros(*directions.shape[:2], 3)
+    for index, (axis, value) in enumerate(planes):
+        step = directions[..., axis]
+        safe = torch.where(step.abs() < 1e-9, torch.full_like(step, 1e-9), step)
+        distance = (value - origins[..., axis]) / safe  # z-depth, since camera z of d is 1
+        hit = (distance > 1e-6) & (distance < best)
+        points = origins + distance[..., None] * directions
+        others = [a for a in range(3) if a != axis]
+        checker = (
+            torch.floor(points[..., others[0]] / 0.5) + torch.floor(points[..., others[1]] / 0.5)
+        ) % 2
+        shade = 0.75 + 0.25 * checker
+        wall = torch.tensor(_WALL_COLOURS[index])
+        colour = torch.where(hit[..., None], shade[..., None] * wall, colour)
+        best = torch.where(hit, distance, best)
+    rgb = colour.transpose(1, 2).reshape(count, 3, height, width)
+    depth = best.reshape(count, 1, height, width)
+    return rgb, depth
+
+
+class SyntheticRoomClips:
+    """Training batches of random walks in :func:`render_box_room` rooms (a smoke-test source).
+
+    Each clip is ``memory_frames + n_context + n_future`` consecutive frames of a random walk of
+    discrete actions (forward moves that would leave the inner 1.5 m are blocked, as a wall
+    would); the first ``memory_frames`` frames become the ``memory_*`` fields. Iterating yields
+    ``num_batches`` batches (forever if ``None``), the same sequence for the same seed.
+
+    Args:
+        model_config: the model's config (``n_context``, ``n_future``, ``height``, ``width``,
+            ``hfov_deg``, ``forward_step_m``, ``turn_step_deg``).
+        batch_size: clips per batch.
+        memory_frames: earlier frames per clip for the memory.
+        seed: seed of the walks.
+        num_batches: batches per iteration, or ``None`` for endless.
+    """
+
+    def __init__(
+        self,
+        model_config: Any,
+        batch_size: int = 2,
+        memory_frames: int = 4,
+        seed: int = 0,
+        num_batches: int | None = None,
+    ):
+        if batch_size < 1 or memory_frames < 0:
+            raise ValueError(
+                f"batch_size must be >= 1 and memory_frames >= 0, got {batch_size}, {memory_frames}"
+            )
+        self.config = model_config
+        self.batch_size = batch_size
+        self.memory_frames = memory_frames
+        self.seed = seed
+        self.num_batches = num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        from worldsim.geometry import (
+            ActionSpec,
+            intrinsics_from_hfov,
+            pose_from_position_yaw,
+        )
+
+        config = self.config
+        spec = ActionSpec(config.forward_step_m, config.turn_step_deg)
+        rng = np.random.default_rng(self.seed)
+        frames = self.memory_frames + config.n_context + config.n_future
+        k = intrinsics_from_hfov(config.hfov_deg, config.width, config.height)
+        produced = 0
+        while self.num_batches is None or produced < self.num_batches:
+            position = rng.uniform(-1.0, 1.0, size=(self.batch_size, 2))
+            yaw = rng.uniform(-np.pi, np.pi, size=self.batch_size)
+            actions = rng.choice([1, 1, 2, 3], size=(self.batch_size, frames - 1))
+            positions, yaws = [position.copy()], [yaw.copy()]
+            for step in range(frames - 1):
+                move = actions[:, step] == 1
+                # yaw 0 looks along -z; positive yaw turns left (towards -x).
+                ahead = position + spec.forward_step_m * np.stack([-np.sin(yaw), -np.cos(yaw)], 1)
+                inside = np.all(np.abs(ahead) <= 1.5, axis=1)
+                position = np.where((move & inside)[:, None], ahead, position)
+                yaw = yaw + spec.turn_step_rad * (
+                    (actions[:, step] == 2).astype(float) - (actions[:, step] == 3)
+                )
+                positions.append(position.copy())
+                yaws.append(yaw.copy())
+            xz = torch.tensor(np.stack(positions, 1), dtype=torch.float32)  # (B, T, 2)
+            floor = torch.stack([xz[..., 0], torch.zeros_like(xz[..., 0]), xz[..., 1]], -1)
+            poses = pose_from_position_yaw(
+                floor, torch.tensor(np.stack(yaws, 1), dtype=torch.float32)
+            )
+            intrinsics = k.expand(self.batch_size, frames, 3, 3).clone()
+            rgb, depth = render_box_room(
+                poses.reshape(-1, 4, 4), intrinsics.reshape(-1, 3, 3), config.height, config.width
+            )
+            shape = (self.batch_size, frames)
+            rgb, depth = (
+                rgb.reshape(*shape, 3, config.height, config.width),
+                depth.reshape(*shape, 1, config.height, config.width),
+            )
+            depth = torch.where(depth > config.max_depth_m, torch.zeros_like(depth), depth)
+            split = self.memory_frames
+            yield {
+                "rgb": rgb[:, split:],
+                "depth": depth[:, split:],
+                "cam_to_world": poses[:, split:],
+                "intrinsics": intrinsics[:, split:],
+                "actions": torch.tensor(actions[:, split:], dtype=torch.int64),
+                "memory_rgb": rgb[:, :split],
+                "memory_depth": depth[:, :split],
+                "memory_cam_to_world": poses[:, :split],
+                "memory_intrinsics": intrinsics[:, :split],
+                "memory_mask": torch.ones(self.batch_size, split, dtype=torch.bool),
+            }
+            produced += 1
