@@ -62,6 +62,62 @@ def test_build_memory(tmp_path):
         assert image.ndim == 3 and np.asarray(image).std() > 5
 
 
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    argv = [
+        "--output",
+        str(root),
+        "--scene-count",
+        "2",
+        "--episodes-per-scene",
+        "3",
+        "--episodes-per-shard",
+        "1",
+        "--max-steps",
+        "20",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    run("collect_data", argv)
+    return root
+
+
+def test_collect_data(tiny_dataset):
+    from worldsim.data import TrajectoryStore
+
+    store = TrajectoryStore(tiny_dataset)
+    assert len(store.episodes) == 6  # 2 scenes x 3 episodes, all complete
+    first = store.read_episode(0)
+    assert first.rgb.shape[1:] == (32, 32, 3) and len(first.rgb) <= 21
+
+
+def test_inspect_data(tiny_dataset, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    argv = [
+        "--root",
+        str(tiny_dataset),
+        "--output",
+        str(sheet),
+        "--clips",
+        "2",
+        "--n-context",
+        "1",
+        "--n-future",
+        "2",
+        "--max-memory-frames",
+        "2",
+    ]
+    run("inspect_data", argv)
+    image = imageio.imread(sheet)
+    assert image.ndim == 3 and image.std() > 10
+
+
 def test_train_world_model(tmp_path):
     argv = [
         "--stage",
