@@ -12,19 +12,23 @@ or one stage, starting from the previous stage's exported model:
 
 Each stage writes ``<output-dir>/<stage>/`` with resumable checkpoints (re-running the same
 command continues a killed run), ``metrics.jsonl``, sample GIFs (true | generated RGB, true |
-generated depth) and the final EMA model in ``model/``. ``--data synthetic`` is the only data
-source wired here for now: random walks in a ray-cast box room.
+generated depth) and the final EMA model in ``model/``. ``--data`` takes a dataset folder made by
+``examples/collect_data.py`` at the model's frame size, or ``synthetic`` (random walks in a
+ray-cast box room) for smoke tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 import tyro
+from torch.utils.data import DataLoader
 
+from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.memory import build_memory
 from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
 from worldsim.world_model import WorldModel
@@ -40,8 +44,13 @@ class Args:
     """Model configuration for a fresh model (ignored with --init)."""
     init: Path | None = None
     """Model folder to start from (a previous stage's ``model/``); a fresh model if None."""
-    data: Literal["synthetic"] = "synthetic"
-    """Training data source."""
+    data: str = "synthetic"
+    """Training data: a dataset folder made by ``examples/collect_data.py``, or ``synthetic``
+    (random walks in a ray-cast box room, for smoke tests)."""
+    revisit_fraction: float = 0.5
+    """With a dataset, the share of clips drawn from revisits (future views seen long before)."""
+    num_workers: int = 2
+    """DataLoader worker processes reading a dataset."""
     output_dir: Path = Path("runs/world_model")
     """Where each stage writes its folder."""
     memory: str = "feature_map"
@@ -60,13 +69,46 @@ class Args:
     """Settings shared by the stages (``stage`` is set by --stage)."""
 
 
+def training_batches(args: Args, model: WorldModel) -> Iterable[dict]:
+    """Batches of the chosen data source, with the model's context and chunk lengths."""
+    if args.data == "synthetic":
+        return SyntheticRoomClips(
+            model.config, batch_size=args.batch_size, memory_frames=args.memory_frames,
+            seed=args.seed,
+        )
+    clips = ClipDataset(
+        args.data,
+        ClipConfig(
+            n_context=model.config.n_context,
+            n_future=model.config.n_future,
+            max_memory_frames=args.memory_frames,
+        ),
+    )
+    first = clips[0]["rgb"]
+    if tuple(first.shape[-2:]) != (model.config.height, model.config.width):
+        raise ValueError(
+            f"dataset {args.data} has {first.shape[-2]}x{first.shape[-1]} frames but the model "
+            f"takes {model.config.height}x{model.config.width}; collect at the model's size"
+        )
+    generator = torch.Generator().manual_seed(args.seed)
+    num_samples = args.batch_size * args.train.steps
+    sampler = clips.revisit_sampler(args.revisit_fraction, num_samples, generator)
+    return DataLoader(
+        clips,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        collate_fn=collate_clips,
+        num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0,
+        drop_last=True,
+    )
+
+
 def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
     memory = None
     if stage == "memory":
         memory = build_memory(args.memory, encoder=args.memory_encoder)
-    data = SyntheticRoomClips(
-        model.config, batch_size=args.batch_size, memory_frames=args.memory_frames, seed=args.seed
-    )
+    data = training_batches(args, model)
     config = replace(args.train, stage=stage, seed=args.seed)
     trainer = Trainer(
         model, config, args.output_dir / stage, memory=memory, cpu=args.device == "cpu"

@@ -118,7 +118,8 @@ def test_inspect_data(tiny_dataset, tmp_path):
     assert image.ndim == 3 and image.std() > 10
 
 
-def test_train_world_model(tmp_path):
+def test_train_world_model(tmp_path, tiny_dataset):
+    # Tiny episodes of 20 steps hold no revisits, so every clip is drawn uniformly.
     argv = [
         "--stage",
         "all",
@@ -126,6 +127,12 @@ def test_train_world_model(tmp_path):
         "tiny",
         "--output-dir",
         str(tmp_path),
+        "--data",
+        str(tiny_dataset),
+        "--revisit-fraction",
+        "0",
+        "--num-workers",
+        "0",
         "--memory-encoder",
         "pooled_color",
         "--batch-size",

@@ -516,7 +516,11 @@ class Trainer:
         )
         started = time.perf_counter()
         while self.step < config.steps:
-            batch = {k: v.to(self.accelerator.device) for k, v in next(stream).items()}
+            # Tensors move to the device; traceability fields (scene ids) stay as they are.
+            batch = {
+                k: v.to(self.accelerator.device) if isinstance(v, Tensor) else v
+                for k, v in next(stream).items()
+            }
             if first is None:
                 first = batch
             with self.accelerator.accumulate(self.network):
