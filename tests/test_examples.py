@@ -161,6 +161,75 @@ def test_train_world_model(tmp_path, tiny_dataset):
     assert memory_config["vae_scaling_factor"] == vae_config["vae_scaling_factor"]
 
 
+def test_plan_cem(tmp_path):
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--episodes",
+        "1",
+        "--iterations",
+        "1",
+        "2",
+        "--num-samples",
+        "6",
+        "--horizon",
+        "3",
+        "--max-steps",
+        "3",
+        "--size",
+        "32",
+    ]
+    rows = run("plan_cem", argv)
+    assert [row["cem_iterations"] for row in rows] == [1, 2]
+    assert all(0.0 < row["sim"] <= 100.0 and row["mean_steps"] <= 3 for row in rows)
+    for name in ("plan_cem.md", "plan_cem.json", "topdown.png", "imagined_vs_executed.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_rank_nomad(tmp_path):
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--preset",
+        "tiny",
+        "--episodes",
+        "1",
+        "--num-samples",
+        "2",
+        "--size",
+        "32",
+    ]
+    rows = run("rank_nomad", argv)
+    assert [row["method"] for row in rows] == ["policy alone", "ranked by oracle, N=2"]
+    assert all(row["ate_m"] >= 0 and 0 < row["sim"] <= 100 for row in rows)
+    for name in ("rank_nomad.md", "topdown.png", "imagined_vs_executed.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_train_nomad(tmp_path, tiny_dataset):
+    from planners.nomad import NoMaDPolicy
+
+    argv = [
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path / "policy"),
+        "--preset",
+        "tiny",
+        "--training.max-goal-distance",
+        "6",
+        "--training.steps",
+        "2",
+        "--training.batch-size",
+        "2",
+    ]
+    history = run("train_nomad", argv)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    loaded = NoMaDPolicy.from_pretrained(tmp_path / "policy")
+    assert loaded.config.context_size == 1
+    assert (tmp_path / "policy" / "train_nomad.md").exists()
+
+
 @pytest.mark.parametrize("flag", ["--help"])
 def test_explore_scene_cli_help(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,0 +1,592 @@
+"""Cross-entropy-method model-predictive control towards an image goal (paper §4.3, Fig. 6a).
+
+Planning math (pure functions, seeded by a ``torch.Generator``):
+
+1. sample N action sequences of L steps from a distribution;
+2. roll each out in a simulator (:class:`planners.rollout.RolloutModel`) and score it with a goal
+   cost (:class:`planners.costs.GoalCost`: LPIPS of the goal image against the last frame);
+3. keep the E lowest-cost sequences (the elites, 30 % by default) and refit the distribution to
+   them, blended with the previous one: ``new = smoothing * old + (1 - smoothing) * fit``;
+4. repeat for a few iterations; the plan is the lowest-cost sequence seen in any iteration.
+
+Two distributions:
+
+- *discrete*: an independent categorical over the allowed action ids at every step, (L, A)
+  probabilities starting uniform; the fit is the elites' action frequencies. ``stop`` inside a
+  sequence is a no-op (the agent waits), so sequences can be effectively shorter than L.
+- *continuous*: an independent Gaussian over waypoints ``(dx, dz, dyaw)`` at every step, (L, 3)
+  means and standard deviations; samples are clipped to the box ``[waypoint_low,
+  waypoint_high]`` (the action bounds), and the fitted deviation is kept >= ``min_std`` so the
+  search never collapses to a point.
+
+Receding horizon (:func:`run_mpc`): plan in one simulator (learned, or the oracle), execute the
+first ``execute_steps`` actions of the plan in the ground truth, observe, replan, warm-starting
+from the previous plan (its distribution shifted, and its remaining actions as one sample).
+The episode ends when no imagined sequence is expected to lower the cost of the current view
+by more than ``stop_margin`` while that cost is at most ``explore_above`` (the agent believes
+it is at the goal; above it, the agent is stuck and executes its best plan anyway), when the
+plan is all ``stop``, or after ``max_steps`` executed actions. Waits (``stop`` ids) are dropped
+from a discrete plan before execution, so each decision executes the plan's first
+``execute_steps`` real moves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from planners.costs import GoalCost, check_goal_image
+from planners.rollout import RolloutModel, RolloutResult, RolloutStart
+from worldsim.geometry import NUM_ACTIONS, Action
+
+DistributionKind = Literal["discrete", "continuous"]
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """Settings of one CEM plan.
+
+    Attributes:
+        kind: ``"discrete"`` (action ids) or ``"continuous"`` (waypoints).
+        num_samples: sequences sampled per iteration N, >= 1.
+        elite_fraction: fraction of the samples kept as elites, in (0, 1].
+        num_elites: elites E, overriding ``elite_fraction`` when set; in [1, num_samples].
+        num_iterations: sample-score-refit rounds, >= 1.
+        horizon: steps per sequence L, >= 1.
+        smoothing: weight of the previous distribution in each refit, in [0, 1).
+        allowed_actions: action ids the discrete distribution draws from (non-empty subset of
+            ``0..3``; ``0 = stop`` acts as "wait" inside a sequence).
+        initial_mean: ``(dx, dz, dyaw)`` mean of the first Gaussian, metres / radians.
+        initial_std: its standard deviations, each > 0.
+        min_std: floor of the refitted standard deviations, >= 0.
+        waypoint_low: lower bounds of sampled waypoints ``(dx, dz, dyaw)``.
+        waypoint_high: upper bounds, each > the lower bound.
+    """
+
+    kind: DistributionKind = "discrete"
+    num_samples: int = 60
+    elite_fraction: float = 0.3
+    num_elites: int | None = None
+    num_iterations: int = 3
+    horizon: int = 12
+    smoothing: float = 0.1
+    allowed_actions: tuple[int, ...] = (0, 1, 2, 3)
+    initial_mean: tuple[float, float, float] = (0.0, 0.15, 0.0)
+    initial_std: tuple[float, float, float] = (0.05, 0.15, 0.3)
+    min_std: float = 0.02
+    waypoint_low: tuple[float, float, float] = (-0.1, -0.1, -math.pi / 6)
+    waypoint_high: tuple[float, float, float] = (0.1, 0.3, math.pi / 6)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("discrete", "continuous"):
+            raise ValueError(f"kind must be 'discrete' or 'continuous', got {self.kind!r}")
+        for name, low in (("num_samples", 1), ("num_iterations", 1), ("horizon", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 < self.elite_fraction <= 1.0:
+            raise ValueError(f"elite_fraction must be in (0, 1], got {self.elite_fraction}")
+        if self.num_elites is not None and not 1 <= self.num_elites <= self.num_samples:
+            raise ValueError(
+                f"num_elites must be in [1, num_samples = {self.num_samples}], got "
+                f"{self.num_elites}: N must be at least the number of elites"
+            )
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        allowed = self.allowed_actions
+        if not allowed or len(set(allowed)) != len(allowed) or not set(allowed) <= set(Action):
+            raise ValueError(
+                f"allowed_actions must be distinct ids in 0..{NUM_ACTIONS - 1}, got {allowed}"
+            )
+        for name in ("initial_mean", "initial_std", "waypoint_low", "waypoint_high"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"{name} must have 3 entries (dx, dz, dyaw), got {name}")
+        if min(self.initial_std) <= 0.0:
+            raise ValueError(f"initial_std must be > 0, got {self.initial_std}")
+        if self.min_std < 0.0:
+            raise ValueError(f"min_std must be >= 0, got {self.min_std}")
+        if any(lo >= hi for lo, hi in zip(self.waypoint_low, self.waypoint_high, strict=True)):
+            raise ValueError(
+                f"waypoint_low {self.waypoint_low} must be below waypoint_high {self.waypoint_high}"
+            )
+
+    @property
+    def elites(self) -> int:
+        """Elites E kept per iteration."""
+        if self.num_elites is not None:
+            return self.num_elites
+        return max(1, round(self.elite_fraction * self.num_samples))
+
+
+# ================================================================================= math
+def initial_categorical(horizon: int, allowed_actions: tuple[int, ...]) -> Tensor:
+    """Uniform per-step categorical over the allowed actions.
+
+    Returns:
+        (L, A) float32 probabilities, A = :data:`NUM_ACTIONS`, zero for disallowed ids.
+    """
+    probabilities = torch.zeros(horizon, NUM_ACTIONS)
+    probabilities[:, list(allowed_actions)] = 1.0 / len(allowed_actions)
+    return probabilities
+
+
+def sample_categorical(
+    probabilities: Tensor, num_samples: int, generator: torch.Generator
+) -> Tensor:
+    """Sample action sequences from per-step categoricals.
+
+    Args:
+        probabilities: (L, A) non-negative rows summing to 1.
+        num_samples: N, >= 1.
+        generator: the random source (on the probabilities' device).
+
+    Returns:
+        (N, L) int64 action ids.
+    """
+    draws = torch.multinomial(probabilities, num_samples, replacement=True, generator=generator)
+    return draws.T.contiguous()  # (N, L)
+
+
+def select_elites(costs: Tensor, num_elites: int) -> Tensor:
+    """Indices of the lowest costs, best first (ties: the earlier sample first).
+
+    Args:
+        costs: (N,) finite costs.
+        num_elites: E, in [1, N].
+
+    Returns:
+        (E,) int64 indices into ``costs``.
+
+    Raises:
+        ValueError: for NaN or infinite costs, or E outside [1, N].
+    """
+    if costs.dim() != 1:
+        raise ValueError(f"costs must be (N,), got {tuple(costs.shape)}")
+    if not 1 <= num_elites <= costs.shape[0]:
+        raise ValueError(
+            f"cannot keep {num_elites} elites of {costs.shape[0]} samples: N must be at least "
+            "the number of elites"
+        )
+    if not torch.isfinite(costs).all():
+        bad = (~torch.isfinite(costs)).nonzero()[:, 0].tolist()
+        raise ValueError(
+            f"costs of samples {bad} are NaN or infinite; the simulator or the cost produced "
+            "invalid values"
+        )
+    return torch.sort(costs, stable=True).indices[:num_elites]
+
+
+def refit_categorical(elites: Tensor, previous: Tensor, smoothing: float) -> Tensor:
+    """Refit per-step categoricals to elite sequences.
+
+    Args:
+        elites: (E, L) int64 elite action ids.
+        previous: (L, A) probabilities of the distribution they were drawn from.
+        smoothing: weight of ``previous``, in [0, 1).
+
+    Returns:
+        (L, A) ``smoothing * previous + (1 - smoothing) * frequencies``.
+    """
+    counts = torch.nn.functional.one_hot(elites, previous.shape[1]).sum(dim=0)  # (L, A)
+    frequencies = counts.to(previous.dtype) / elites.shape[0]
+    return smoothing * previous + (1.0 - smoothing) * frequencies
+
+
+def sample_gaussian(
+    mean: Tensor,
+    std: Tensor,
+    num_samples: int,
+    generator: torch.Generator,
+    low: Tensor,
+    high: Tensor,
+) -> Tensor:
+    """Sample waypoint sequences from per-step Gaussians, clipped to the action box.
+
+    Args:
+        mean: (L, 3) means.
+        std: (L, 3) standard deviations, >= 0.
+        num_samples: N.
+        generator: the random source (on the means' device).
+        low: (3,) lower bounds of ``(dx, dz, dyaw)``.
+        high: (3,) upper bounds.
+
+    Returns:
+        (N, L, 3) waypoints in ``[low, high]``.
+    """
+    noise = torch.randn(
+        num_samples, *mean.shape, generator=generator, dtype=mean.dtype, device=mean.device
+    )
+    return torch.clamp(mean + std * noise, min=low, max=high)
+
+
+def refit_gaussian(
+    elites: Tensor, mean: Tensor, std: Tensor, smoothing: float, min_std: float
+) -> tuple[Tensor, Tensor]:
+    """Refit per-step Gaussians to elite waypoint sequences.
+
+    Args:
+        elites: (E, L, 3) elite waypoints.
+        mean: (L, 3) previous means.
+        std: (L, 3) previous standard deviations.
+        smoothing: weight of the previous parameters, in [0, 1).
+        min_std: floor of the new standard deviations.
+
+    Returns:
+        ``(mean, std)``, each (L, 3): blended elite mean and (population) deviation.
+    """
+    fit_mean = elites.mean(dim=0)
+    fit_std = elites.std(dim=0, correction=0)
+    new_mean = smoothing * mean + (1.0 - smoothing) * fit_mean
+    new_std = (smoothing * std + (1.0 - smoothing) * fit_std).clamp(min=min_std)
+    return new_mean, new_std
+
+
+def initial_distribution(config: CEMConfig) -> dict[str, Tensor]:
+    """The first distribution of a plan without warm start.
+
+    Returns:
+        ``{"probabilities": (L, A)}`` uniform over ``allowed_actions`` (discrete), or
+        ``{"mean": (L, 3), "std": (L, 3)}`` from ``initial_mean`` / ``initial_std``.
+    """
+    if config.kind == "discrete":
+        return {"probabilities": initial_categorical(config.horizon, config.allowed_actions)}
+    return {
+        "mean": torch.tensor(config.initial_mean).expand(config.horizon, 3).clone(),
+        "std": torch.tensor(config.initial_std).expand(config.horizon, 3).clone(),
+    }
+
+
+def shift_plan(
+    actions: Tensor,
+    distribution: dict[str, Tensor],
+    steps: int,
+    config: CEMConfig,
+    keep: float = 0.5,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Warm start for the next decision after the first ``steps`` entries of a plan were used.
+
+    The remaining actions are padded at the end with "stay" (``stop`` ids, or zero waypoints)
+    and the distribution's rows are shifted the same way, the new last rows taken from
+    :func:`initial_distribution`; the result is blended with the initial distribution,
+    ``keep * shifted + (1 - keep) * initial``, so the new search explores again.
+
+    Args:
+        actions: (L,) or (L, 3) the previous plan.
+        distribution: its final distribution.
+        steps: entries of the plan consumed, in [0, L].
+        config: the CEM settings (for the fresh rows).
+        keep: weight of the shifted distribution, in [0, 1].
+
+    Returns:
+        ``(incumbent, initial)`` for :func:`plan_cem`.
+    """
+    if not 0 <= steps <= actions.shape[0]:
+        raise ValueError(f"steps must be in [0, {actions.shape[0]}], got {steps}")
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must be in [0, 1], got {keep}")
+    fresh = initial_distribution(config)
+    stay = torch.zeros_like(actions[:steps])  # stop ids or zero waypoints
+    incumbent = torch.cat([actions[steps:], stay])
+    shifted = {
+        name: keep * torch.cat([values[steps:], fresh[name][:steps]]) + (1.0 - keep) * fresh[name]
+        for name, values in distribution.items()
+    }
+    return incumbent, shifted
+
+
+# ================================================================================= one plan
+@dataclass(frozen=True, eq=False)
+class CEMPlan:
+    """The outcome of one CEM plan.
+
+    Attributes:
+        actions: (L,) int64 ids or (L, 3) waypoints, the lowest-cost sequence seen.
+        cost: its cost.
+        best_costs: (I,) lowest cost seen up to and including each iteration.
+        mean_costs: (I,) mean cost of each iteration's samples.
+        final_pose: (4, 4) imagined camera pose after the plan.
+        distribution: the last distribution: ``{"probabilities": (L, A)}`` or
+            ``{"mean": (L, 3), "std": (L, 3)}``.
+    """
+
+    actions: Tensor
+    cost: float
+    best_costs: Tensor
+    mean_costs: Tensor
+    final_pose: Tensor
+    distribution: dict[str, Tensor]
+
+
+def _check_single_start(start: RolloutStart) -> None:
+    if start.batch_size != 1:
+        raise ValueError(
+            f"a plan starts from one state, got a start of {start.batch_size} rows; use "
+            "start.select([row])"
+        )
+
+
+def plan_cem(
+    model: RolloutModel,
+    start: RolloutStart,
+    goal: Tensor,
+    cost: GoalCost,
+    config: CEMConfig,
+    generator: torch.Generator,
+    initial: dict[str, Tensor] | None = None,
+    incumbent: Tensor | None = None,
+) -> CEMPlan:
+    """Plan one action sequence towards an image goal with CEM.
+
+    Args:
+        model: the simulator to imagine in.
+        start: one start state (B = 1).
+        goal: (3, H, W) goal image in [0, 1] at the model's frame size.
+        cost: the goal cost.
+        config: CEM settings.
+        generator: random source of the samples and of a stochastic model (CPU generator).
+        initial: the first distribution (warm start, e.g. :func:`shift_plan` of the previous
+            plan), as :attr:`CEMPlan.distribution`; ``None`` = uniform / ``initial_mean``.
+        incumbent: (L,) or (L, 3) a sequence scored with the first iteration's samples (it
+            replaces sample 0), so the plan is never worse than it.
+
+    Returns:
+        The plan.
+
+    Raises:
+        ValueError: for a start of several rows, a goal of the wrong size, a horizon beyond
+            ``model.max_horizon``, or NaN costs.
+    """
+    _check_single_start(start)
+    check_goal_image(goal, tuple(model.image_size))
+    if model.max_horizon is not None and config.horizon > model.max_horizon:
+        raise ValueError(
+            f"horizon {config.horizon} is beyond what this model supports (max_horizon = "
+            f"{model.max_horizon}); set CEMConfig.horizon <= {model.max_horizon}"
+        )
+    rows = start.repeat(config.num_samples)
+    low, high = torch.tensor(config.waypoint_low), torch.tensor(config.waypoint_high)
+    distribution = initial if initial is not None else initial_distribution(config)
+    probabilities = distribution.get("probabilities")
+    mean, std = distribution.get("mean"), distribution.get("std")
+    best_actions, best_cost, best_pose = None, math.inf, None
+    best_costs, mean_costs = [], []
+    for iteration in range(config.num_iterations):
+        if config.kind == "discrete":
+            samples = sample_categorical(probabilities, config.num_samples, generator)
+        else:
+            samples = sample_gaussian(mean, std, config.num_samples, generator, low, high)
+        if iteration == 0 and incumbent is not None:
+            if incumbent.shape != samples.shape[1:]:
+                raise ValueError(
+                    f"incumbent must have shape {tuple(samples.shape[1:])}, got "
+                    f"{tuple(incumbent.shape)}"
+                )
+            samples[0] = incumbent
+        result = model.rollout(
+            rows, samples, generator=generator, num_frames=cost.config.last_frames
+        )
+        costs = cost(result, goal)
+        elites = select_elites(costs, config.elites)
+        if float(costs[elites[0]]) < best_cost:
+            best_cost = float(costs[elites[0]])
+            best_actions = samples[elites[0]].clone()
+            best_pose = result.cam_to_world[elites[0], -1].clone()
+        if config.kind == "discrete":
+            probabilities = refit_categorical(samples[elites], probabilities, config.smoothing)
+        else:
+            mean, std = refit_gaussian(samples[elites], mean, std, config.smoothing, config.min_std)
+        best_costs.append(best_cost)
+        mean_costs.append(float(costs.mean()))
+    distribution = (
+        {"probabilities": probabilities}
+        if config.kind == "discrete"
+        else {"mean": mean, "std": std}
+    )
+    return CEMPlan(
+        actions=best_actions,
+        cost=best_cost,
+        best_costs=torch.tensor(best_costs),
+        mean_costs=torch.tensor(mean_costs),
+        final_pose=best_pose,
+        distribution=distribution,
+    )
+
+
+# ================================================================================= MPC
+@dataclass(frozen=True)
+class MPCConfig:
+    """Settings of receding-horizon execution.
+
+    Attributes:
+        cem: settings of each plan.
+        execute_steps: actions of each plan executed before replanning, in [1, cem.horizon].
+        max_steps: most actions executed per episode, >= 1.
+        stop_margin: stop when the best plan lowers the current view's cost by no more than
+            this, >= 0 (LPIPS units).
+        explore_above: when no plan improves the current view but its cost is above this
+            (LPIPS units; ``None``: never), the agent is stuck far from the goal rather than at
+            it: execute the best plan anyway and replan from there.
+        warm_start: start each plan from the previous one, shifted by what was executed
+            (:func:`shift_plan`): its distribution, and its remaining actions as an incumbent
+            sample, so that in a deterministic simulator no plan is worse than finishing the
+            previous one.
+        record_imagined: also roll the executed actions out in the planning model, for
+            imagined-vs-executed videos (one extra rollout per decision).
+    """
+
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    execute_steps: int = 3
+    max_steps: int = 60
+    stop_margin: float = 0.01
+    warm_start: bool = True
+    explore_above: float | None = 0.2
+    record_imagined: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.execute_steps <= self.cem.horizon:
+            raise ValueError(
+                f"execute_steps must be in [1, horizon = {self.cem.horizon}], got "
+                f"{self.execute_steps}"
+            )
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.stop_margin >= 0.0:
+            raise ValueError(f"stop_margin must be >= 0, got {self.stop_margin}")
+        if self.explore_above is not None and not self.explore_above >= 0.0:
+            raise ValueError(f"explore_above must be >= 0 or None, got {self.explore_above}")
+
+
+@dataclass(frozen=True, eq=False)
+class MPCEpisode:
+    """One receding-horizon episode.
+
+    Attributes:
+        actions: (S,) int64 or (S, 3) executed actions.
+        poses: (S + 1, 4, 4) ground-truth camera poses, the start's first.
+        agent_states: (S + 1, 4) float64 ground-truth ``(x, y, z, yaw)`` where the truth
+            reports them, else ``None``.
+        frames: (S + 1, 3, H, W) ground-truth RGB seen, the start view first.
+        imagined: (S + 1, 3, H, W) the planning model's RGB of the executed actions (the start
+            view first), or ``None`` unless ``record_imagined``.
+        costs: (D + 1,) goal cost of the current view before each of the D decisions and at the
+            end.
+        plans: the D plans.
+        stop_reason: ``"at_goal"``, ``"plan_stays"`` (the plan is all waits) or
+            ``"max_steps"``.
+    """
+
+    actions: Tensor
+    poses: Tensor
+    agent_states: Tensor | None
+    frames: Tensor
+    imagined: Tensor | None
+    costs: Tensor
+    plans: list[CEMPlan]
+    stop_reason: str
+
+
+def _next_chunk(actions: Tensor, kind: DistributionKind, count: int) -> tuple[Tensor, int]:
+    """The plan's first ``count`` real moves, and how many plan entries they consume.
+
+    ``stop`` ids are waits (no-ops) when planning; dropping them keeps the plan's end pose while
+    executing real moves sooner.
+    """
+    if kind == "continuous":
+        chunk = actions[:count]
+        return chunk, len(chunk)
+    moves = (actions != Action.STOP).nonzero()[:, 0]
+    if len(moves) == 0:
+        return actions[:0], 0
+    chosen = moves[:count]
+    return actions[chosen], int(chosen[-1]) + 1
+
+
+def run_mpc(
+    planner: RolloutModel,
+    truth: RolloutModel,
+    start: RolloutStart,
+    goal: Tensor,
+    cost: GoalCost,
+    config: MPCConfig,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> MPCEpisode:
+    """Navigate to an image goal by CEM, imagining in ``planner`` and acting in ``truth``.
+
+    Args:
+        planner: the simulator plans are imagined in (the learned one, or the oracle).
+        truth: the simulator actions are executed in (the ground-truth oracle).
+        start: the one start state (B = 1), valid for both simulators.
+        goal: (3, H, W) goal image in [0, 1].
+        cost: the goal cost.
+        config: MPC and CEM settings.
+        generator: random source of every plan.
+        progress: show a progress bar over executed steps.
+
+    Returns:
+        The episode.
+
+    Raises:
+        ValueError: as :func:`plan_cem`.
+    """
+    _check_single_start(start)
+    state = start
+    current_cost = float(cost.frames(state.rgb[:, -1:], goal)[0])
+    costs, plans, chunks = [current_cost], [], []
+    poses, frames = [state.cam_to_world[0, -1]], [state.rgb[0, -1]]
+    agent_states = None if state.agent_state is None else [state.agent_state[0]]
+    imagined = [state.rgb[0, -1]] if config.record_imagined else None
+    steps, stop_reason = 0, "max_steps"
+    initial, incumbent = None, None
+    bar = tqdm(total=config.max_steps, desc="MPC steps", disable=not progress, leave=False)
+    while steps < config.max_steps:
+        plan = plan_cem(planner, state, goal, cost, config.cem, generator, initial, incumbent)
+        plans.append(plan)
+        stuck = plan.cost > current_cost - config.stop_margin
+        if stuck and (config.explore_above is None or current_cost <= config.explore_above):
+            stop_reason = "at_goal"
+            break
+        count = min(config.execute_steps, config.max_steps - steps)
+        chunk, consumed = _next_chunk(plan.actions, config.cem.kind, count)
+        if len(chunk) == 0 and stuck and incumbent is not None:
+            # Stuck far from the goal, the warm start's "stay" won: search afresh once.
+            plan = plan_cem(planner, state, goal, cost, config.cem, generator)
+            plans.append(plan)
+            chunk, consumed = _next_chunk(plan.actions, config.cem.kind, count)
+        if len(chunk) == 0:
+            stop_reason = "plan_stays"
+            break
+        if config.warm_start:
+            incumbent, initial = shift_plan(plan.actions, plan.distribution, consumed, config.cem)
+        if imagined is not None:
+            dream = planner.rollout(state, chunk[None], generator=generator)
+            imagined.extend(dream.rgb[0])
+        executed: RolloutResult = truth.rollout(state, chunk[None], generator=generator)
+        state = state.advance(executed)
+        chunks.append(chunk)
+        poses.extend(executed.cam_to_world[0])
+        frames.extend(executed.rgb[0])
+        if agent_states is not None and executed.agent_state is not None:
+            agent_states.extend(executed.agent_state[0])
+        steps += len(chunk)
+        bar.update(len(chunk))
+        current_cost = float(cost.frames(state.rgb[:, -1:], goal)[0])
+        costs.append(current_cost)
+    bar.close()
+    empty = (
+        torch.zeros(0, dtype=torch.int64) if config.cem.kind == "discrete" else torch.zeros(0, 3)
+    )
+    return MPCEpisode(
+        actions=torch.cat(chunks) if chunks else empty,
+        poses=torch.stack(poses),
+        agent_states=None if agent_states is None else torch.stack(agent_states),
+        frames=torch.stack(frames),
+        imagined=None if imagined is None else torch.stack(imagined),
+        costs=torch.tensor(costs),
+        plans=plans,
+        stop_reason=stop_reason,
+    )

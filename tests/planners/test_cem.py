@@ -1,0 +1,241 @@
+"""CEM planning math against hand-computed cases, and CEM MPC against the ground-truth oracle."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from envs.rollout import OracleRollout, sample_image_goal_episode
+from envs.scenes import scene_ids
+from envs.simulator import Simulator, SimulatorConfig
+from planners.cem import (
+    CEMConfig,
+    MPCConfig,
+    initial_categorical,
+    plan_cem,
+    refit_categorical,
+    refit_gaussian,
+    run_mpc,
+    sample_categorical,
+    sample_gaussian,
+    select_elites,
+    shift_plan,
+)
+from planners.costs import GoalCost
+from planners.metrics import success
+
+SCENE = "house-train-0000"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one CPU thread (no oversubscription); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_categorical_samples_follow_the_probabilities():
+    probabilities = torch.tensor([[0.1, 0.6, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    samples = sample_categorical(probabilities, 20_000, torch.Generator().manual_seed(0))
+    assert samples.shape == (20_000, 2) and samples.dtype == torch.int64
+    frequencies = torch.nn.functional.one_hot(samples, 4).float().mean(dim=0)
+    # binomial standard error at n = 20000 is <= 0.0036; 0.015 is four of them
+    assert torch.allclose(frequencies, probabilities, atol=0.015)
+    assert (samples[:, 0] != 3).all()  # probability 0 is never drawn
+    again = sample_categorical(probabilities, 20_000, torch.Generator().manual_seed(0))
+    assert torch.equal(samples, again)
+
+
+def test_initial_categorical_is_uniform_over_allowed():
+    probabilities = initial_categorical(3, (1, 2, 3))
+    assert torch.equal(probabilities, torch.tensor([[0.0, 1 / 3, 1 / 3, 1 / 3]] * 3))
+
+
+def test_select_elites_by_hand():
+    costs = torch.tensor([3.0, 1.0, 2.0, 1.0, 5.0])
+    assert select_elites(costs, 3).tolist() == [1, 3, 2]  # ties keep the earlier sample first
+    with pytest.raises(ValueError, match=r"samples \[2\] are NaN"):
+        select_elites(torch.tensor([1.0, 2.0, float("nan")]), 1)
+    with pytest.raises(ValueError, match="N must be at least the number of elites"):
+        select_elites(costs, 6)
+
+
+def test_refit_categorical_by_hand():
+    elites = torch.tensor([[1, 2], [1, 3]])
+    previous = torch.full((2, 4), 0.25)
+    refit = refit_categorical(elites, previous, smoothing=0.5)
+    expected = torch.tensor([[0.125, 0.625, 0.125, 0.125], [0.125, 0.125, 0.375, 0.375]])
+    assert torch.allclose(refit, expected)
+    assert torch.allclose(refit.sum(dim=1), torch.ones(2))
+
+
+def test_refit_gaussian_by_hand():
+    elites = torch.tensor([[[0.0, 1.0, 2.0]], [[2.0, 1.0, 4.0]]])  # E = 2, L = 1
+    mean, std = torch.zeros(1, 3), torch.ones(1, 3)
+    new_mean, new_std = refit_gaussian(elites, mean, std, smoothing=0.25, min_std=0.1)
+    assert torch.allclose(new_mean, torch.tensor([[0.75, 0.75, 2.25]]))
+    # population deviations (1, 0, 1), blended: 0.25 + 0.75 * (1, 0, 1), the 0.25 above the floor
+    assert torch.allclose(new_std, torch.tensor([[1.0, 0.25, 1.0]]))
+    _, floored = refit_gaussian(elites, mean, std, smoothing=0.0, min_std=0.1)
+    assert torch.allclose(floored, torch.tensor([[1.0, 0.1, 1.0]]))
+
+
+def test_gaussian_samples_stay_in_bounds():
+    mean, std = torch.zeros(5, 3), torch.ones(5, 3)
+    low, high = torch.tensor([-0.1, -0.2, -0.3]), torch.tensor([0.1, 0.2, 0.3])
+    samples = sample_gaussian(mean, std, 1000, torch.Generator().manual_seed(0), low, high)
+    assert samples.shape == (1000, 5, 3)
+    assert (samples >= low).all() and (samples <= high).all()
+    assert (samples == high).any()  # one sigma of 1 against a bound of 0.3: many are clipped
+
+
+def test_config_validation():
+    assert CEMConfig().elites == 18  # 30 % of 60
+    assert CEMConfig(num_samples=8, num_elites=2).elites == 2
+    with pytest.raises(ValueError, match="N must be at least the number of elites"):
+        CEMConfig(num_samples=8, num_elites=9)
+    with pytest.raises(ValueError, match="elite_fraction"):
+        CEMConfig(elite_fraction=0.0)
+    with pytest.raises(ValueError, match="allowed_actions"):
+        CEMConfig(allowed_actions=(1, 4))
+    with pytest.raises(ValueError, match="execute_steps"):
+        MPCConfig(cem=CEMConfig(horizon=4), execute_steps=5)
+
+
+# ----------------------------------------------------------------------------- with the oracle
+@pytest.fixture(scope="module")
+def oracle():
+    sim = Simulator(SimulatorConfig(width=32, height=32, turn_step_deg=30.0))
+    sim.load_scene(SCENE)
+    return OracleRollout(sim)
+
+
+@pytest.fixture(scope="module")
+def cost():
+    return GoalCost()
+
+
+def _straight_ahead_case(oracle, seed, steps=4):
+    """A start and the view after ``steps`` free forward moves, showing more than a wall."""
+    rng = np.random.default_rng(seed)
+    while True:
+        position = oracle.sim.sample_navigable_point(rng)
+        start = oracle.start(SCENE, position, float(rng.uniform(-math.pi, math.pi)))
+        walk = oracle.rollout(start, torch.ones(1, steps, dtype=torch.int64))
+        if not walk.collided.any() and walk.depth[0, -1].median() >= 1.0:
+            return start, walk
+
+
+def test_plan_improves_the_cost_and_is_consistent(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 0)
+    goal = walk.rgb[0, -1]
+    config = CEMConfig(num_samples=16, num_iterations=2, horizon=6)
+    plan = plan_cem(oracle, start, goal, cost, config, torch.Generator().manual_seed(0))
+    again = plan_cem(oracle, start, goal, cost, config, torch.Generator().manual_seed(0))
+    assert torch.equal(plan.actions, again.actions)  # seeded
+    assert plan.actions.shape == (6,)
+    assert plan.best_costs.shape == (2,) and plan.best_costs[1] <= plan.best_costs[0]
+    start_cost = float(cost.frames(start.rgb, goal)[0])
+    assert plan.cost < start_cost
+    replay = oracle.rollout(start, plan.actions[None])
+    assert float(cost(replay, goal)[0]) == pytest.approx(plan.cost, abs=1e-6)  # same frames
+    assert torch.equal(replay.cam_to_world[0, -1], plan.final_pose)
+
+
+def test_continuous_plan(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 1)
+    config = CEMConfig(kind="continuous", num_samples=12, num_iterations=2, horizon=4)
+    plan = plan_cem(oracle, start, walk.rgb[0, -1], cost, config, torch.Generator().manual_seed(0))
+    assert plan.actions.shape == (4, 3)
+    low, high = torch.tensor(config.waypoint_low), torch.tensor(config.waypoint_high)
+    assert (plan.actions >= low).all() and (plan.actions <= high).all()
+    assert set(plan.distribution) == {"mean", "std"}
+
+
+def test_plan_bad_input(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 2)
+    config = CEMConfig(num_samples=4, num_iterations=1, horizon=3)
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"\(16, 16\)"):
+        plan_cem(oracle, start, walk.rgb[0, -1, :, :16, :16], cost, config, generator)
+    with pytest.raises(ValueError, match="one state"):
+        plan_cem(oracle, start.repeat(2), walk.rgb[0, -1], cost, config, generator)
+    limited = OracleRollout(oracle.sim)
+    limited.max_horizon = 2
+    with pytest.raises(ValueError, match="beyond what this model supports"):
+        plan_cem(limited, start, walk.rgb[0, -1], cost, config, generator)
+
+
+def test_mpc_walks_to_a_goal_ahead(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 3, steps=6)
+    config = MPCConfig(
+        cem=CEMConfig(num_samples=24, num_iterations=2, horizon=6),
+        execute_steps=3,
+        max_steps=15,
+        record_imagined=True,
+    )
+    episode = run_mpc(
+        oracle, oracle, start, walk.rgb[0, -1], cost, config, torch.Generator().manual_seed(0)
+    )
+    steps = len(episode.actions)
+    assert episode.poses.shape == (steps + 1, 4, 4)
+    assert episode.frames.shape == (steps + 1, 3, 32, 32)
+    # the oracle imagines exactly what then happens
+    assert torch.equal(episode.imagined, episode.frames)
+    goal_position = walk.agent_state[0, -1, :3].numpy()
+    assert success(episode.agent_states[-1, :3].numpy(), goal_position, radius_m=0.5)
+    assert episode.costs[-1] < episode.costs[0]
+
+
+@pytest.mark.slow
+def test_cem_with_the_oracle_reaches_goals_a_few_metres_away(cost):
+    oracle = OracleRollout(config=SimulatorConfig(width=64, height=64, turn_step_deg=30.0))
+    config = MPCConfig(cem=CEMConfig(horizon=12), execute_steps=3, max_steps=80)
+    rng = np.random.default_rng(0)
+    reached = []
+    for index, scene in enumerate(scene_ids("train", 5) * 4):
+        episode = sample_image_goal_episode(oracle, scene, rng)
+        start = oracle.start(scene, episode.start_position, episode.start_yaw)
+        goal = oracle.start(scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+        generator = torch.Generator().manual_seed(index)
+        run = run_mpc(oracle, oracle, start, goal, cost, config, generator)
+        final = run.agent_states[-1, :3].numpy()
+        reached.append(bool(success(final, episode.goal_position, radius_m=0.5)))
+    assert np.mean(reached) >= 0.9, reached
+
+
+def test_shift_plan_by_hand():
+    config = CEMConfig(horizon=3, allowed_actions=(1, 2, 3))
+    probabilities = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.5, 0.0]])
+    incumbent, initial = shift_plan(
+        torch.tensor([1, 2, 3]), {"probabilities": probabilities}, 2, config, keep=1.0
+    )
+    assert incumbent.tolist() == [3, 0, 0]  # the rest of the plan, then waits
+    third = 1 / 3
+    shifted = torch.tensor(
+        [[0.0, 0.5, 0.5, 0.0], [0.0, third, third, third], [0, third, third, third]]
+    )
+    assert torch.allclose(initial["probabilities"], shifted)
+    _, blended = shift_plan(torch.tensor([1, 2, 3]), {"probabilities": probabilities}, 2, config)
+    uniform = torch.tensor([0.0, third, third, third])
+    assert torch.allclose(blended["probabilities"], 0.5 * shifted + 0.5 * uniform)
+    continuous = CEMConfig(kind="continuous", horizon=3, initial_mean=(0.0, 0.2, 0.0))
+    distribution = {"mean": torch.ones(3, 3), "std": torch.ones(3, 3)}
+    waypoints, start = shift_plan(torch.ones(3, 3), distribution, 1, continuous, keep=1.0)
+    assert waypoints.tolist() == [[1.0] * 3, [1.0] * 3, [0.0] * 3]
+    assert start["mean"][2].tolist() == pytest.approx([0.0, 0.2, 0.0])
+
+
+def test_incumbent_bounds_the_plan_cost(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 5)
+    goal = walk.rgb[0, -1]
+    incumbent = torch.tensor([1, 1, 1, 1])  # exactly the walk to the goal view: cost ~0
+    config = CEMConfig(num_samples=4, num_iterations=1, horizon=4)
+    plan = plan_cem(
+        oracle, start, goal, cost, config, torch.Generator().manual_seed(0), incumbent=incumbent
+    )
+    assert plan.cost < 1e-6  # LPIPS of the same rendered frame: float noise only
+    assert torch.equal(plan.actions, incumbent)
