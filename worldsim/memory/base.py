@@ -75,6 +75,20 @@ class Memory(nn.Module):
         """
         raise NotImplementedError
 
+    def _start_reset(self, batch_size: int, device: torch.device | str | None) -> None:
+        """The part of :meth:`reset` every memory shares: check ``B``, move to ``device``.
+
+        Moves the memory's ``encoder`` too, where it has one.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device is not None:
+            self.device = torch.device(device)
+            encoder = getattr(self, "encoder", None)
+            if encoder is not None:
+                encoder.to(self.device)
+        self.batch_size = batch_size
+
     def update(
         self,
         rgb: Tensor,

@@ -92,12 +92,7 @@ class FrameBank(Memory):
 
     def reset(self, batch_size: int, device: torch.device | str | None = None) -> None:
         """Empty all rows (see :meth:`Memory.reset`)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device is not None:
-            self.device = torch.device(device)
-            self.encoder.to(self.device)
-        self.batch_size = batch_size
+        self._start_reset(batch_size, device)
         self.slots = FrameSlots(
             batch_size, self.config.capacity, self.encoder.out_channels, self.device
         )

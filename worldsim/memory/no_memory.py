@@ -41,11 +41,7 @@ class NoMemory(Memory):
 
     def reset(self, batch_size: int, device: torch.device | str | None = None) -> None:
         """Set the batch size (see :meth:`Memory.reset`)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device is not None:
-            self.device = torch.device(device)
-        self.batch_size = batch_size
+        self._start_reset(batch_size, device)
 
     def update(
         self,
