@@ -28,15 +28,6 @@ from planners.metrics import success
 SCENE = "house-train-0000"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one CPU thread (no oversubscription); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_categorical_samples_follow_the_probabilities():
     probabilities = torch.tensor([[0.1, 0.6, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]])
     samples = sample_categorical(probabilities, 20_000, torch.Generator().manual_seed(0))

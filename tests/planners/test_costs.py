@@ -7,15 +7,6 @@ from planners.costs import GoalCost, GoalCostConfig, check_goal_image
 from planners.rollout import RolloutResult
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one CPU thread (no oversubscription); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cost():
     return GoalCost()

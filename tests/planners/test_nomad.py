@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from planners.nomad import (
+    POLICY_PRESETS,
     EfficientNetEncoder,
     NoMaDPolicy,
     SameConv2d,
@@ -27,29 +28,7 @@ from worldsim.geometry import (
     waypoint_to_relative_pose,
 )
 
-TINY = dict(
-    image_size=(32, 32),
-    context_size=1,
-    encoding_size=32,
-    width_coefficient=0.25,
-    depth_coefficient=0.34,
-    attention_heads=2,
-    attention_layers=1,
-    dropout=0.0,
-    len_traj_pred=4,
-    down_dims=(16, 32),
-    step_embed_dim=16,
-    unet_groups=4,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one CPU thread (no oversubscription); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY = {**POLICY_PRESETS["tiny"], "dropout": 0.0}
 
 
 @pytest.fixture
