@@ -47,9 +47,7 @@ def test_same_seed_same_rollout():
         frames, rewards = [observation["rgb"]], []
         action_rng = np.random.default_rng(seed)
         for _ in range(30):
-            observation, reward, *_ = environment.step(
-                int(action_rng.integers(1, 4))
-            )
+            observation, reward, *_ = environment.step(int(action_rng.integers(1, 4)))
             frames.append(observation["rgb"])
             rewards.append(reward)
         environment.close()
