@@ -19,6 +19,7 @@ ray-cast box room) for smoke tests.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.memory import build_memory
 from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
-from worldsim.world_model import WorldModel
+from worldsim.world_model import MEMORY_FILE, WorldModel
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ def training_batches(args: Args, model: WorldModel) -> Iterable[dict]:
     """Batches of the chosen data source, with the model's context and chunk lengths."""
     if args.data == "synthetic":
         return SyntheticRoomClips(
-            model.config, batch_size=args.batch_size, memory_frames=args.memory_frames,
+            model.config,
+            batch_size=args.batch_size,
+            memory_frames=args.memory_frames,
             seed=args.seed,
         )
     clips = ClipDataset(
@@ -115,6 +118,9 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
     )
     history = trainer.fit(data)
     print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    # The memory the model reads travels with it, so PersistentWorld-v0 rebuilds the same one.
+    spec = {"name": args.memory, "encoder": args.memory_encoder}
+    (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(spec))
     print(f"  model: {args.output_dir / stage / 'model'}")
     return WorldModel.from_pretrained(args.output_dir / stage / "model")
 

@@ -154,6 +154,8 @@ def test_train_world_model(tmp_path, tiny_dataset):
     for stage in ("vae", "backbone", "memory"):
         assert (tmp_path / stage / "model" / "config.json").is_file()
         assert list((tmp_path / stage / "samples").glob("*.gif"))
+        spec = json.loads((tmp_path / stage / "model" / "memory.json").read_text())
+        assert spec == {"name": "feature_map", "encoder": "pooled_color"}
     vae_config = json.loads((tmp_path / "vae" / "model" / "config.json").read_text())
     memory_config = json.loads((tmp_path / "memory" / "model" / "config.json").read_text())
     # The VAE stage fits the latent scale; later stages keep it.
@@ -228,6 +230,32 @@ def test_train_nomad(tmp_path, tiny_dataset):
     loaded = NoMaDPolicy.from_pretrained(tmp_path / "policy")
     assert loaded.config.context_size == 1
     assert (tmp_path / "policy" / "train_nomad.md").exists()
+
+
+def test_imagine(tmp_path):
+    argv = [
+        "--checkpoint",
+        "tiny-untrained",
+        "--scene",
+        "house-train-0000",
+        "--out-steps",
+        "1",
+        "--num-sampling-steps",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+        "--scale",
+        "2",
+    ]
+    summary = run("imagine", argv)
+    frames = imageio.mimread(tmp_path / "imagine.mp4")
+    assert len(frames) == summary["steps"] + 1 > summary["out_length"] >= 1
+    assert frames[0].shape[1] == 3 * 32 * 2  # ground truth | with memory | without memory
+    assert frames[0].shape[0] > 32 * 2  # the metric strip below
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["with memory", "without memory"]
+    assert all(np.isfinite(row["LPIPS all"]) for row in rows)
+    assert imageio.imread(tmp_path / "metrics.png").std() > 5  # a picture, not a blank canvas
 
 
 @pytest.mark.parametrize("flag", ["--help"])

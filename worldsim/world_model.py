@@ -49,6 +49,9 @@ from worldsim.vae import RGBDAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "world_model_small"
 """Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
+MEMORY_FILE = "memory.json"
+"""File in a checkpoint folder naming the memory the model was trained with: a JSON object
+``{"name": ..., **fields}`` of :func:`worldsim.memory.build_memory` arguments."""
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(

@@ -1,0 +1,225 @@
+"""The world model behind the rollout protocol: Algorithm 1a, batching, memory, poses."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from envs.learned_rollout import WorldModelRollout, chain_poses, row_generators, step_poses
+from envs.rollout import OracleRollout
+from envs.simulator import Simulator, SimulatorConfig
+from planners.rollout import RolloutModel, RolloutStart
+from tests.worldsim.conftest import make_tiny, randomise_memory_gates
+from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
+from worldsim.memory import build_memory
+from worldsim.sampling import rollout as reference_rollout
+
+SCENE = "house-train-0000"
+# Batched and single-row matrix products round differently on the CPU (~1e-6 on frames).
+ROUNDING = 1e-4
+
+
+def _memory():
+    return build_memory("feature_map", encoder="pooled_color", voxel_size=0.25)
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = make_tiny(memory_token_dim=_memory().token_dim)
+    randomise_memory_gates(model)  # so that the memory changes what is generated
+    return model
+
+
+@pytest.fixture(scope="module")
+def sim():
+    simulator = Simulator(SimulatorConfig(width=32, height=32))
+    simulator.load_scene(SCENE)
+    return simulator
+
+
+@pytest.fixture(scope="module")
+def start(sim):
+    """Two ground-truth start states (real frames), as a planner would get them."""
+    rng = np.random.default_rng(0)
+    positions = np.stack([sim.sample_navigable_point(rng) for _ in range(2)])
+    yaws = rng.uniform(-math.pi, math.pi, size=2)
+    return OracleRollout(sim).start(SCENE, positions, yaws)
+
+
+def _actions(rows, steps, seed=0):
+    return torch.randint(0, 4, (rows, steps), generator=torch.Generator().manual_seed(seed))
+
+
+def test_is_a_rollout_model(model):
+    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    assert isinstance(learned, RolloutModel)
+    assert learned.image_size == (32, 32)
+    assert learned.max_horizon is None
+
+
+def test_equals_the_library_rollout_with_a_fresh_memory(model, start):
+    """For whole chunks the protocol is exactly Algorithm 1a of worldsim.sampling."""
+    actions = _actions(2, 4)
+    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    result = learned.rollout(start, actions, generator=torch.Generator().manual_seed(7))
+
+    memory = _memory()
+    memory.reset(2)
+    expected = reference_rollout(
+        model,
+        start.rgb,
+        start.depth,
+        start.cam_to_world,
+        actions,
+        start.intrinsics,
+        memory=memory,
+        num_inference_steps=1,
+        generator=row_generators(2, torch.Generator().manual_seed(7)),
+    )
+    assert result.rgb.shape == (2, 4, 3, 32, 32) and result.depth.shape == (2, 4, 1, 32, 32)
+    assert result.cam_to_world.shape == (2, 4, 4, 4)
+    assert result.collided is None and result.agent_state is None
+    torch.testing.assert_close(result.rgb, expected.rgb, atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(result.depth, expected.depth, atol=ROUNDING, rtol=0)
+    # poses are integrated in float64 here, in float32 there
+    torch.testing.assert_close(result.cam_to_world, expected.cam_to_world, atol=1e-5, rtol=0)
+
+
+def test_poses_are_the_free_space_motion_and_match_the_oracle_without_collisions(model, start, sim):
+    actions = _actions(2, 6, seed=1)
+    actions[:, 0] = 2
+    # one denoising step: the poses do not depend on the frames
+    learned = WorldModelRollout(model, num_inference_steps=1)
+    result = learned.rollout(start, actions, num_frames=1)
+    for row in range(2):  # slow reference: multiply the step motions one by one
+        pose = start.cam_to_world[row, -1].double()
+        for step in range(6):
+            pose = pose @ action_to_relative_pose(actions[row, step]).double()
+            torch.testing.assert_close(
+                result.cam_to_world[row, step].double(), pose, atol=1e-5, rtol=0
+            )
+    truth = OracleRollout(sim).rollout(start, actions, num_frames=1)
+    for row in range(2):  # the oracle's motion is the same up to the first collision
+        blocked = truth.collided[row].nonzero()
+        free = int(blocked[0]) if len(blocked) else actions.shape[1]
+        assert free >= 1  # the first action is a turn, which never collides
+        torch.testing.assert_close(
+            result.cam_to_world[row, :free], truth.cam_to_world[row, :free], atol=1e-4, rtol=0
+        )  # the oracle stores float32 poses of float64 states
+
+
+def test_rows_do_not_depend_on_the_batch_size_or_on_each_other(model, start):
+    actions = _actions(2, 2, seed=2)
+    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    whole = learned.rollout(start, actions, generator=torch.Generator().manual_seed(3))
+    one_by_one = learned.rollout(
+        start, actions, generator=torch.Generator().manual_seed(3), batch_size=1
+    )
+    torch.testing.assert_close(whole.rgb, one_by_one.rgb, atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(whole.depth, one_by_one.depth, atol=ROUNDING, rtol=0)
+    again = learned.rollout(start, actions, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(whole.rgb, again.rgb)  # seeded: identical
+    other = learned.rollout(start, actions, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(whole.rgb, other.rgb, atol=1e-2)
+
+
+def test_partial_chunks_are_padded_and_num_frames_keeps_the_last(model, start):
+    learned = WorldModelRollout(model, num_inference_steps=1)
+    actions = _actions(2, 3, seed=5)
+    full = learned.rollout(start, actions, generator=torch.Generator().manual_seed(0))
+    first_chunk = learned.rollout(start, actions[:, :2], generator=torch.Generator().manual_seed(0))
+    assert full.rgb.shape == (2, 3, 3, 32, 32)
+    # the first chunk does not see the padding of the second
+    torch.testing.assert_close(full.rgb[:, :2], first_chunk.rgb, atol=ROUNDING, rtol=0)
+    last = learned.rollout(start, actions, generator=torch.Generator().manual_seed(0), num_frames=1)
+    assert last.rgb.shape == (2, 1, 3, 32, 32) and last.cam_to_world.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(last.rgb[:, 0], full.rgb[:, -1], atol=ROUNDING, rtol=0)
+
+
+def test_waypoints_roll_out_like_the_equivalent_discrete_actions(model, start):
+    learned = WorldModelRollout(model, num_inference_steps=1)
+    actions = torch.tensor([[1, 2], [3, 1]])
+    turn = math.radians(model.config.turn_step_deg)
+    table = torch.tensor(
+        [[0, 0, 0], [0, model.config.forward_step_m, 0], [0, 0, turn], [0, 0, -turn]]
+    )
+    waypoints = table[actions].float()  # (2, 2, 3)
+    torch.testing.assert_close(
+        step_poses(waypoints, model), step_poses(actions, model), atol=1e-6, rtol=0
+    )
+    discrete = learned.rollout(start, actions, generator=torch.Generator().manual_seed(1))
+    continuous = learned.rollout(start, waypoints, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(continuous.rgb, discrete.rgb, atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(continuous.cam_to_world, discrete.cam_to_world, atol=1e-6, rtol=0)
+
+
+def test_chain_poses_multiplies_in_order():
+    waypoints = torch.tensor([[[0.0, 1.0, math.pi / 2], [0.0, 1.0, 0.0]]])
+    chained = chain_poses(waypoint_to_relative_pose(waypoints))
+    # forward 1 m, turn left 90 deg, forward 1 m: 1 m ahead and 1 m to the left (camera -x)
+    torch.testing.assert_close(
+        chained[0, 1, :3, 3], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6, rtol=0
+    )
+
+
+def test_start_memory_is_copied_not_modified(model, start):
+    memory = _memory()
+    memory.reset(2)
+    k = start.intrinsics[:, None]
+    memory.update(start.rgb, start.depth, k, start.cam_to_world)
+    with_memory = RolloutStart(
+        rgb=start.rgb,
+        depth=start.depth,
+        cam_to_world=start.cam_to_world,
+        intrinsics=start.intrinsics,
+        memory=memory,
+    )
+    behind = start.cam_to_world @ action_to_relative_pose(torch.tensor(2)).expand(2, 1, 4, 4)
+    before = memory.tokens(behind, k, (32, 32))[1].sum()
+    result = WorldModelRollout(model, num_inference_steps=1).rollout(
+        with_memory, torch.full((2, 2), 2), generator=torch.Generator().manual_seed(0)
+    )
+    assert memory.tokens(behind, k, (32, 32))[1].sum() == before
+    assert result.memory is not memory
+    assert result.memory.tokens(behind, k, (32, 32))[1].sum() > before  # it saw the turn
+
+
+def test_the_memory_changes_the_prediction(model, start):
+    actions = _actions(2, 2, seed=6)
+    with_memory = WorldModelRollout(model, _memory(), num_inference_steps=1).rollout(
+        start, actions, generator=torch.Generator().manual_seed(0)
+    )
+    without = WorldModelRollout(model, num_inference_steps=1).rollout(
+        start, actions, generator=torch.Generator().manual_seed(0)
+    )
+    assert (with_memory.rgb - without.rgb).abs().max() > 1e-3
+
+
+def test_bad_requests_raise(model, start):
+    learned = WorldModelRollout(model, num_inference_steps=1)
+    small = RolloutStart(
+        rgb=start.rgb[..., :16, :16],
+        depth=start.depth[..., :16, :16],
+        cam_to_world=start.cam_to_world,
+        intrinsics=start.intrinsics,
+    )
+    with pytest.raises(ValueError, match=r"\(16, 16\).*\(32, 32\)"):
+        learned.rollout(small, _actions(2, 2))
+    with pytest.raises(ValueError, match="memory_token_dim"):
+        WorldModelRollout(model, build_memory("none", token_dim=3))
+    with pytest.raises(ValueError, match="no memory branch"):
+        WorldModelRollout(make_tiny(memory_token_dim=0), _memory())
+    memory = _memory()
+    memory.reset(3)
+    three_rows = RolloutStart(
+        rgb=start.rgb,
+        depth=start.depth,
+        cam_to_world=start.cam_to_world,
+        intrinsics=start.intrinsics,
+        memory=memory,
+    )
+    with pytest.raises(ValueError, match="holds 3 rows but the start has 2"):
+        learned.rollout(three_rows, _actions(2, 2))
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        WorldModelRollout(model, num_inference_steps=0)

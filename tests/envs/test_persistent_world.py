@@ -1,0 +1,329 @@
+"""PersistentWorld-v0: Gymnasium contract, seeding, the batched vector env, starts, bad input."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the envs)
+from envs.indoor_nav import observation_space
+from envs.learned_rollout import WorldModelRollout
+from envs.persistent_world import (
+    MEMORY_FILE,
+    PersistentWorldEnv,
+    PersistentWorldVectorEnv,
+)
+from envs.simulator import SimulatorConfig
+from tests.worldsim.conftest import make_tiny, randomise_memory_gates
+from worldsim.memory import FeatureMap3D, build_memory
+from worldsim.world_model import DEFAULT_CHECKPOINT, WorldModel
+
+if "PersistentWorld-v0" not in gym.registry:
+    gym.register(
+        id="PersistentWorld-v0",
+        entry_point="envs.persistent_world:PersistentWorldEnv",
+        vector_entry_point="envs.persistent_world:PersistentWorldVectorEnv",
+        max_episode_steps=500,
+    )
+
+SCENE = "house-train-0000"
+MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
+# Batched and single-row matrix products round differently on the CPU (~1e-6 before
+# quantisation), which can move a pixel across a uint8 rounding boundary.
+RGB_LEVELS = 1
+DEPTH_METRES = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    model = make_tiny(memory_token_dim=build_memory(**MEMORY).token_dim)
+    randomise_memory_gates(model)  # so that the memory changes what is generated
+    return model
+
+
+def _make(model, **kwargs):
+    # One denoising step keeps the tests fast; the model's default is tested through check_env.
+    kwargs = {"memory": MEMORY, "num_sampling_steps": 1, **kwargs}
+    return gym.make("PersistentWorld-v0", checkpoint=model, scene=SCENE, **kwargs)
+
+
+def _frames(count=3, size=32):
+    """Few-shot frames of a made-up room: poses on a line, looking along -z."""
+    rng = np.random.default_rng(0)
+    pose = np.repeat(np.eye(4)[None], count, axis=0)
+    pose[:, 1, 1] = pose[:, 2, 2] = -1.0  # OpenCV camera of an agent with yaw 0 (y down, z -> -z)
+    pose[:, 0, 3] = np.arange(count) * 0.5
+    pose[:, 1, 3] = 1.25
+    return {
+        "rgb": rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+        "depth": rng.uniform(0.5, 4.0, (count, size, size, 1)).astype(np.float32),
+        "pose": pose,
+    }
+
+
+def test_check_env_passes(model):
+    env = _make(model, num_sampling_steps=None)
+    check_env(env.unwrapped)
+    assert env.spec.max_episode_steps == 500
+
+
+def test_spaces_are_those_of_indoor_nav(model):
+    env = _make(model)
+    expected = observation_space(SimulatorConfig(width=32, height=32))
+    assert env.observation_space == expected
+    assert env.action_space == gym.spaces.Discrete(4)
+    assert gym.make("IndoorNav-v0", width=32, height=32).observation_space == env.observation_space
+
+
+def test_same_seed_same_rollout_other_seed_other_start(model):
+    env = _make(model)  # one env: a reset must clear everything the last episode left
+
+    def run(seed, actions=(1, 2)):
+        observations = [env.reset(seed=seed)[0]]
+        return observations + [env.step(action)[0] for action in actions]
+
+    first, other, second = run(3), run(4, actions=()), run(3)
+    for a, b in zip(first, second, strict=True):
+        for key in ("rgb", "depth", "pose"):
+            assert np.array_equal(a[key], b[key])
+    assert not np.array_equal(first[0]["pose"], other[0]["pose"])  # another start
+
+
+def test_scene_start_is_rendered_by_the_ground_truth(model):
+    env = _make(model)
+    observation, info = env.reset(seed=0)
+    truth = gym.make("IndoorNav-v0", scene=SCENE, width=32, height=32)
+    expected, _ = truth.reset(
+        options={"start": (*info["position"], info["yaw"]), "goal": info["goal"]}
+    )
+    for key in ("rgb", "depth", "pose"):
+        assert np.array_equal(observation[key], expected[key])
+    assert observation["rgb"].dtype == np.uint8 and observation["depth"].dtype == np.float32
+    assert info["scene"] == SCENE
+    # The start frame is in the memory: tokens exist for the start view.
+    memory = env.unwrapped.memory
+    assert isinstance(memory, FeatureMap3D)
+    pose = torch.from_numpy(observation["pose"])[None, None]
+    k = torch.from_numpy(info["intrinsics"])[None, None]
+    assert memory.tokens(pose, k, (32, 32))[1].sum() > 0
+
+
+def test_reward_and_pose_follow_the_integrated_free_space_motion(model):
+    env = _make(model)
+    frames = _frames()
+    last = frames["pose"][-1]
+    goal = last[:3, 3] - np.array([0.0, 1.25, 2.0])  # 2 m straight ahead of the last camera
+    observation, info = env.reset(seed=0, options={"frames": frames, "goal": goal})
+    assert np.array_equal(observation["rgb"], frames["rgb"][-1])
+    assert info["distance_to_goal"] == pytest.approx(2.0)
+    observation, reward, terminated, truncated, info = env.step(1)  # forward 0.25 m
+    assert reward == pytest.approx(0.25) and not terminated and not truncated
+    observation, reward, *_ = env.step(2)  # turn left 10 deg: no distance change
+    assert reward == pytest.approx(0.0, abs=1e-12)
+    observation, reward, *_, info = env.step(1)
+    turn = math.radians(10.0)
+    position = (
+        last[:3, 3]
+        - np.array([0.0, 1.25, 0.25])
+        + 0.25 * np.array([-math.sin(turn), 0.0, -math.cos(turn)])
+    )  # yaw 10 deg looks along (-sin, 0, -cos)
+    np.testing.assert_allclose(info["position"], position, atol=1e-9)  # float64 integration
+    assert info["yaw"] == pytest.approx(turn)
+    assert reward == pytest.approx(1.75 - np.linalg.norm(position - goal))
+    np.testing.assert_allclose(
+        observation["pose"][:3, 3], position + np.array([0.0, 1.25, 0.0]), atol=1e-6
+    )
+    before = observation
+    observation, reward, terminated, _, info = env.step(0)  # stop: nothing is generated
+    assert terminated and reward == 0.0 and not info["success"]
+    assert np.array_equal(observation["rgb"], before["rgb"])
+
+
+def test_stopping_at_the_goal_succeeds(model):
+    env = _make(model)
+    frames = _frames(count=1)
+    goal = frames["pose"][0, :3, 3] - np.array([0.0, 1.25, 0.25])
+    env.reset(seed=0, options={"frames": frames, "goal": goal})
+    env.step(1)
+    *_, terminated, _, info = env.step(0)
+    assert terminated and info["success"] and info["distance_to_goal"] == pytest.approx(0.0)
+
+
+def test_few_shot_frames_all_enter_the_memory(model):
+    env = _make(model)
+    frames = _frames(count=3)
+    env.reset(seed=0, options={"frames": frames})
+    one = _make(model)
+    one.reset(seed=0, options={"frames": {k: v[-1:] for k, v in frames.items()}})
+    poses = torch.from_numpy(frames["pose"]).float()[None]
+    k = torch.from_numpy(SimulatorConfig(width=32, height=32).intrinsics).expand(1, 3, 3, 3)
+    seen = env.unwrapped.memory.tokens(poses, k, (32, 32))[1].sum()
+    assert seen > one.unwrapped.memory.tokens(poses, k, (32, 32))[1].sum()
+    _, _, _, _, info = env.step(1)
+    assert np.isnan(info["goal"]).all() and np.isnan(info["distance_to_goal"])
+
+
+def test_memory_none_runs_the_model_without_memory(model):
+    with_memory, without = (
+        _make(model),
+        gym.make("PersistentWorld-v0", checkpoint=model, memory="none", scene=SCENE),
+    )
+    assert without.unwrapped.memory is None
+    a, _ = with_memory.reset(seed=1)
+    b, _ = without.reset(seed=1)
+    assert np.array_equal(a["rgb"], b["rgb"])  # same ground-truth start
+    a = with_memory.step(1)[0]
+    b = without.step(1)[0]
+    assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() > 0
+
+
+def test_vector_env_equals_single_envs_with_the_same_seeds(model):
+    vector = gym.make_vec(
+        "PersistentWorld-v0",
+        num_envs=2,
+        checkpoint=model,
+        memory=MEMORY,
+        scene=SCENE,
+        num_sampling_steps=1,
+    )
+    assert isinstance(vector, PersistentWorldVectorEnv)
+    assert vector.observation_space["rgb"].shape == (2, 32, 32, 3)
+    actions = np.array([[1, 0], [2, 1]])  # row 1 stops, then autoresets
+    observations = [vector.reset(seed=10)[0]]
+    results = [vector.step(a) for a in actions]
+    observations += [r[0] for r in results]
+    assert results[0][2].tolist() == [False, True]
+    assert results[1][1][1] == 0.0 and not results[1][2][1]  # the autoreset step
+    single = _make(model)
+    for row in range(2):
+        expected = [single.reset(seed=10 + row)[0]]
+        for step, action in enumerate(actions[:, row]):
+            if step > 0 and actions[step - 1, row] == 0:
+                expected.append(single.reset()[0])  # the vector env autoresets this row
+            else:
+                expected.append(single.step(int(action))[0])
+        for step, observation in enumerate(expected):
+            rgb = observations[step]["rgb"][row].astype(int)
+            assert np.abs(rgb - observation["rgb"]).max() <= RGB_LEVELS
+            np.testing.assert_allclose(
+                observations[step]["depth"][row], observation["depth"], atol=DEPTH_METRES
+            )
+            np.testing.assert_allclose(observations[step]["pose"][row], observation["pose"])
+
+
+def test_vector_env_truncates_and_resets_rows_on_request(model):
+    vector = PersistentWorldVectorEnv(
+        num_envs=2,
+        max_episode_steps=1,
+        checkpoint=model,
+        memory=MEMORY,
+        scene=SCENE,
+        num_sampling_steps=1,
+    )
+    first, _ = vector.reset(seed=0)
+    _, _, terminated, truncated, _ = vector.step(np.array([2, 3]))
+    assert truncated.tolist() == [True, True] and terminated.tolist() == [False, False]
+    again, _ = vector.reset(seed=0, options={"reset_mask": np.array([True, False])})
+    assert np.array_equal(again["rgb"][0], first["rgb"][0])
+    with pytest.raises(ValueError, match="reset_mask"):
+        vector.reset(options={"reset_mask": np.array([1, 0])})
+    with pytest.raises(ValueError, match=r"actions must be \(2,\)"):
+        vector.step(np.array([1, 1, 1]))
+
+
+def test_vector_env_rows_per_call_do_not_change_the_rows(model):
+    def first_step(batch_size):
+        vector = PersistentWorldVectorEnv(
+            num_envs=2,
+            batch_size=batch_size,
+            checkpoint=model,
+            memory=MEMORY,
+            scene=SCENE,
+            num_sampling_steps=1,
+        )
+        vector.reset(seed=0)
+        return vector.step(np.array([1, 2]))[0]
+
+    together, apart = first_step(None), first_step(1)
+    assert np.abs(together["rgb"].astype(int) - apart["rgb"]).max() <= RGB_LEVELS
+    np.testing.assert_allclose(together["depth"], apart["depth"], atol=DEPTH_METRES)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        PersistentWorldVectorEnv(num_envs=2, batch_size=0, checkpoint=model, memory=MEMORY)
+
+
+def test_checkpoint_folder_and_its_memory_file(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    (tmp_path / MEMORY_FILE).write_text(json.dumps(MEMORY))
+    env = gym.make("PersistentWorld-v0", checkpoint=str(tmp_path), scene=SCENE)
+    assert isinstance(env.unwrapped.world.memory, FeatureMap3D)
+    assert env.unwrapped.world.memory.config.voxel_size == 0.25
+    assert env.reset(seed=0)[0]["rgb"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match=r"width=64 was requested.*32x32"):
+        gym.make("PersistentWorld-v0", checkpoint=str(tmp_path), width=64)
+    (tmp_path / MEMORY_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        gym.make("PersistentWorld-v0", checkpoint=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no world model checkpoint"):
+        gym.make("PersistentWorld-v0", checkpoint=str(tmp_path / "missing"))
+
+
+def test_no_arguments_load_the_shipped_checkpoint():
+    if (DEFAULT_CHECKPOINT / "config.json").is_file():
+        env = gym.make("PersistentWorld-v0")
+        env.reset(seed=0)
+        observation = env.step(1)[0]
+        assert observation["rgb"].shape == env.observation_space["rgb"].shape
+    else:
+        with pytest.raises(FileNotFoundError, match=r"train_world_model\.py"):
+            gym.make("PersistentWorld-v0")
+
+
+def test_bad_input_raises_clear_errors(model):
+    env = _make(model)
+    with pytest.raises(ValueError, match=r"unknown reset options \['speed'\]"):
+        env.reset(options={"speed": 2})
+    with pytest.raises(ValueError, match="need their camera poses"):
+        env.reset(options={"frames": {k: v for k, v in _frames().items() if k != "pose"}})
+    with pytest.raises(ValueError, match=r"16x16 pixels.*32x32"):
+        env.reset(options={"frames": _frames(size=16)})
+    frames = _frames()
+    frames["depth"] = frames["depth"][:2]
+    with pytest.raises(ValueError, match=r"frames\['depth'\] must be"):
+        env.reset(options={"frames": frames})
+    frames = _frames()
+    frames["pose"] = frames["pose"] * 2.0
+    with pytest.raises(ValueError, match="not a rigid transform"):
+        env.reset(options={"frames": frames})
+    with pytest.raises(ValueError, match="cannot be combined with 'frames'"):
+        env.reset(options={"frames": _frames(), "scene": SCENE})
+    with pytest.raises(ValueError, match="unknown keys"):
+        env.reset(options={"frames": {**_frames(), "normals": 0}})
+    narrow = {**MEMORY, "position": {"num_frequencies": 2}}  # tokens of width 3 + 12
+    with pytest.raises(ValueError, match=r"width 15 .* memory_token_dim=51"):
+        gym.make("PersistentWorld-v0", checkpoint=model, memory=narrow)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'resolution'"):
+        gym.make("PersistentWorld-v0", checkpoint=model, resolution=64)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="unknown action 7"):
+        env.step(7)
+    with pytest.raises(ValueError, match="num_sampling_steps"):
+        PersistentWorldEnv(checkpoint=model, memory=MEMORY, num_sampling_steps=0)
+
+
+def test_env_state_feeds_the_planners_rollout(model):
+    env = _make(model)
+    env.reset(seed=0)
+    env.step(1)
+    start = env.unwrapped.rollout_start()
+    assert start.rgb.shape == (1, 1, 3, 32, 32) and start.scene == (SCENE,)
+    tokens_before = start.memory.tokens(start.cam_to_world, start.intrinsics[:, None], (32, 32))
+    result = WorldModelRollout(model, num_inference_steps=1).rollout(
+        start, torch.tensor([[1, 1]]), generator=torch.Generator().manual_seed(0)
+    )
+    assert result.rgb.shape == (1, 2, 3, 32, 32)
+    tokens_after = start.memory.tokens(start.cam_to_world, start.intrinsics[:, None], (32, 32))
+    assert torch.equal(tokens_before[0], tokens_after[0])  # the planner works on a copy
