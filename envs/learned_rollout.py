@@ -11,7 +11,9 @@ Chunks
     with ``stop`` (no motion) and the padded frames are discarded: they are neither returned nor
     written into the memory. Each chunk is conditioned on the last ``n_context`` frames (start
     frames, then generated ones) and on the memory's tokens for the chunk's cameras; its generated
-    RGB-D is unprojected into the memory before the next chunk.
+    RGB-D is unprojected into the memory before the next chunk. The chunk loop is
+    :func:`worldsim.sampling.rollout`, given the padded relative step poses and a mask of the
+    frames that go into the memory.
 
 Actions
     Discrete ids become relative camera poses through
@@ -36,9 +38,17 @@ import torch
 from torch import Tensor
 
 from planners.rollout import RolloutResult, RolloutStart, check_rollout_request
-from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
 from worldsim.memory import Memory
-from worldsim.sampling import sample_chunk
+from worldsim.sampling import chain_poses, generate_chunk, rollout, step_poses
+
+__all__ = [
+    "WorldModelRollout",
+    "chain_poses",
+    "check_memory_fits",
+    "generate_chunk",
+    "row_generators",
+    "step_poses",
+]
 
 if TYPE_CHECKING:
     from worldsim.world_model import WorldModel
@@ -71,93 +81,6 @@ def row_generators(
         rng = generator if generator is not None else np.random.default_rng()
         seeds = rng.integers(0, _SEED_HIGH, size=count).tolist()
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-
-
-def step_poses(actions: Tensor, model: WorldModel) -> Tensor:
-    """Relative camera pose of every step, each in the frame of the camera before it.
-
-    Args:
-        actions: (B, L) integer ids or (B, L, 3) float waypoints ``(dx, dz, dyaw)``.
-        model: gives the step sizes of discrete actions.
-
-    Returns:
-        (B, L, 4, 4) float32 free-space motions.
-    """
-    if actions.is_floating_point():
-        return waypoint_to_relative_pose(actions.float())
-    return action_to_relative_pose(actions, model.action_spec).float()
-
-
-def chain_poses(steps: Tensor) -> Tensor:
-    """Poses after each step relative to the camera before the first one.
-
-    Args:
-        steps: (B, L, 4, 4) relative poses (:func:`step_poses`).
-
-    Returns:
-        (B, L, 4, 4) ``steps[:, 0] @ ... @ steps[:, l]`` for each ``l``.
-    """
-    poses, current = [], torch.eye(4, dtype=steps.dtype, device=steps.device)
-    current = current.expand(steps.shape[0], 4, 4)
-    for index in range(steps.shape[1]):
-        current = current @ steps[:, index]
-        poses.append(current)
-    return torch.stack(poses, dim=1)
-
-
-@torch.no_grad()
-def generate_chunk(
-    model: WorldModel,
-    context_rgb: Tensor,
-    context_depth: Tensor | None,
-    cam_to_ref: Tensor,
-    intrinsics: Tensor,
-    memory_tokens: Tensor | None,
-    memory_mask: Tensor | None,
-    generators: list[torch.Generator],
-    num_inference_steps: int | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Generate the frames of one action chunk for B rows in one model call.
-
-    Args:
-        model: the world model.
-        context_rgb: (B, n_context, 3, H, W) conditioning RGB in [0, 1].
-        context_depth: (B, n_context, 1, H, W) conditioning depth, metres (``None`` for an
-            RGB-only model).
-        cam_to_ref: (B, n_future, 4, 4) poses of the chunk's cameras in the frame of the last
-            conditioning camera.
-        intrinsics: (B, 3, 3) ``K`` in pixels.
-        memory_tokens: (B, N, D) map tokens, or ``None`` for no memory.
-        memory_mask: (B, N) bool, True for real tokens.
-        generators: B noise generators, one per row.
-        num_inference_steps: DDIM steps; the model's default if ``None``.
-
-    Returns:
-        ``(rgb, depth)``: (B, n_future, 3, H, W) float32 in [0, 1] and (B, n_future, 1, H, W)
-        float32 metres (``None`` for an RGB-only model), on the model's device.
-    """
-    batch, frames = cam_to_ref.shape[:2]
-    device, dtype = model.device, model.dtype
-    chunk_k = intrinsics.to(device)[:, None].expand(batch, frames, 3, 3)
-    rays = model.chunk_rays(chunk_k, cam_to_ref.to(device)).to(dtype)
-    depth = None
-    if model.config.use_depth:
-        depth = context_depth.to(device, dtype)
-    context_latents = model.encode(context_rgb.to(device, dtype), depth)
-    if memory_tokens is not None:
-        memory_tokens = memory_tokens.to(device, dtype)
-        memory_mask = memory_mask.to(device)
-    latents = sample_chunk(
-        model,
-        context_latents,
-        rays,
-        memory_tokens,
-        memory_mask,
-        num_inference_steps,
-        generators,
-    )
-    rgb, new_depth = model.decode(latents)
-    return rgb.float(), None if new_depth is None else new_depth.float()
 
 
 def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
@@ -278,88 +201,40 @@ class WorldModelRollout:
         model = self.model
         rows, horizon = actions.shape[:2]
         num_frames = horizon if num_frames is None else num_frames
-        batch_size = rows if batch_size is None else min(batch_size, rows)
         n_context, n_future = model.config.n_context, model.config.n_future
-        generators = row_generators(rows, generator)
         memory = self._rollout_memory(start)
 
-        context_rgb = _context(start.rgb, n_context)  # (B, n_context, 3, H, W)
-        context_depth = _context(start.depth, n_context)  # (B, n_context, 1, H, W)
-        intrinsics = start.intrinsics.float()
-        reference = start.cam_to_world[:, -1].double()  # (B, 4, 4) last start camera
         chunks = math.ceil(horizon / n_future)
-        steps = step_poses(actions.cpu(), model)  # (B, L, 4, 4)
-        padding = torch.eye(4).expand(rows, chunks * n_future - horizon, 4, 4)
+        steps = step_poses(actions.cpu(), model).double()  # (B, L, 4, 4)
+        padding = torch.eye(4, dtype=steps.dtype).expand(rows, chunks * n_future - horizon, 4, 4)
         steps = torch.cat([steps, padding], dim=1)  # (B, chunks * n_future, 4, 4)
-
-        out_rgb, out_depth, out_poses = [], [], []
-        for chunk in range(chunks):
-            real = min(n_future, horizon - chunk * n_future)  # frames not padding
-            cam_to_ref = chain_poses(steps[:, chunk * n_future : (chunk + 1) * n_future].double())
-            targets = reference[:, None] @ cam_to_ref  # (B, n_future, 4, 4) cam_to_world, f64
-            tokens = mask = None
-            if memory is not None:
-                chunk_k = intrinsics[:, None].expand(rows, n_future, 3, 3)
-                tokens, mask = memory.tokens(
-                    targets.float().to(memory.device), chunk_k.to(memory.device), self.image_size
-                )
-            rgb, depth = self._generate(
-                context_rgb,
-                context_depth,
-                cam_to_ref.float(),
-                intrinsics,
-                (tokens, mask),
-                generators,
-                batch_size,
-            )
-            rgb, depth = rgb[:, :real], depth[:, :real]  # (B, real, C, H, W): padding dropped
-            poses = targets[:, :real].float()
-            if memory is not None:
-                _update_in_parts(memory, rgb, depth, intrinsics, poses, batch_size)
-            context_rgb = torch.cat([context_rgb, rgb], dim=1)[:, -n_context:]
-            context_depth = torch.cat([context_depth, depth], dim=1)[:, -n_context:]
-            reference = targets[:, real - 1]
-            out_rgb.append(rgb)
-            out_depth.append(depth)
-            out_poses.append(poses)
+        real = torch.zeros(rows, chunks * n_future, dtype=torch.bool)
+        real[:, :horizon] = True  # padded frames never reach the memory
+        generated = rollout(
+            model,
+            _context(start.rgb, n_context),  # (B, n_context, 3, H, W)
+            _context(start.depth, n_context) if model.config.use_depth else None,
+            _context(start.cam_to_world, n_context),  # (B, n_context, 4, 4)
+            steps,
+            start.intrinsics.float(),
+            memory=memory,
+            insert_start_frames=False,  # done by _rollout_memory, without the repeated frames
+            num_inference_steps=self.num_inference_steps,
+            generator=row_generators(rows, generator),
+            memory_frames=real,
+            batch_size=batch_size,
+        )
+        rgb = generated.rgb[:, :horizon].cpu()  # (B, L, 3, H, W): padding dropped
+        if generated.depth is None:
+            depth = torch.zeros_like(rgb[:, :, :1])  # an RGB-only model: no depth (0)
+        else:
+            depth = generated.depth[:, :horizon].cpu()
         return RolloutResult(
-            rgb=torch.cat(out_rgb, dim=1)[:, horizon - num_frames :],
-            depth=torch.cat(out_depth, dim=1)[:, horizon - num_frames :],
-            cam_to_world=torch.cat(out_poses, dim=1),
+            rgb=rgb[:, horizon - num_frames :],
+            depth=depth[:, horizon - num_frames :],
+            cam_to_world=generated.cam_to_world[:, :horizon].cpu(),
             memory=memory,
         )
-
-    def _generate(
-        self,
-        context_rgb: Tensor,
-        context_depth: Tensor,
-        cam_to_ref: Tensor,
-        intrinsics: Tensor,
-        memory: tuple[Tensor | None, Tensor | None],
-        generators: list[torch.Generator],
-        batch_size: int,
-    ) -> tuple[Tensor, Tensor]:
-        """One chunk for all B rows, ``batch_size`` rows per model call; CPU float32 frames."""
-        tokens, mask = memory
-        rgb_parts, depth_parts = [], []
-        for first in range(0, context_rgb.shape[0], batch_size):
-            part = slice(first, first + batch_size)
-            rgb, depth = generate_chunk(
-                self.model,
-                context_rgb[part],
-                context_depth[part],
-                cam_to_ref[part],
-                intrinsics[part],
-                None if tokens is None else tokens[part],
-                None if mask is None else mask[part],
-                generators[part],
-                self.num_inference_steps,
-            )
-            if depth is None:
-                depth = torch.zeros_like(rgb[:, :, :1])  # an RGB-only model: no depth (0)
-            rgb_parts.append(rgb.cpu())
-            depth_parts.append(depth.cpu())
-        return torch.cat(rgb_parts), torch.cat(depth_parts)
 
     def _rollout_memory(self, start: RolloutStart) -> Memory | None:
         """The memory a rollout from ``start`` updates: a copy of the start's or a fresh one."""
@@ -389,33 +264,9 @@ class WorldModelRollout:
         return memory
 
 
-def _update_in_parts(
-    memory: Memory,
-    rgb: Tensor,
-    depth: Tensor,
-    intrinsics: Tensor,
-    cam_to_world: Tensor,
-    batch_size: int,
-) -> None:
-    """Write (B, T, ...) frames into the memory, encoding ``batch_size`` rows at a time."""
-    rows, frames = rgb.shape[:2]
-    device = memory.device
-    frames_k = intrinsics[:, None].expand(rows, frames, 3, 3)
-    for first in range(0, rows, batch_size):
-        valid = torch.zeros(rows, frames, dtype=torch.bool)
-        valid[first : first + batch_size] = True  # the other rows are skipped, not read
-        memory.update(
-            rgb.to(device),
-            depth.to(device),
-            frames_k.to(device),
-            cam_to_world.to(device),
-            valid=valid.to(device),
-        )
-
-
 def _context(frames: Tensor, count: int) -> Tensor:
-    """The last ``count`` frames (B, count, C, H, W), the oldest repeated if there are fewer."""
+    """The last ``count`` of (B, T, ...) frames or poses, the oldest repeated if there are fewer."""
     if frames.shape[1] < count:
-        repeats = frames[:, :1].expand(-1, count - frames.shape[1], -1, -1, -1)
+        repeats = frames[:, :1].expand(-1, count - frames.shape[1], *frames.shape[2:])
         frames = torch.cat([repeats, frames], dim=1)
     return frames[:, -count:].float()

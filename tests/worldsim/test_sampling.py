@@ -113,3 +113,78 @@ def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
         generator=torch.Generator().manual_seed(0),
     )
     assert memory.tokens(behind, k, (32, 32))[1].sum() > seen_before
+
+
+def test_step_poses_and_waypoints_roll_out_like_the_equivalent_action_ids(tiny_model, tiny_batch):
+    from worldsim.geometry import action_to_waypoint
+    from worldsim.sampling import step_poses
+
+    rgb, depth, poses = start(tiny_batch)
+    actions = torch.tensor([[1, 2, 3, 1], [2, 2, 1, 0]])
+    motions = {
+        "ids": actions,
+        "waypoints": action_to_waypoint(actions, tiny_model.action_spec).float(),
+        "poses": step_poses(actions, tiny_model),
+    }
+    results = {
+        name: rollout(
+            tiny_model, rgb, depth, poses, motion, generator=torch.Generator().manual_seed(0)
+        )
+        for name, motion in motions.items()
+    }
+    for name in ("waypoints", "poses"):
+        # sin/cos of the waypoint's yaw vs. the action table's: float32 rounding only
+        torch.testing.assert_close(results[name].cam_to_world, results["ids"].cam_to_world)
+        torch.testing.assert_close(results[name].rgb, results["ids"].rgb, atol=1e-5, rtol=0)
+
+
+def test_rows_do_not_depend_on_the_batch_size_with_one_generator_per_row(tiny_model, tiny_batch):
+    rgb, depth, poses = start(tiny_batch)
+    actions = torch.tensor([[1, 2, 3, 1], [2, 2, 1, 0]])
+
+    def run(batch_size):
+        generators = [torch.Generator().manual_seed(seed) for seed in (4, 5)]
+        return rollout(
+            tiny_model, rgb, depth, poses, actions, generator=generators, batch_size=batch_size
+        )
+
+    whole, parts = run(None), run(1)
+    # Batched and single-row matrix products round differently on the CPU.
+    torch.testing.assert_close(parts.rgb, whole.rgb, atol=1e-4, rtol=0)
+    torch.testing.assert_close(parts.depth, whole.depth, atol=1e-4, rtol=0)
+
+
+def test_memory_frames_choose_what_is_unprojected(tiny_batch):
+    memories = pytest.importorskip("worldsim.memory")
+
+    def fresh():
+        memory = memories.build_memory(
+            "feature_map", encoder="pooled_color", voxel_size=0.25, max_tokens=None
+        )
+        memory.reset(2)
+        return memory
+
+    model = make_tiny(memory_token_dim=fresh().token_dim, turn_step_deg=90.0)
+    rgb, depth, poses = start(tiny_batch)
+    k = model.default_intrinsics(2)[:, None]
+    actions = torch.full((2, 2), 2)  # two 90-degree left turns: one chunk
+    behind = poses @ model.relative_poses_from_actions(actions)[:, -1:]
+    keep = torch.tensor([[True, True], [False, False]])  # row 1 writes nothing
+    memory = fresh()
+    rollout(
+        model,
+        rgb,
+        depth,
+        poses,
+        actions,
+        memory=memory,
+        insert_start_frames=False,
+        memory_frames=keep,
+        generator=torch.Generator().manual_seed(0),
+    )
+    seen = memory.tokens(behind, k, (32, 32))[1].sum(dim=1)
+    assert seen[0] > 0 and seen[1] == 0
+    with pytest.raises(ValueError, match=r"memory_frames must be a bool tensor of shape \(2, 2\)"):
+        rollout(model, rgb, depth, poses, actions, memory=fresh(), memory_frames=keep[:, :1])
+    with pytest.raises(ValueError, match=r"\(B, L, 4, 4\) float relative poses, got shape"):
+        rollout(model, rgb, depth, poses, torch.zeros(2, 2, 2))
