@@ -6,8 +6,12 @@ numbers of CEM iterations. Writes a metrics table (``plan_cem.md`` / ``.json``),
 iterations (``sim_vs_iterations.png``), a top-down plot of the trajectories (``topdown.png``) and
 a video of the imagined vs. executed views (``imagined_vs_executed.mp4``).
 
-The planning simulator is the ground-truth oracle (``--planner oracle``), so "imagined" equals
-"executed"; the learned world model plugs in through the same rollout interface.
+The planning simulator is the ground-truth oracle (``--planner oracle``: "imagined" equals
+"executed") or the learned world model (``--planner world-model --checkpoint PATH``, a folder of
+``WorldModel.save_pretrained`` with its ``memory.json``), through the same rollout interface;
+actions are always executed in the ground truth. ``--checkpoint tiny-untrained`` builds an
+untrained tiny world model (32x32 frames, a cheap colour-feature memory): a smoke test of the
+pipeline whose imagined frames are noise. With a world model the frame size is the model's.
 
 Run (a few minutes on a CPU)::
 
@@ -17,6 +21,11 @@ Tiny setting (as the tests)::
 
     python examples/plan_cem.py --out /tmp/plan_cem --episodes 1 --iterations 1 \
         --num-samples 8 --horizon 4 --max-steps 4 --size 32
+
+With the learned simulator::
+
+    python examples/plan_cem.py --out runs/plan_cem_wm --planner world-model \
+        --checkpoint runs/world_model/memory/model
 """
 
 from __future__ import annotations
@@ -32,13 +41,23 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from envs.learned_rollout import WorldModelRollout
+from envs.persistent_world import load_world_model, resolve_memory
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost
 from planners.metrics import path_length, sim_score, spl, success
+from planners.rollout import RolloutModel
+from worldsim.memory import build_memory
 from worldsim.report import plot_metric_curves, plot_trajectories, write_report
+from worldsim.world_model import WorldModel
+
+TINY_UNTRAINED = "tiny-untrained"
+"""``--checkpoint`` value that builds an untrained tiny world model (smoke test)."""
+TINY_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
+"""The cheap memory of the smoke test."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +66,20 @@ class Args:
 
     out: Path = Path("runs/plan_cem")
     """Output folder."""
-    planner: Literal["oracle"] = "oracle"
-    """Simulator plans are imagined in (the learned world model comes with PersistentWorld-v0)."""
+    planner: Literal["oracle", "world-model"] = "oracle"
+    """Simulator plans are imagined in: the ground truth, or the learned world model."""
+    checkpoint: str | None = None
+    """World-model folder, or ``tiny-untrained``; required with ``--planner world-model``."""
+    sampling_steps: int | None = None
+    """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
     split: str = "train"
     """Scene split the episodes come from."""
     num_scenes: int = 5
     """Scenes cycled through."""
     episodes: int = 10
     """Episodes per iteration count."""
-    size: int = 64
-    """Frame height and width, pixels."""
+    size: int | None = None
+    """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
     turn_step_deg: float = 30.0
     """Turn step of the discrete actions, degrees."""
     kind: Literal["discrete", "continuous"] = "discrete"
@@ -85,6 +108,41 @@ class Args:
     """CPU threads of torch (0: torch's default)."""
 
 
+def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
+    """The world model plans are imagined in (``None`` for the oracle) and the frame size."""
+    if args.planner == "oracle":
+        return None, args.size or 64
+    if args.checkpoint is None:
+        raise ValueError(
+            "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
+            f"{TINY_UNTRAINED} for an untrained smoke-test model"
+        )
+    if args.checkpoint == TINY_UNTRAINED:
+        memory = build_memory(**TINY_MEMORY)
+        model = WorldModel.from_config_name(
+            "tiny", memory_token_dim=memory.token_dim, turn_step_deg=args.turn_step_deg
+        )
+        model = model.to(args.device).eval()
+        memory = resolve_memory(memory, model)
+    else:
+        model, folder = load_world_model(args.checkpoint, args.device)
+        memory = resolve_memory(None, model, folder)
+    if model.action_spec.turn_step_deg != args.turn_step_deg:
+        raise ValueError(
+            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
+            f"--turn-step-deg is {args.turn_step_deg}; use the model's turn step"
+        )
+    height, width = model.config.height, model.config.width
+    if height != width:
+        raise ValueError(f"square frames expected, the world model's are {height}x{width}")
+    if args.size not in (None, height):
+        raise ValueError(
+            f"--size {args.size} differs from the world model's frames ({height}); leave it out"
+        )
+    rollout = WorldModelRollout(model, memory, num_inference_steps=args.sampling_steps)
+    return rollout, height
+
+
 def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
     """Write goal | imagined | executed side by side, one frame per executed step."""
     imagined = run.imagined if run.imagined is not None else run.frames
@@ -102,9 +160,11 @@ def main(args: Args) -> list[dict[str, float]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    learned, size = planning_simulator(args)
     oracle = OracleRollout(
-        config=SimulatorConfig(width=args.size, height=args.size, turn_step_deg=args.turn_step_deg)
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=args.turn_step_deg)
     )
+    planner = oracle if learned is None else learned
     cost = GoalCost(device=args.device)
     rng = np.random.default_rng(args.seed)
     scenes = scene_ids(args.split, args.num_scenes)
@@ -132,7 +192,7 @@ def main(args: Args) -> list[dict[str, float]]:
             start = oracle.start(episode.scene, episode.start_position, episode.start_yaw)
             goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
             generator = torch.Generator().manual_seed(args.seed * 1000 + index)
-            run = run_mpc(oracle, oracle, start, goal, cost, config, generator)
+            run = run_mpc(planner, oracle, start, goal, cost, config, generator)
             final = run.agent_states[-1]
             sims.append(
                 sim_score(

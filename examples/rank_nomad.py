@@ -12,8 +12,11 @@ pose against the goal pose.
 Writes ``rank_nomad.md`` / ``.json``, a top-down plot (``topdown.png``) and a video of the
 imagined vs. executed views of the ranked choice (``imagined_vs_executed.mp4``).
 
-The planning simulator here is the ground-truth oracle; the no-memory and memory world models
-plug in through the same rollout interface (``planners.rollout``).
+The planning simulator is the ground-truth oracle (``--planner oracle``) or a learned world model
+(``--planner world-model --checkpoint PATH``; ``--memory none`` gives the no-memory comparison of
+Table 2) through the same rollout interface (``planners.rollout``); ``--checkpoint
+tiny-untrained`` builds an untrained tiny world model (32x32 frames, colour-feature memory) as a
+smoke test. With a world model the frame size is the model's.
 
 Run (with a trained policy)::
 
@@ -23,6 +26,8 @@ Tiny setting (as the tests; an untrained tiny policy)::
 
     python examples/rank_nomad.py --out /tmp/rank --preset tiny --episodes 1 \
         --num-samples 2 --size 32
+    python examples/rank_nomad.py --out /tmp/rank_wm --preset tiny --episodes 1 \
+        --num-samples 2 --planner world-model --checkpoint tiny-untrained
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from envs.learned_rollout import WorldModelRollout
+from envs.persistent_world import load_world_model, resolve_memory
 from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -45,12 +52,18 @@ from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy
 from planners.ranking import NoMaDSampler, rank_candidates
-from planners.rollout import RolloutStart
+from planners.rollout import RolloutModel, RolloutStart
 from worldsim.geometry import Action
+from worldsim.memory import build_memory
 from worldsim.report import plot_trajectories, write_report
+from worldsim.world_model import WorldModel
 
 TRAJECTORY_POSES = 8
 """Poses both paths are resampled to before ATE / RPE."""
+TINY_UNTRAINED = "tiny-untrained"
+"""``--checkpoint`` value that builds an untrained tiny world model (smoke test)."""
+TINY_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
+"""The cheap memory of the smoke test."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,14 @@ class Args:
     """Trained policy folder (``save_pretrained``); ``None``: an untrained ``--preset`` policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
     """Size of the untrained policy when ``--policy`` is not given (smoke tests only)."""
-    planner: Literal["oracle"] = "oracle"
-    """Simulator candidates are imagined in."""
+    planner: Literal["oracle", "world-model"] = "oracle"
+    """Simulator candidates are imagined in: the ground truth, or the learned world model."""
+    checkpoint: str | None = None
+    """World-model folder, or ``tiny-untrained``; required with ``--planner world-model``."""
+    memory: str | None = None
+    """World-model memory (a ``build_memory`` name, or ``none``); default: the checkpoint's."""
+    sampling_steps: int | None = None
+    """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
     split: str = "train"
     """Scene split of the episodes."""
     num_scenes: int = 5
@@ -73,8 +92,8 @@ class Args:
     """Episodes."""
     num_samples: tuple[int, ...] = (8, 16)
     """Candidates N ranked per decision."""
-    size: int = 64
-    """Frame height and width, pixels."""
+    size: int | None = None
+    """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
     turn_step_deg: float = 30.0
     """Turn step of the discrete actions, degrees."""
     min_goal_m: float = 1.0
@@ -89,6 +108,41 @@ class Args:
     """Device of the policy and the cost."""
     threads: int = 0
     """CPU threads of torch (0: torch's default)."""
+
+
+def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
+    """The world model candidates are imagined in (``None`` for the oracle) and the frame size."""
+    if args.planner == "oracle":
+        return None, args.size or 64
+    if args.checkpoint is None:
+        raise ValueError(
+            "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
+            f"{TINY_UNTRAINED} for an untrained smoke-test model"
+        )
+    if args.checkpoint == TINY_UNTRAINED:
+        memory = build_memory(**TINY_MEMORY)
+        model = WorldModel.from_config_name(
+            "tiny", memory_token_dim=memory.token_dim, turn_step_deg=args.turn_step_deg
+        )
+        model = model.to(args.device).eval()
+        memory = resolve_memory(args.memory or memory, model)
+    else:
+        model, folder = load_world_model(args.checkpoint, args.device)
+        memory = resolve_memory(args.memory, model, folder)
+    if model.action_spec.turn_step_deg != args.turn_step_deg:
+        raise ValueError(
+            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
+            f"--turn-step-deg is {args.turn_step_deg}; use the model's turn step"
+        )
+    height, width = model.config.height, model.config.width
+    if height != width:
+        raise ValueError(f"square frames expected, the world model's are {height}x{width}")
+    if args.size not in (None, height):
+        raise ValueError(
+            f"--size {args.size} differs from the world model's frames ({height}); leave it out"
+        )
+    rollout = WorldModelRollout(model, memory, num_inference_steps=args.sampling_steps)
+    return rollout, height
 
 
 def ground_truth_path(
@@ -161,9 +215,11 @@ def main(args: Args) -> list[dict[str, float]]:
         torch.manual_seed(args.seed)  # initialisation of the untrained policy
         policy = NoMaDPolicy(**POLICY_PRESETS[args.preset])
     policy = policy.to(args.device).eval()
+    learned, size = planning_simulator(args)
     oracle = OracleRollout(
-        config=SimulatorConfig(width=args.size, height=args.size, turn_step_deg=args.turn_step_deg)
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=args.turn_step_deg)
     )
+    planner = oracle if learned is None else learned
     sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)
     cost = GoalCost(device=args.device)
     rng = np.random.default_rng(args.seed)
@@ -198,11 +254,13 @@ def main(args: Args) -> list[dict[str, float]]:
         first_poses, first_final, _ = executed_poses(oracle, start, candidates[0])
         scores["policy alone"].append(score(first_poses, first_final, reference, episode))
         for count, method in zip(args.num_samples, methods[1:], strict=True):
-            ranking = rank_candidates(oracle, start, candidates[:count], goal, cost, generator)
+            ranking = rank_candidates(planner, start, candidates[:count], goal, cost, generator)
             poses, final, frames = executed_poses(oracle, start, ranking.best_actions)
             scores[method].append(score(poses, final, reference, episode))
             if index == 0 and count == max(args.num_samples):
-                imagined = oracle.rollout(start, ranking.best_actions[None]).rgb[0]
+                imagined = planner.rollout(
+                    start, ranking.best_actions[None], generator=generator
+                ).rgb[0]
                 showcase = (episode, reference, first_poses, poses, imagined, frames, goal)
     rows = [
         {

@@ -9,6 +9,9 @@ Planning math (pure functions, seeded by a ``torch.Generator``):
    them, blended with the previous one: ``new = smoothing * old + (1 - smoothing) * fit``;
 4. repeat for a few iterations; the plan is the lowest-cost sequence seen in any iteration.
 
+The discrete search also scores deterministic turn-then-walk probes (:func:`turn_and_walk`)
+with its first iteration (``CEMConfig.primitives``); their elites shape the first refit.
+
 Two distributions:
 
 - *discrete*: an independent categorical over the allowed action ids at every step, (L, A)
@@ -66,6 +69,9 @@ class CEMConfig:
         min_std: floor of the refitted standard deviations, >= 0.
         waypoint_low: lower bounds of sampled waypoints ``(dx, dz, dyaw)``.
         waypoint_high: upper bounds, each > the lower bound.
+        primitives: (discrete) also score the turn-then-walk sequences of
+            :func:`turn_and_walk` in the first iteration, so that every heading and distance
+            within reach is tried once, however unlikely under the sampling distribution.
     """
 
     kind: DistributionKind = "discrete"
@@ -81,6 +87,7 @@ class CEMConfig:
     min_std: float = 0.02
     waypoint_low: tuple[float, float, float] = (-0.1, -0.1, -math.pi / 6)
     waypoint_high: tuple[float, float, float] = (0.1, 0.3, math.pi / 6)
+    primitives: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("discrete", "continuous"):
@@ -149,6 +156,40 @@ def sample_categorical(
     """
     draws = torch.multinomial(probabilities, num_samples, replacement=True, generator=generator)
     return draws.T.contiguous()  # (N, L)
+
+
+def turn_and_walk(horizon: int, allowed_actions: tuple[int, ...]) -> Tensor:
+    """Deterministic probe sequences: turn ``k`` times, walk ``m`` steps, then wait.
+
+    ``k`` runs over ``-K..K`` with ``K = horizon // 2`` (negative: right turns), and ``m`` over
+    ``0..horizon - |k|``: every heading within ``K`` turns and every distance, each once, so that
+    a goal a few steps away in any direction is found even where LPIPS misleads the sampled
+    search (look-alike views, goals out of view). Sequences needing an action
+    outside ``allowed_actions`` are left out, as are duplicates and the all-wait sequence (it
+    would end a stuck search on "stay").
+
+    Args:
+        horizon: L, >= 1.
+        allowed_actions: the allowed action ids; ``stop`` pads even when not allowed (a no-op).
+
+    Returns:
+        (P, L) int64 action ids, P >= 0.
+    """
+    sequences: list[list[int]] = []
+    for turns in range(-(horizon // 2), horizon // 2 + 1):
+        turn = Action.TURN_LEFT if turns > 0 else Action.TURN_RIGHT
+        if turns and turn not in allowed_actions:
+            continue
+        remaining = horizon - abs(turns)
+        walks = list(range(remaining + 1))
+        if Action.MOVE_FORWARD not in allowed_actions:
+            walks = [0]
+        for walk in walks:
+            sequence = [int(turn)] * abs(turns) + [int(Action.MOVE_FORWARD)] * walk
+            sequence += [int(Action.STOP)] * (horizon - len(sequence))
+            if walk + abs(turns) and sequence not in sequences:
+                sequences.append(sequence)
+    return torch.tensor(sequences, dtype=torch.int64).reshape(-1, horizon)
 
 
 def select_elites(costs: Tensor, num_elites: int) -> Tensor:
@@ -367,7 +408,6 @@ def plan_cem(
             f"horizon {config.horizon} is beyond what this model supports (max_horizon = "
             f"{model.max_horizon}); set CEMConfig.horizon <= {model.max_horizon}"
         )
-    rows = start.repeat(config.num_samples)
     low, high = torch.tensor(config.waypoint_low), torch.tensor(config.waypoint_high)
     distribution = initial if initial is not None else initial_distribution(config)
     probabilities = distribution.get("probabilities")
@@ -386,6 +426,9 @@ def plan_cem(
                     f"{tuple(incumbent.shape)}"
                 )
             samples[0] = incumbent
+        if iteration == 0 and config.kind == "discrete" and config.primitives:
+            samples = torch.cat([samples, turn_and_walk(config.horizon, config.allowed_actions)])
+        rows = start.repeat(samples.shape[0])
         result = model.rollout(
             rows, samples, generator=generator, num_frames=cost.config.last_frames
         )

@@ -188,6 +188,47 @@ def test_plan_cem(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_plan_cem_with_the_learned_simulator(tmp_path):
+    argv = ["--out", str(tmp_path), "--planner", "world-model", "--checkpoint", "tiny-untrained"]
+    argv += ["--episodes", "1", "--iterations", "1", "--num-samples", "4", "--horizon", "3"]
+    argv += ["--max-steps", "3", "--sampling-steps", "2"]
+    rows = run("plan_cem", argv)
+    assert [row["planner"] for row in rows] == ["world-model"]
+    assert 0.0 < rows[0]["sim"] <= 100.0 and rows[0]["mean_steps"] <= 3
+    video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
+    assert video[0].shape[0] == 256 and video[0].shape[1] == 3 * 256  # goal | imagined | executed
+    with pytest.raises(ValueError, match="needs --checkpoint"):
+        run("plan_cem", ["--out", str(tmp_path), "--planner", "world-model"])
+    with pytest.raises(ValueError, match="differs from the world model's frames"):
+        run("plan_cem", [*argv, "--size", "64"])
+
+
+def test_rank_nomad_with_the_learned_simulator(tmp_path):
+    argv = ["--out", str(tmp_path), "--preset", "tiny", "--episodes", "1", "--num-samples", "2"]
+    argv += ["--planner", "world-model", "--checkpoint", "tiny-untrained", "--sampling-steps", "2"]
+    rows = run("rank_nomad", argv)
+    assert [row["method"] for row in rows] == ["policy alone", "ranked by world-model, N=2"]
+    assert all(row["ate_m"] >= 0 and 0 < row["sim"] <= 100 for row in rows)
+    for name in ("rank_nomad.md", "topdown.png", "imagined_vs_executed.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_adapt_policy(tmp_path):
+    argv = ["--checkpoint", "tiny-untrained", "--preset", "tiny", "--out", str(tmp_path)]
+    argv += ["--episodes", "1", "--eval-steps", "4", "--sampling-steps", "2"]
+    argv += ["--hindsight.rounds", "1", "--hindsight.rollouts", "1"]
+    argv += ["--hindsight.rollout-steps", "6", "--hindsight.training.max-goal-distance", "2"]
+    argv += ["--hindsight.training.min-action-distance", "1", "--hindsight.training.steps", "2"]
+    rows = run("adapt_policy", argv)
+    assert [row["policy"] for row in rows] == ["before", "after 1 hindsight rounds"]
+    assert all(0.0 < row["sim"] <= 100.0 and 0.0 <= row["success"] <= 1.0 for row in rows)
+    # the diffusion term trains (min action distance 1): the loss is not the tiny distance term
+    assert rows[1]["loss_first"] > 0.01 and np.isfinite(rows[1]["loss_last"])
+    video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
+    assert len(video) == 5 and video[0].shape[1] == 3 * video[0].shape[0]  # 4 steps + start
+    assert imageio.imread(tmp_path / "topdown.png").std() > 10  # a picture, not a blank canvas
+
+
 def test_rank_nomad(tmp_path):
     argv = [
         "--out",
@@ -256,6 +297,60 @@ def test_imagine(tmp_path):
     assert [row["method"] for row in rows] == ["with memory", "without memory"]
     assert all(np.isfinite(row["LPIPS all"]) for row in rows)
     assert imageio.imread(tmp_path / "metrics.png").std() > 5  # a picture, not a blank canvas
+
+
+def test_evaluate_world_model(tmp_path, tiny_dataset):
+    from tests.worldsim.conftest import make_tiny
+    from worldsim.memory import build_memory
+
+    spec = {"name": "feature_map", "encoder": "pooled_color"}
+    make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "memory.json").write_text(json.dumps(spec))
+    argv = [
+        "--data",
+        str(tiny_dataset),
+        "--checkpoint",
+        str(tmp_path / "model"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--max-clips",
+        "2",
+        "--batch-size",
+        "2",
+        "--memory-frames",
+        "2",
+        "--num-inference-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    run("evaluate_world_model", argv)
+    rows = json.loads((tmp_path / "out" / "validation.json").read_text())["rows"]
+    # Tiny 20-step episodes hold no revisits, so only the "all clips" rows have clips.
+    assert [(r["subset"], r["memory"]) for r in rows if r["clips"]] == [
+        ("all", "feature_map"),
+        ("all", "none"),
+    ]
+    assert all(r["psnr"]["value"] > 0 for r in rows if r["clips"])
+    assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3
+
+
+def test_export_checkpoint(tmp_path):
+    from tests.worldsim.conftest import make_tiny
+    from worldsim.world_model import WorldModel
+
+    make_tiny().save_pretrained(tmp_path / "run" / "memory" / "model")
+    argv = [
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--output",
+        str(tmp_path / "ckpt"),
+        "--machine",
+        "test CPU",
+    ]
+    run("export_checkpoint", argv)
+    assert "test CPU" in (tmp_path / "ckpt" / "README.md").read_text()
+    assert WorldModel.from_pretrained(tmp_path / "ckpt").config.height == 32
 
 
 @pytest.mark.parametrize("flag", ["--help"])

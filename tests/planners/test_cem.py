@@ -21,6 +21,7 @@ from planners.cem import (
     sample_gaussian,
     select_elites,
     shift_plan,
+    turn_and_walk,
 )
 from planners.costs import GoalCost
 from planners.metrics import success
@@ -43,6 +44,21 @@ def test_categorical_samples_follow_the_probabilities():
 def test_initial_categorical_is_uniform_over_allowed():
     probabilities = initial_categorical(3, (1, 2, 3))
     assert torch.equal(probabilities, torch.tensor([[0.0, 1 / 3, 1 / 3, 1 / 3]] * 3))
+
+
+def test_turn_and_walk_by_hand():
+    probes = turn_and_walk(3, (0, 1, 2, 3)).tolist()
+    right = [[3, 0, 0], [3, 1, 0], [3, 1, 1]]
+    ahead = [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    left = [[2, 0, 0], [2, 1, 0], [2, 1, 1]]
+    assert probes == right + ahead + left  # no all-wait sequence
+    assert turn_and_walk(3, (1, 2)).tolist() == ahead + left  # right turns are not allowed
+    assert turn_and_walk(4, (2, 3)).tolist() == [
+        [3, 3, 0, 0],
+        [3, 0, 0, 0],
+        [2, 0, 0, 0],
+        [2, 2, 0, 0],
+    ]
 
 
 def test_select_elites_by_hand():
