@@ -104,6 +104,49 @@ def load_world_model(
     return model.eval(), folder
 
 
+TINY_UNTRAINED = "tiny-untrained"
+"""Checkpoint name of an untrained tiny world model with a cheap memory, for smoke tests."""
+TINY_UNTRAINED_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
+"""The memory of :data:`TINY_UNTRAINED`."""
+
+
+def load_learned_simulator(
+    checkpoint: str | Path,
+    device: str | torch.device | None = None,
+    memory: str | dict[str, Any] | Memory | None = None,
+    turn_step_deg: float | None = None,
+) -> tuple[WorldModel, Memory | None]:
+    """A world model and the memory it reads, for planners and examples.
+
+    Args:
+        checkpoint: a ``WorldModel.save_pretrained`` folder, or :data:`TINY_UNTRAINED` for an
+            untrained tiny model (32x32 frames) with :data:`TINY_UNTRAINED_MEMORY`.
+        device: where to put the model.
+        memory: as :func:`resolve_memory` (``None``: the checkpoint's ``memory.json``).
+        turn_step_deg: the turn step the caller acts with; a checkpoint turning by another angle
+            is refused, and the tiny model is built with it. ``None`` accepts the model's own.
+
+    Returns:
+        ``(model, memory)`` with the model in eval mode.
+
+    Raises:
+        ValueError: a checkpoint whose turn step differs from ``turn_step_deg``.
+    """
+    if str(checkpoint) == TINY_UNTRAINED:
+        default = memory if isinstance(memory, Memory) else build_memory(**TINY_UNTRAINED_MEMORY)
+        turn = {} if turn_step_deg is None else {"turn_step_deg": turn_step_deg}
+        model = WorldModel.from_config_name("tiny", memory_token_dim=default.token_dim, **turn)
+        model = model.to(device).eval() if device is not None else model.eval()
+        return model, resolve_memory(default if memory is None else memory, model)
+    model, folder = load_world_model(checkpoint, device)
+    if turn_step_deg is not None and model.action_spec.turn_step_deg != turn_step_deg:
+        raise ValueError(
+            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
+            f"{turn_step_deg} deg was asked for; use the model's turn step"
+        )
+    return model, resolve_memory(memory, model, folder)
+
+
 def resolve_memory(
     memory: str | dict[str, Any] | Memory | None, model: WorldModel, folder: Path | None = None
 ) -> Memory | None:

@@ -38,7 +38,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import load_world_model, resolve_memory
+from envs.persistent_world import load_learned_simulator
 from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -48,14 +48,7 @@ from planners.nomad import POLICY_PRESETS, NoMaDPolicy
 from planners.ranking import NoMaDSampler
 from planners.rollout import RolloutStart
 from worldsim.geometry import Action, position_yaw_from_pose
-from worldsim.memory import build_memory
 from worldsim.report import plot_trajectories, write_report
-from worldsim.world_model import WorldModel
-
-TINY_UNTRAINED = "tiny-untrained"
-"""``--checkpoint`` value that builds an untrained tiny world model (smoke test)."""
-TINY_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
-"""The cheap memory of the smoke test."""
 
 
 @dataclass(frozen=True)
@@ -104,21 +97,9 @@ class Args:
 
 def world_model_rollout(args: Args) -> WorldModelRollout:
     """The learned simulator of ``--checkpoint`` with its memory."""
-    if args.checkpoint == TINY_UNTRAINED:
-        memory = build_memory(**TINY_MEMORY)
-        model = WorldModel.from_config_name(
-            "tiny", memory_token_dim=memory.token_dim, turn_step_deg=args.turn_step_deg
-        )
-        model = model.to(args.device).eval()
-        memory = resolve_memory(memory, model)
-    else:
-        model, folder = load_world_model(args.checkpoint, args.device)
-        memory = resolve_memory(None, model, folder)
-    if model.action_spec.turn_step_deg != args.turn_step_deg:
-        raise ValueError(
-            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
-            f"--turn-step-deg is {args.turn_step_deg}; use the model's turn step"
-        )
+    model, memory = load_learned_simulator(
+        args.checkpoint, args.device, None, turn_step_deg=args.turn_step_deg
+    )
     if model.config.height != model.config.width:
         raise ValueError(f"square frames expected, got {model.config.height}x{model.config.width}")
     return WorldModelRollout(model, memory, num_inference_steps=args.sampling_steps)

@@ -42,16 +42,13 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import envs  # noqa: F401  (registers IndoorNav-v0 and PersistentWorld-v0)
+from envs.persistent_world import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 from envs.simulator import wrap_angle
 from worldsim.memory import build_memory
 from worldsim.metrics import lpips, psnr
 from worldsim.report import plot_metric_curves, write_report
 from worldsim.world_model import WorldModel
 
-TINY_UNTRAINED = "tiny-untrained"
-"""``--checkpoint`` value that builds an untrained tiny model (smoke test)."""
-TINY_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
-"""The cheap memory of the smoke test."""
 COLUMNS = ("ground truth", "with memory", "without memory")
 
 
@@ -94,7 +91,7 @@ def load_model(args: Args) -> tuple[WorldModel | str, str | dict | None]:
             memory["encoder"] = args.memory_encoder
     if args.checkpoint != TINY_UNTRAINED:
         return args.checkpoint, memory
-    memory = memory or TINY_MEMORY
+    memory = memory or TINY_UNTRAINED_MEMORY
     width = build_memory(**memory).token_dim
     model = WorldModel.from_config_name("tiny", memory_token_dim=width, turn_step_deg=90.0)
     return model.eval(), memory

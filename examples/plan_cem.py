@@ -42,7 +42,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import load_world_model, resolve_memory
+from envs.persistent_world import TINY_UNTRAINED, load_learned_simulator
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -50,14 +50,7 @@ from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost
 from planners.metrics import path_length, sim_score, spl, success
 from planners.rollout import RolloutModel
-from worldsim.memory import build_memory
 from worldsim.report import plot_metric_curves, plot_trajectories, write_report
-from worldsim.world_model import WorldModel
-
-TINY_UNTRAINED = "tiny-untrained"
-"""``--checkpoint`` value that builds an untrained tiny world model (smoke test)."""
-TINY_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
-"""The cheap memory of the smoke test."""
 
 
 @dataclass(frozen=True)
@@ -117,21 +110,9 @@ def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
             "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
             f"{TINY_UNTRAINED} for an untrained smoke-test model"
         )
-    if args.checkpoint == TINY_UNTRAINED:
-        memory = build_memory(**TINY_MEMORY)
-        model = WorldModel.from_config_name(
-            "tiny", memory_token_dim=memory.token_dim, turn_step_deg=args.turn_step_deg
-        )
-        model = model.to(args.device).eval()
-        memory = resolve_memory(memory, model)
-    else:
-        model, folder = load_world_model(args.checkpoint, args.device)
-        memory = resolve_memory(None, model, folder)
-    if model.action_spec.turn_step_deg != args.turn_step_deg:
-        raise ValueError(
-            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
-            f"--turn-step-deg is {args.turn_step_deg}; use the model's turn step"
-        )
+    model, memory = load_learned_simulator(
+        args.checkpoint, args.device, None, turn_step_deg=args.turn_step_deg
+    )
     height, width = model.config.height, model.config.width
     if height != width:
         raise ValueError(f"square frames expected, the world model's are {height}x{width}")
