@@ -14,8 +14,10 @@ from envs.indoor_nav import observation_space
 from envs.learned_rollout import WorldModelRollout
 from envs.persistent_world import (
     MEMORY_FILE,
+    TINY_UNTRAINED,
     PersistentWorldEnv,
     PersistentWorldVectorEnv,
+    load_learned_simulator,
 )
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
@@ -327,3 +329,18 @@ def test_env_state_feeds_the_planners_rollout(model):
     assert result.rgb.shape == (1, 2, 3, 32, 32)
     tokens_after = start.memory.tokens(start.cam_to_world, start.intrinsics[:, None], (32, 32))
     assert torch.equal(tokens_before[0], tokens_after[0])  # the planner works on a copy
+
+
+def test_load_learned_simulator_builds_the_smoke_model_and_checks_the_turn_step(tmp_path):
+    model, memory = load_learned_simulator(TINY_UNTRAINED, turn_step_deg=30.0)
+    assert model.action_spec.turn_step_deg == 30.0 and not model.training
+    assert isinstance(memory, FeatureMap3D) and memory.token_dim == model.config.memory_token_dim
+    _, no_memory = load_learned_simulator(TINY_UNTRAINED, memory="none")
+    assert no_memory is None
+    spec = {"name": "feature_map", "encoder": "pooled_color"}
+    make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path)
+    (tmp_path / MEMORY_FILE).write_text(json.dumps(spec))
+    loaded, _ = load_learned_simulator(tmp_path, turn_step_deg=10.0)
+    assert loaded.config.height == 32
+    with pytest.raises(ValueError, match="turns by 10.0 deg per action but 30.0 deg was asked"):
+        load_learned_simulator(tmp_path, turn_step_deg=30.0)
