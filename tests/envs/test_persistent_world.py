@@ -342,5 +342,5 @@ def test_load_learned_simulator_builds_the_smoke_model_and_checks_the_turn_step(
     (tmp_path / MEMORY_FILE).write_text(json.dumps(spec))
     loaded, _ = load_learned_simulator(tmp_path, turn_step_deg=10.0)
     assert loaded.config.height == 32
-    with pytest.raises(ValueError, match="turns by 10.0 deg per action but 30.0 deg was asked"):
+    with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg was asked"):
         load_learned_simulator(tmp_path, turn_step_deg=30.0)
