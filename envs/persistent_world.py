@@ -36,6 +36,7 @@ from torch import Tensor
 
 from envs.indoor_nav import SUCCESS_DISTANCE_M, IndoorNavEnv, observation_space
 from envs.learned_rollout import (
+    WorldModelRollout,
     chain_poses,
     check_memory_fits,
     generate_chunk,
@@ -145,6 +146,43 @@ def load_learned_simulator(
             f"{turn_step_deg} deg was asked for; use the model's turn step"
         )
     return model, resolve_memory(memory, model, folder)
+
+
+def learned_planning_rollout(
+    checkpoint: str | Path,
+    device: str | torch.device | None = None,
+    memory: str | dict[str, Any] | Memory | None = None,
+    turn_step_deg: float | None = None,
+    num_inference_steps: int | None = None,
+    size: int | None = None,
+) -> WorldModelRollout:
+    """The learned simulator planners imagine in, for square frames of the ground truth.
+
+    Args:
+        checkpoint: as :func:`load_learned_simulator`.
+        device: as :func:`load_learned_simulator`.
+        memory: as :func:`load_learned_simulator`.
+        turn_step_deg: as :func:`load_learned_simulator`.
+        num_inference_steps: denoising steps per chunk; the model's default if ``None``.
+        size: the frame size the caller renders the ground truth at; ``None`` takes the
+            model's own.
+
+    Returns:
+        The world model behind the rollout protocol; ``image_size`` is its frame size.
+
+    Raises:
+        ValueError: for a model with non-square frames, or one whose frames differ from
+            ``size``.
+    """
+    model, memory = load_learned_simulator(checkpoint, device, memory, turn_step_deg)
+    height, width = model.config.height, model.config.width
+    if height != width:
+        raise ValueError(f"square frames expected, the world model's are {height}x{width}")
+    if size not in (None, height):
+        raise ValueError(
+            f"--size {size} differs from the world model's frames ({height}); leave it out"
+        )
+    return WorldModelRollout(model, memory, num_inference_steps=num_inference_steps)
 
 
 def resolve_memory(

@@ -38,7 +38,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import load_learned_simulator
+from envs.persistent_world import learned_planning_rollout
 from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -97,12 +97,12 @@ class Args:
 
 def world_model_rollout(args: Args) -> WorldModelRollout:
     """The learned simulator of ``--checkpoint`` with its memory."""
-    model, memory = load_learned_simulator(
-        args.checkpoint, args.device, None, turn_step_deg=args.turn_step_deg
+    return learned_planning_rollout(
+        args.checkpoint,
+        args.device,
+        turn_step_deg=args.turn_step_deg,
+        num_inference_steps=args.sampling_steps,
     )
-    if model.config.height != model.config.width:
-        raise ValueError(f"square frames expected, got {model.config.height}x{model.config.width}")
-    return WorldModelRollout(model, memory, num_inference_steps=args.sampling_steps)
 
 
 def spin_start(oracle: OracleRollout, scene: str, count: int, rng: np.random.Generator):

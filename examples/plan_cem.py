@@ -41,8 +41,7 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import TINY_UNTRAINED, load_learned_simulator
+from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -110,18 +109,15 @@ def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
             "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
             f"{TINY_UNTRAINED} for an untrained smoke-test model"
         )
-    model, memory = load_learned_simulator(
-        args.checkpoint, args.device, None, turn_step_deg=args.turn_step_deg
+    rollout = learned_planning_rollout(
+        args.checkpoint,
+        args.device,
+        None,
+        turn_step_deg=args.turn_step_deg,
+        num_inference_steps=args.sampling_steps,
+        size=args.size,
     )
-    height, width = model.config.height, model.config.width
-    if height != width:
-        raise ValueError(f"square frames expected, the world model's are {height}x{width}")
-    if args.size not in (None, height):
-        raise ValueError(
-            f"--size {args.size} differs from the world model's frames ({height}); leave it out"
-        )
-    rollout = WorldModelRollout(model, memory, num_inference_steps=args.sampling_steps)
-    return rollout, height
+    return rollout, rollout.image_size[0]
 
 
 def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
