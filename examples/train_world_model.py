@@ -29,7 +29,8 @@ import torch
 import tyro
 from torch.utils.data import DataLoader
 
-from worldsim.data import ClipConfig, ClipDataset, collate_clips
+from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
+from worldsim.latents import LatentCache
 from worldsim.memory import build_memory
 from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
 from worldsim.world_model import MEMORY_FILE, WorldModel
@@ -62,6 +63,10 @@ class Args:
     """Clips per batch."""
     memory_frames: int = 8
     """Earlier frames per clip used to build the memory."""
+    cache_latents: bool = True
+    """With a dataset, encode every frame once before the backbone and memory stages and train
+    on the cached latents (``<output-dir>/latents.safetensors``, re-encoded when the VAE
+    changes); needs a VAE that codes frames one by one."""
     device: Literal["auto", "cpu"] = "auto"
     """``auto`` uses a GPU where there is one."""
     seed: int = 0
@@ -70,7 +75,7 @@ class Args:
     """Settings shared by the stages (``stage`` is set by --stage)."""
 
 
-def training_batches(args: Args, model: WorldModel) -> Iterable[dict]:
+def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
     """Batches of the chosen data source, with the model's context and chunk lengths."""
     if args.data == "synthetic":
         return SyntheticRoomClips(
@@ -79,13 +84,19 @@ def training_batches(args: Args, model: WorldModel) -> Iterable[dict]:
             memory_frames=args.memory_frames,
             seed=args.seed,
         )
+    store = TrajectoryStore(args.data)
+    latents = None
+    if args.cache_latents and stage != "vae" and model.vae.per_frame:
+        latents = LatentCache.load_or_build(args.output_dir / "latents.safetensors", model, store)
     clips = ClipDataset(
-        args.data,
+        store,
         ClipConfig(
             n_context=model.config.n_context,
             n_future=model.config.n_future,
-            max_memory_frames=args.memory_frames,
+            # The VAE stage reconstructs the clip's frames only.
+            max_memory_frames=args.memory_frames if stage != "vae" else 0,
         ),
+        latents=latents,
     )
     first = clips[0]["rgb"]
     if tuple(first.shape[-2:]) != (model.config.height, model.config.width):
@@ -111,7 +122,7 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
     memory = None
     if stage == "memory":
         memory = build_memory(args.memory, encoder=args.memory_encoder)
-    data = training_batches(args, model)
+    data = training_batches(args, model, stage)
     config = replace(args.train, stage=stage, seed=args.seed)
     trainer = Trainer(
         model, config, args.output_dir / stage, memory=memory, cpu=args.device == "cpu"

@@ -76,6 +76,12 @@ class NoMaDTrainingConfig:
                 f"action distances must satisfy 0 <= min <= max, got {self.min_action_distance}, "
                 f"{self.max_action_distance}"
             )
+        if self.min_action_distance > self.max_goal_distance:
+            raise ValueError(
+                f"min_action_distance = {self.min_action_distance} exceeds max_goal_distance = "
+                f"{self.max_goal_distance}: no goal would ever train the actions; lower it or "
+                "raise max_goal_distance"
+            )
         for name in ("goal_mask_probability", "alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -53,7 +53,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -63,6 +63,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from worldsim.geometry import NUM_ACTIONS, invert_rigid, transform_points, unproject_depth
+
+if TYPE_CHECKING:
+    from worldsim.latents import LatentCache
 
 FORMAT_NAME = "persistent-world-trajectories"
 """Value of the ``format`` attribute of every shard, manifest and plan."""
@@ -1042,6 +1045,11 @@ class ClipConfig:
         return self.n_context + self.n_future
 
 
+def episode_keys(store: TrajectoryStore) -> list[str]:
+    """``scene_id/episode/num_frames`` of every episode of a store, in store order."""
+    return [f"{info.scene_id}/{info.episode}/{info.num_frames}" for info in store.episodes]
+
+
 def memory_frame_indices(start: int, max_frames: int) -> np.ndarray:
     """Indices of the memory frames of a clip starting at ``start``.
 
@@ -1094,11 +1102,14 @@ class ClipDataset(Dataset):
       (S, 4, 4), ``memory_intrinsics`` (S, 3, 3): earlier frames (see :class:`ClipConfig`),
       ``S <= max_memory_frames`` varies between items; ``memory_mask`` (S,) bool, all True
     - ``scene_id`` str, ``episode`` int64 scalar, ``start`` int64 scalar (first clip frame)
+    - ``latents`` (T, C, h, w) float32, only with a latent cache: the clip's frames as the
+      model's VAE encodes them (see :mod:`worldsim.latents`)
 
     Args:
         root: dataset folder (see the module docstring), or an open :class:`TrajectoryStore`.
         config: clip settings.
         allow_incomplete: read a dataset whose collection has not finished (with a warning).
+        latents: a :class:`~worldsim.latents.LatentCache` of this data set, or None.
 
     Raises:
         DataFormatError: a bad dataset (see :class:`TrajectoryStore`).
@@ -1112,6 +1123,7 @@ class ClipDataset(Dataset):
         config: ClipConfig | None = None,
         *,
         allow_incomplete: bool = False,
+        latents: LatentCache | None = None,
     ) -> None:
         self.config = config or ClipConfig()
         self.store = (
@@ -1119,6 +1131,13 @@ class ClipDataset(Dataset):
             if isinstance(root, TrajectoryStore)
             else TrajectoryStore(root, allow_incomplete=allow_incomplete)
         )
+        if latents is not None and latents.episodes != episode_keys(self.store):
+            raise ValueError(
+                f"the latent cache holds {len(latents.episodes)} episodes of another data set "
+                f"than {self.store.root} ({len(self.store.episodes)} episodes): build the cache "
+                "from this data set"
+            )
+        self.latents = latents
         length = self.config.clip_length
         longest = max((info.num_frames for info in self.store.episodes), default=0)
         first_start = self.config.min_memory_frames
@@ -1199,6 +1218,8 @@ class ClipDataset(Dataset):
         item["scene_id"] = info.scene_id
         item["episode"] = torch.tensor(info.episode, dtype=torch.int64)
         item["start"] = torch.tensor(start, dtype=torch.int64)
+        if self.latents is not None:
+            item["latents"] = self.latents.frames(episode_index, start, stop)
         return item
 
     def clip_location(self, index: int) -> tuple[EpisodeInfo, int]:
@@ -1263,6 +1284,11 @@ def collate_clips(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for name in ("rgb", "depth", "cam_to_world", "intrinsics", "actions", "episode", "start")
     }
     batch["scene_id"] = [item["scene_id"] for item in items]
+    with_latents = ["latents" in item for item in items]
+    if any(with_latents):
+        if not all(with_latents):
+            raise ValueError("some clips carry latents and some do not: use one latent cache")
+        batch["latents"] = torch.stack([item["latents"] for item in items])
     slots = max(len(item["memory_mask"]) for item in items)
     size, height, width = len(items), *items[0]["rgb"].shape[-2:]
     memory = {

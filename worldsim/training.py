@@ -246,7 +246,9 @@ def diffusion_loss(
             ``cam_to_world`` (B, T, 4, 4); ``intrinsics`` (B, T, 3, 3); ``actions`` (B, T - 1)
             int64; with a memory also ``memory_rgb`` / ``memory_depth`` /
             ``memory_cam_to_world`` / ``memory_intrinsics`` (B, S, ...) and ``memory_mask``
-            (B, S) bool. ``T = n_context + n_future``.
+            (B, S) bool. ``T = n_context + n_future``. Optionally ``latents`` (B, T, C, h, w):
+            the frames' latents from a :class:`~worldsim.latents.LatentCache`, used instead of
+            encoding (only for a VAE that codes frames one by one).
         generator: draws timesteps and noise (on the CPU, then moved).
         memory: the memory to read map tokens from, or ``None`` (stage 1).
         pose_source: ``"actions"`` or ``"recorded"``.
@@ -259,9 +261,19 @@ def diffusion_loss(
     _check_batch(model, batch, memory is not None)
     n_context = model.config.n_context
     rgb, depth = batch["rgb"], batch["depth"]
-    with torch.no_grad():
-        context = model.encode(rgb[:, :n_context], depth[:, :n_context])
-        target = model.encode(rgb[:, n_context:], depth[:, n_context:])  # (B, F, C, h, w)
+    if "latents" in batch:  # encoded once by a LatentCache
+        latents = batch["latents"]
+        expected = (rgb.shape[0], rgb.shape[1], model.latent_channels, *model.latent_size)
+        if tuple(latents.shape) != expected:
+            raise ValueError(
+                f"batch['latents'] must have shape {expected} (frames coded one by one), got "
+                f"{tuple(latents.shape)}"
+            )
+        context, target = latents[:, :n_context], latents[:, n_context:]
+    else:
+        with torch.no_grad():
+            context = model.encode(rgb[:, :n_context], depth[:, :n_context])
+            target = model.encode(rgb[:, n_context:], depth[:, n_context:])  # (B, F, C, h, w)
     cam_to_ref, targets = chunk_targets(model, batch, pose_source)
     rays = model.chunk_rays(batch["intrinsics"][:, n_context:], cam_to_ref).to(target.dtype)
     tokens = mask = None

@@ -19,8 +19,12 @@ Latent scale
 
 Frames
     With a temporal compression ratio ``r`` the VAE maps ``1 + r * k`` frames to ``1 + k``
-    latent frames (``r = 1``: one latent frame per frame). Spatially, every down block but the
-    last halves the resolution.
+    latent frames. Spatially, every down block but the last halves the resolution.
+
+    With ``r = 1`` the VAE is an image autoencoder: each frame is coded on its own (time folded
+    into the batch), so a frame's latent does not depend on the clip it was cut from. Rollouts
+    can then re-encode any window of frames consistently, and training can encode every frame of
+    a data set once and cache it (:mod:`worldsim.latents`).
 """
 
 from __future__ import annotations
@@ -242,10 +246,9 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
             (B, F, C, h, w) latents times ``scaling_factor``; ``F`` from
             :meth:`num_latent_frames`, ``h = H / spatial_compression``, ``C = latent_channels``.
         """
-        video = rearrange(images, "b t c h w -> b c t h w")
-        posterior = self.vae.encode(video).latent_dist
+        posterior = self._posterior(images)
         latents = posterior.sample(generator) if generator is not None else posterior.mode()
-        return rearrange(latents, "b c f h w -> b f c h w") * self.scaling_factor
+        return self._from_vae_layout(latents, images.shape[0]) * self.scaling_factor
 
     def decode_images(self, latents: Tensor) -> Tensor:
         """Decode scaled latents to 3-channel videos, roughly in ``[-1, 1]`` (not clipped).
@@ -256,8 +259,29 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
         Returns:
             (B, T, 3, H, W) float.
         """
-        video = rearrange(latents / self.scaling_factor, "b f c h w -> b c f h w")
-        return rearrange(self.vae.decode(video).sample, "b c t h w -> b t c h w")
+        video = self._to_vae_layout(latents / self.scaling_factor)
+        return self._from_vae_layout(self.vae.decode(video).sample, latents.shape[0])
+
+    @property
+    def per_frame(self) -> bool:
+        """Whether frames are coded one by one (temporal ratio 1; see module docstring)."""
+        return self.temporal_compression == 1
+
+    def _to_vae_layout(self, video: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> the (N, C, T', H, W) the diffusers VAE takes (T' = 1 per frame)."""
+        if self.per_frame:
+            return rearrange(video, "b t c h w -> (b t) c 1 h w")
+        return rearrange(video, "b t c h w -> b c t h w")
+
+    def _from_vae_layout(self, video: Tensor, batch_size: int) -> Tensor:
+        """Inverse of :meth:`_to_vae_layout` for a batch of ``batch_size`` videos."""
+        if self.per_frame:
+            return rearrange(video, "(b t) c 1 h w -> b t c h w", b=batch_size)
+        return rearrange(video, "b c t h w -> b t c h w")
+
+    def _posterior(self, images: Tensor):
+        """The VAE's posterior of (B, T, 3, H, W) images in ``[-1, 1]``."""
+        return self.vae.encode(self._to_vae_layout(images)).latent_dist
 
     def encode(
         self,
@@ -341,9 +365,9 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
             images.append(self.depth_to_image(depth))
         losses, kls = [], []
         for image in images:
-            posterior = self.vae.encode(rearrange(image, "b t c h w -> b c t h w")).latent_dist
+            posterior = self._posterior(image)
             latents = posterior.sample(generator)
-            decoded = rearrange(self.vae.decode(latents).sample, "b c t h w -> b t c h w")
+            decoded = self._from_vae_layout(self.vae.decode(latents).sample, image.shape[0])
             losses.append(torch.mean((decoded - image) ** 2))
             kl = 0.5 * (posterior.mean**2 + posterior.var - 1.0 - posterior.logvar)
             kls.append(kl.mean())

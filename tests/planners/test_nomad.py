@@ -123,6 +123,8 @@ def test_training_batch_cuts_goals_and_waypoints(policy):
     assert torch.allclose(batch["deltas"][..., 1], torch.zeros(2, 4), atol=1e-6)
     with pytest.raises(ValueError, match="too short"):
         policy_batch(_clips(frames=5), policy, config, torch.Generator())
+    with pytest.raises(ValueError, match="no goal would ever train the actions"):
+        NoMaDTrainingConfig(max_goal_distance=4, min_action_distance=5, max_action_distance=8)
 
 
 def test_waypoint_normalisation_by_hand_and_round_trip():

@@ -107,22 +107,43 @@ def test_loads_a_local_cogvideox_vae(tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         original = AutoencoderKLCogVideoX(
-            down_block_types=("CogVideoXDownBlock3D",) * 2,
-            up_block_types=("CogVideoXUpBlock3D",) * 2,
-            block_out_channels=(8, 16),
+            down_block_types=("CogVideoXDownBlock3D",) * 3,
+            up_block_types=("CogVideoXUpBlock3D",) * 3,
+            block_out_channels=(8, 16, 16),
             latent_channels=2,
             layers_per_block=1,
             norm_num_groups=4,
-            temporal_compression_ratio=1,
+            temporal_compression_ratio=4,
             scaling_factor=0.9,
         ).eval()
     original.save_pretrained(tmp_path / "vae")
     wrapper = RGBDAutoencoder.from_cogvideox(tmp_path).eval()
     assert wrapper.scaling_factor == 0.9
-    rgb, _ = clip()
+    rgb, _ = clip(frames=5)
     with torch.no_grad():
         expected = original.encode(rgb.permute(0, 2, 1, 3, 4) * 2 - 1).latent_dist.mode() * 0.9
         got = wrapper.encode(rgb)
+    assert got.shape[1] == 2
     assert torch.equal(got, expected.permute(0, 2, 1, 3, 4))
     with pytest.raises(FileNotFoundError, match="no CogVideoX VAE"):
         RGBDAutoencoder.from_cogvideox(tmp_path / "missing")
+
+
+def test_ratio_one_codes_each_frame_on_its_own():
+    # An image VAE: a frame's latent is the same whichever clip it is cut from, so latents can
+    # be cached per frame; and it equals the diffusers VAE run on that frame alone.
+    vae = tiny_vae()
+    rgb, depth = clip(frames=4)
+    with torch.no_grad():
+        whole = vae.encode(rgb, depth)
+        for t in range(4):
+            alone = vae.encode(rgb[:, t : t + 1], depth[:, t : t + 1])
+            torch.testing.assert_close(whole[:, t : t + 1], alone, rtol=1e-5, atol=1e-6)
+        frame = rgb[:, 2].unsqueeze(2) * 2 - 1  # (B, 3, 1, H, W)
+        direct = vae.vae.encode(frame).latent_dist.mode() * vae.scaling_factor
+        torch.testing.assert_close(whole[:, 2, :2], direct[:, :, 0], rtol=1e-5, atol=1e-6)
+        # Decoding is per frame too: shuffling the latent frames shuffles the decoded frames.
+        order = torch.tensor([3, 1, 0, 2])
+        decoded, _ = vae.decode(whole, with_depth=True)
+        shuffled, _ = vae.decode(whole[:, order], with_depth=True)
+        torch.testing.assert_close(shuffled, decoded[:, order], rtol=1e-5, atol=1e-5)
