@@ -18,7 +18,8 @@ built from the clip's earlier frames and once with ``"none"`` (the same model wi
 from the same noise (:mod:`worldsim.evaluation`). Writes to ``--out-dir``:
 
 - ``validation.json`` / ``validation.md``: PSNR, SSIM, LPIPS and depth L1 (metres) per subset
-  (revisit clips, all clips) and memory variant;
+  (revisit clips, all clips) and variant: with memory, without, and the ``last frame`` baseline
+  (every future frame is the last context frame: what is known before any motion is imagined);
 - ``validation.png``: for a few clips (revisits first), rows of recorded | with memory | without
   memory future frames.
 """
@@ -38,7 +39,13 @@ from einops import rearrange
 
 from envs.persistent_world import resolve_memory
 from worldsim.data import ClipConfig, ClipDataset
-from worldsim.evaluation import EvaluationConfig, Predictions, evaluation_rows, predict_clips
+from worldsim.evaluation import (
+    EvaluationConfig,
+    Predictions,
+    evaluation_rows,
+    predict_clips,
+    with_last_frame_baseline,
+)
 from worldsim.report import write_report
 from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
@@ -118,6 +125,7 @@ def main(args: Args) -> None:
     predictions = predict_clips(
         model, clips, {memory_name: memory, "none": None}, config, progress=True
     )
+    predictions = with_last_frame_baseline(predictions, clips)
     rows = evaluation_rows(predictions)
     json_path, md_path = write_report(rows, args.out_dir, REPORT_NAME)
     imageio.imwrite(args.out_dir / f"{REPORT_NAME}.png", picture(predictions, args.picture_clips))

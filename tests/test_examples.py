@@ -330,6 +330,7 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     assert [(r["subset"], r["memory"]) for r in rows if r["clips"]] == [
         ("all", "feature_map"),
         ("all", "none"),
+        ("all", "last frame"),
     ]
     assert all(r["psnr"]["value"] > 0 for r in rows if r["clips"])
     assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3

@@ -274,6 +274,44 @@ def depth_error(pred: Tensor, target: Tensor) -> MetricResult:
     )
 
 
+LAST_FRAME = "last frame"
+"""Name of the baseline variant of :func:`with_last_frame_baseline`."""
+
+
+def with_last_frame_baseline(predictions: Predictions, dataset: ClipDataset) -> Predictions:
+    """Add the ``"last frame"`` variant: every future frame is the clip's last context frame.
+
+    The floor a world model must beat: it scores what is already known before any motion is
+    imagined (for slow camera motion it is a strong floor).
+
+    Args:
+        predictions: from :func:`predict_clips` on ``dataset``.
+        dataset: the clips the predictions were made for.
+
+    Returns:
+        New predictions with the extra variant (the others unchanged).
+    """
+    n_future = predictions.rgb.shape[1]
+    last_rgb, last_depth = [], []
+    for index in predictions.clips:
+        item = dataset[int(index)]
+        n_context = item["rgb"].shape[0] - n_future
+        last_rgb.append(item["rgb"][n_context - 1].expand(n_future, -1, -1, -1))
+        last_depth.append(item["depth"][n_context - 1].expand(n_future, -1, -1, -1))
+    with_depth = any(depth is not None for depth in predictions.generated_depth.values())
+    return Predictions(
+        clips=predictions.clips,
+        is_revisit=predictions.is_revisit,
+        rgb=predictions.rgb,
+        depth=predictions.depth,
+        generated_rgb={**predictions.generated_rgb, LAST_FRAME: torch.stack(last_rgb)},
+        generated_depth={
+            **predictions.generated_depth,
+            LAST_FRAME: torch.stack(last_depth) if with_depth else None,
+        },
+    )
+
+
 def evaluation_rows(predictions: Predictions, lpips_model: LPIPS | None = None) -> list[dict]:
     """Score every (subset, variant) pair.
 

@@ -7,12 +7,14 @@ import torch
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.evaluation import (
+    LAST_FRAME,
     EvaluationConfig,
     choose_clips,
     depth_error,
     evaluation_rows,
     predict_clips,
     predict_future,
+    with_last_frame_baseline,
 )
 from worldsim.memory import build_memory
 
@@ -117,6 +119,21 @@ def test_variants_share_the_noise_and_the_memory_changes_the_frames(clips, model
     assert rows[1]["psnr"].value == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), 1e-5)
     assert rows[1]["lpips"].available and rows[1]["lpips"].value > 0
     assert rows[1]["depth_l1"].unit == "m"
+
+
+def test_last_frame_baseline_repeats_the_last_context_frame(clips, model):
+    config = EvaluationConfig(max_clips=2, batch_size=2, num_inference_steps=1)
+    predictions = with_last_frame_baseline(
+        predict_clips(model, clips, {"none": None}, config), clips
+    )
+    assert list(predictions.generated_rgb) == ["none", LAST_FRAME]
+    for row, index in enumerate(predictions.clips):
+        item = clips[int(index)]  # 1 context frame, 2 future frames
+        for t in range(2):
+            assert torch.equal(predictions.generated_rgb[LAST_FRAME][row, t], item["rgb"][0])
+            assert torch.equal(predictions.generated_depth[LAST_FRAME][row, t], item["depth"][0])
+    rows = evaluation_rows(predictions)
+    assert [(r["subset"], r["memory"]) for r in rows][-2:] == [("all", "none"), ("all", LAST_FRAME)]
 
 
 def test_depth_error_by_hand():
