@@ -13,7 +13,7 @@ ground truth, after adaptation).
 
 Run (with a trained world model and policy)::
 
-    python examples/adapt_policy.py --checkpoint runs/world_model/memory/model \
+    python examples/adapt_policy.py \
         --policy checkpoints/nomad-small --out runs/adapt_policy
 
 Tiny setting (as the tests; untrained tiny models)::
@@ -55,8 +55,9 @@ from worldsim.report import plot_trajectories, write_report
 class Args:
     """Settings of the adaptation experiment."""
 
-    checkpoint: str
-    """World-model folder (``WorldModel.save_pretrained``), or ``tiny-untrained`` (smoke test)."""
+    checkpoint: str | None = None
+    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (smoke test), or
+    ``None``: the embedded default checkpoint."""
     out: Path = Path("runs/adapt_policy")
     """Output folder."""
     policy: Path | None = None

@@ -1,6 +1,6 @@
 """Imagine a walk that leaves a room and comes back: ground truth | with memory | without memory.
 
-    .venv/bin/python examples/imagine.py --checkpoint runs/world_model/memory/model
+    .venv/bin/python examples/imagine.py                        # the embedded checkpoint
     .venv/bin/python examples/imagine.py --checkpoint tiny-untrained --scene house-train-0000 \
         --out-steps 2 --out-dir outputs/imagine_smoke                       # smoke test
 
@@ -19,8 +19,8 @@ Writes to ``--out-dir``:
 - ``metrics.png``: the same curves (:func:`worldsim.report.plot_metric_curves`);
 - ``metrics.json`` / ``metrics.md``: mean PSNR / LPIPS over all steps and over the return leg.
 
-``--checkpoint`` takes a folder written by ``WorldModel.save_pretrained`` (required until the
-default checkpoint ships). ``tiny-untrained`` builds an untrained tiny model (32x32 frames, 90°
+``--checkpoint`` takes a folder written by ``WorldModel.save_pretrained`` (default: the embedded
+checkpoint). ``tiny-untrained`` builds an untrained tiny model (32x32 frames, 90°
 turns so that the walk is short) with a cheap colour-feature memory: a smoke test of the
 pipeline whose pictures are noise and whose two learned columns coincide (the memory blocks of
 an untrained model are zero-gated).
@@ -56,8 +56,9 @@ COLUMNS = ("ground truth", "with memory", "without memory")
 class Args:
     """Example settings."""
 
-    checkpoint: str
-    """World-model folder (``WorldModel.save_pretrained``), or ``tiny-untrained`` (smoke test)."""
+    checkpoint: str | None = None
+    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (smoke test), or
+    ``None``: the embedded default checkpoint."""
     memory: str | None = None
     """Memory name for ``worldsim.memory.build_memory``; default: the checkpoint's."""
     memory_encoder: str | None = None

@@ -7,11 +7,12 @@ iterations (``sim_vs_iterations.png``), a top-down plot of the trajectories (``t
 a video of the imagined vs. executed views (``imagined_vs_executed.mp4``).
 
 The planning simulator is the ground-truth oracle (``--planner oracle``: "imagined" equals
-"executed") or the learned world model (``--planner world-model --checkpoint PATH``, a folder of
-``WorldModel.save_pretrained`` with its ``memory.json``), through the same rollout interface;
-actions are always executed in the ground truth. ``--checkpoint tiny-untrained`` builds an
-untrained tiny world model (32x32 frames, a cheap colour-feature memory): a smoke test of the
-pipeline whose imagined frames are noise. With a world model the frame size is the model's.
+"executed") or the learned world model (``--planner world-model``: the embedded checkpoint, or
+``--checkpoint PATH``, a folder of ``WorldModel.save_pretrained`` with its ``memory.json``),
+through the same rollout interface; actions are always executed in the ground truth.
+``--checkpoint tiny-untrained`` builds an untrained tiny world model (32x32 frames, a cheap
+colour-feature memory): a smoke test of the pipeline whose imagined frames are noise. With a
+world model the frame size is the model's.
 
 Run (a few minutes on a CPU)::
 
@@ -22,10 +23,9 @@ Tiny setting (as the tests)::
     python examples/plan_cem.py --out /tmp/plan_cem --episodes 1 --iterations 1 \
         --num-samples 8 --horizon 4 --max-steps 4 --size 32
 
-With the learned simulator::
+With the learned simulator (the embedded checkpoint unless ``--checkpoint`` names another)::
 
-    python examples/plan_cem.py --out runs/plan_cem_wm --planner world-model \
-        --checkpoint runs/world_model/memory/model
+    python examples/plan_cem.py --out runs/plan_cem_wm --planner world-model
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
+from envs.persistent_world import learned_planning_rollout
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -61,7 +61,8 @@ class Args:
     planner: Literal["oracle", "world-model"] = "oracle"
     """Simulator plans are imagined in: the ground truth, or the learned world model."""
     checkpoint: str | None = None
-    """World-model folder, or ``tiny-untrained``; required with ``--planner world-model``."""
+    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
+    smoke-test model), or ``None``: the embedded default checkpoint."""
     sampling_steps: int | None = None
     """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
     split: str = "train"
@@ -72,8 +73,9 @@ class Args:
     """Episodes per iteration count."""
     size: int | None = None
     """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
-    turn_step_deg: float = 30.0
-    """Turn step of the discrete actions, degrees."""
+    turn_step_deg: float | None = None
+    """Turn step of the discrete actions, degrees; ``None``: the world model's own with
+    ``--planner world-model`` (10° for the embedded checkpoint), 30° with the oracle."""
     kind: Literal["discrete", "continuous"] = "discrete"
     """CEM distribution."""
     num_samples: int = 60
@@ -100,15 +102,17 @@ class Args:
     """CPU threads of torch (0: torch's default)."""
 
 
+def turn_step(args: Args, learned: RolloutModel | None) -> float:
+    """The turn step actions execute with: the one asked for, else the planning simulator's."""
+    if args.turn_step_deg is not None:
+        return args.turn_step_deg
+    return 30.0 if learned is None else learned.model.action_spec.turn_step_deg
+
+
 def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
     """The world model plans are imagined in (``None`` for the oracle) and the frame size."""
     if args.planner == "oracle":
         return None, args.size or 64
-    if args.checkpoint is None:
-        raise ValueError(
-            "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
-            f"{TINY_UNTRAINED} for an untrained smoke-test model"
-        )
     rollout = learned_planning_rollout(
         args.checkpoint,
         args.device,
@@ -139,7 +143,7 @@ def main(args: Args) -> list[dict[str, float]]:
     args.out.mkdir(parents=True, exist_ok=True)
     learned, size = planning_simulator(args)
     oracle = OracleRollout(
-        config=SimulatorConfig(width=size, height=size, turn_step_deg=args.turn_step_deg)
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step(args, learned))
     )
     planner = oracle if learned is None else learned
     cost = GoalCost(device=args.device)

@@ -43,7 +43,7 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
+from envs.persistent_world import learned_planning_rollout
 from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -72,7 +72,8 @@ class Args:
     planner: Literal["oracle", "world-model"] = "oracle"
     """Simulator candidates are imagined in: the ground truth, or the learned world model."""
     checkpoint: str | None = None
-    """World-model folder, or ``tiny-untrained``; required with ``--planner world-model``."""
+    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
+    smoke-test model), or ``None``: the embedded default checkpoint."""
     memory: str | None = None
     """World-model memory (a ``build_memory`` name, or ``none``); default: the checkpoint's."""
     sampling_steps: int | None = None
@@ -87,8 +88,9 @@ class Args:
     """Candidates N ranked per decision."""
     size: int | None = None
     """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
-    turn_step_deg: float = 30.0
-    """Turn step of the discrete actions, degrees."""
+    turn_step_deg: float | None = None
+    """Turn step of the discrete actions, degrees; ``None``: the world model's own with
+    ``--planner world-model`` (10° for the embedded checkpoint), 30° with the oracle."""
     min_goal_m: float = 1.0
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 2.0
@@ -103,15 +105,17 @@ class Args:
     """CPU threads of torch (0: torch's default)."""
 
 
+def turn_step(args: Args, learned: RolloutModel | None) -> float:
+    """The turn step actions execute with: the one asked for, else the planning simulator's."""
+    if args.turn_step_deg is not None:
+        return args.turn_step_deg
+    return 30.0 if learned is None else learned.model.action_spec.turn_step_deg
+
+
 def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
     """The world model candidates are imagined in (``None`` for the oracle) and the frame size."""
     if args.planner == "oracle":
         return None, args.size or 64
-    if args.checkpoint is None:
-        raise ValueError(
-            "--planner world-model needs --checkpoint: a WorldModel.save_pretrained folder, or "
-            f"{TINY_UNTRAINED} for an untrained smoke-test model"
-        )
     rollout = learned_planning_rollout(
         args.checkpoint,
         args.device,
@@ -195,7 +199,7 @@ def main(args: Args) -> list[dict[str, float]]:
     policy = policy.to(args.device).eval()
     learned, size = planning_simulator(args)
     oracle = OracleRollout(
-        config=SimulatorConfig(width=size, height=size, turn_step_deg=args.turn_step_deg)
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step(args, learned))
     )
     planner = oracle if learned is None else learned
     sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)

@@ -161,6 +161,15 @@ def test_train_world_model(tmp_path, tiny_dataset):
     # The VAE stage fits the latent scale; later stages keep it.
     assert vae_config["vae_scaling_factor"] != 1.0
     assert memory_config["vae_scaling_factor"] == vae_config["vae_scaling_factor"]
+    # Stages 1 and 2 trained on latents encoded once, by the trained VAE, for every frame.
+    from worldsim.data import TrajectoryStore
+    from worldsim.latents import LatentCache
+    from worldsim.world_model import WorldModel
+
+    store = TrajectoryStore(tiny_dataset)
+    model = WorldModel.from_pretrained(tmp_path / "memory" / "model")
+    cache = LatentCache.load(tmp_path / "latents.safetensors", model, store)
+    assert [len(x) for x in cache.latents] == [info.num_frames for info in store.episodes]
 
 
 def test_plan_cem(tmp_path):
@@ -197,8 +206,12 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
     assert 0.0 < rows[0]["sim"] <= 100.0 and rows[0]["mean_steps"] <= 3
     video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
     assert video[0].shape[0] == 256 and video[0].shape[1] == 3 * 256  # goal | imagined | executed
-    with pytest.raises(ValueError, match="needs --checkpoint"):
-        run("plan_cem", ["--out", str(tmp_path), "--planner", "world-model"])
+    # Without --checkpoint: the embedded model, whose 10° turns the executed actions take on.
+    with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg"):
+        run(
+            "plan_cem",
+            ["--out", str(tmp_path), "--planner", "world-model", "--turn-step-deg", "30"],
+        )
     with pytest.raises(ValueError, match="differs from the world model's frames"):
         run("plan_cem", [*argv, "--size", "64"])
 

@@ -22,7 +22,7 @@ from envs.persistent_world import (
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.memory import FeatureMap3D, build_memory
-from worldsim.world_model import DEFAULT_CHECKPOINT, WorldModel
+from worldsim.world_model import WorldModel
 
 if "PersistentWorld-v0" not in gym.registry:
     gym.register(
@@ -274,14 +274,15 @@ def test_checkpoint_folder_and_its_memory_file(model, tmp_path):
 
 
 def test_no_arguments_load_the_shipped_checkpoint():
-    if (DEFAULT_CHECKPOINT / "config.json").is_file():
-        env = gym.make("PersistentWorld-v0")
-        env.reset(seed=0)
-        observation = env.step(1)[0]
-        assert observation["rgb"].shape == env.observation_space["rgb"].shape
-    else:
-        with pytest.raises(FileNotFoundError, match=r"train_world_model\.py"):
-            gym.make("PersistentWorld-v0")
+    env = gym.make("PersistentWorld-v0")
+    observation, _ = env.reset(seed=0)
+    assert observation["rgb"].shape == (64, 64, 3)
+    after = env.step(1)[0]  # move forward: one generated chunk, its first frame served
+    assert after["rgb"].shape == env.observation_space["rgb"].shape == (64, 64, 3)
+    assert after["rgb"].dtype == np.uint8 and after["depth"].shape == (64, 64, 1)
+    # The pose moved 0.25 m along the camera's forward axis (-z of the agent, +z of the camera).
+    step = np.linalg.inv(observation["pose"]) @ after["pose"]
+    np.testing.assert_allclose(step[:3, 3], [0.0, 0.0, 0.25], atol=1e-5)
 
 
 def test_bad_input_raises_clear_errors(model):

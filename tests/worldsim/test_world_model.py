@@ -90,12 +90,10 @@ def test_save_load_equality_and_errors(tmp_path, tiny_model, tiny_batch):
         WorldModel.from_pretrained(tmp_path / "vae")
 
 
-def test_default_checkpoint_loads_or_says_it_is_missing():
-    if (DEFAULT_CHECKPOINT / "config.json").is_file():
-        assert isinstance(WorldModel.from_pretrained(), WorldModel)
-    else:
-        with pytest.raises(FileNotFoundError, match="embedded default checkpoint"):
-            WorldModel.from_pretrained()
+def test_default_checkpoint_loads_with_no_arguments():
+    model = WorldModel.from_pretrained()
+    assert model.config.height == 64 and not model.training
+    assert str(DEFAULT_CHECKPOINT).endswith("worldsim/checkpoints/world_model_small")
 
 
 def test_frames_of_wrong_size_are_rejected(tiny_model, tiny_batch):
