@@ -112,7 +112,7 @@ TINY_UNTRAINED_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxe
 
 
 def load_learned_simulator(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     device: str | torch.device | None = None,
     memory: str | dict[str, Any] | Memory | None = None,
     turn_step_deg: float | None = None,
@@ -149,7 +149,7 @@ def load_learned_simulator(
 
 
 def learned_planning_rollout(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     device: str | torch.device | None = None,
     memory: str | dict[str, Any] | Memory | None = None,
     turn_step_deg: float | None = None,
@@ -183,6 +183,48 @@ def learned_planning_rollout(
             f"--size {size} differs from the world model's frames ({height}); leave it out"
         )
     return WorldModelRollout(model, memory, num_inference_steps=num_inference_steps)
+
+
+ORACLE_TURN_STEP_DEG = 30.0
+"""Turn step of planning examples with the oracle when none is asked for (coarse turns keep the
+ground-truth episodes short)."""
+
+
+def planning_simulator(
+    planner: str,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    memory: str | dict[str, Any] | Memory | None = None,
+    turn_step_deg: float | None = None,
+    num_inference_steps: int | None = None,
+    size: int | None = None,
+) -> tuple[WorldModelRollout | None, int, float]:
+    """What a planning example imagines in, at which frame size, turning by which angle.
+
+    Args:
+        planner: ``"oracle"`` (the ground truth imagines) or ``"world-model"``.
+        checkpoint: the world model, as :func:`load_learned_simulator`; ``None``: the embedded
+            checkpoint.
+        device: as :func:`load_learned_simulator`.
+        memory: as :func:`load_learned_simulator`.
+        turn_step_deg: the turn step to act with; ``None``: the world model's own, or
+            :data:`ORACLE_TURN_STEP_DEG` with the oracle.
+        num_inference_steps: as :func:`learned_planning_rollout`.
+        size: square frame size; ``None``: the world model's, or 64 with the oracle.
+
+    Returns:
+        ``(rollout, size, turn_step_deg)``: the learned rollout (``None`` for the oracle), the
+        frame size and the turn step the ground truth must execute with.
+    """
+    if planner == "oracle":
+        turn = ORACLE_TURN_STEP_DEG if turn_step_deg is None else turn_step_deg
+        return None, size or 64, turn
+    if planner != "world-model":
+        raise ValueError(f"planner must be 'oracle' or 'world-model', got {planner!r}")
+    rollout = learned_planning_rollout(
+        checkpoint, device, memory, turn_step_deg, num_inference_steps, size
+    )
+    return rollout, rollout.image_size[0], rollout.model.action_spec.turn_step_deg
 
 
 def resolve_memory(

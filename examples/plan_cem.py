@@ -41,14 +41,13 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from envs.persistent_world import learned_planning_rollout
+from envs.persistent_world import planning_simulator
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost
 from planners.metrics import path_length, sim_score, spl, success
-from planners.rollout import RolloutModel
 from worldsim.report import plot_metric_curves, plot_trajectories, write_report
 
 
@@ -102,28 +101,6 @@ class Args:
     """CPU threads of torch (0: torch's default)."""
 
 
-def turn_step(args: Args, learned: RolloutModel | None) -> float:
-    """The turn step actions execute with: the one asked for, else the planning simulator's."""
-    if args.turn_step_deg is not None:
-        return args.turn_step_deg
-    return 30.0 if learned is None else learned.model.action_spec.turn_step_deg
-
-
-def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
-    """The world model plans are imagined in (``None`` for the oracle) and the frame size."""
-    if args.planner == "oracle":
-        return None, args.size or 64
-    rollout = learned_planning_rollout(
-        args.checkpoint,
-        args.device,
-        None,
-        turn_step_deg=args.turn_step_deg,
-        num_inference_steps=args.sampling_steps,
-        size=args.size,
-    )
-    return rollout, rollout.image_size[0]
-
-
 def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
     """Write goal | imagined | executed side by side, one frame per executed step."""
     imagined = run.imagined if run.imagined is not None else run.frames
@@ -141,9 +118,17 @@ def main(args: Args) -> list[dict[str, float]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    learned, size = planning_simulator(args)
+    learned, size, turn_step_deg = planning_simulator(
+        args.planner,
+        args.checkpoint,
+        args.device,
+        None,
+        args.turn_step_deg,
+        args.sampling_steps,
+        args.size,
+    )
     oracle = OracleRollout(
-        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step(args, learned))
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step_deg)
     )
     planner = oracle if learned is None else learned
     cost = GoalCost(device=args.device)

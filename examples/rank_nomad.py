@@ -43,7 +43,7 @@ import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from envs.persistent_world import learned_planning_rollout
+from envs.persistent_world import planning_simulator
 from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
@@ -51,7 +51,7 @@ from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy
 from planners.ranking import NoMaDSampler, rank_candidates
-from planners.rollout import RolloutModel, RolloutStart
+from planners.rollout import RolloutStart
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories, write_report
 
@@ -103,28 +103,6 @@ class Args:
     """Device of the policy and the cost."""
     threads: int = 0
     """CPU threads of torch (0: torch's default)."""
-
-
-def turn_step(args: Args, learned: RolloutModel | None) -> float:
-    """The turn step actions execute with: the one asked for, else the planning simulator's."""
-    if args.turn_step_deg is not None:
-        return args.turn_step_deg
-    return 30.0 if learned is None else learned.model.action_spec.turn_step_deg
-
-
-def planning_simulator(args: Args) -> tuple[RolloutModel | None, int]:
-    """The world model candidates are imagined in (``None`` for the oracle) and the frame size."""
-    if args.planner == "oracle":
-        return None, args.size or 64
-    rollout = learned_planning_rollout(
-        args.checkpoint,
-        args.device,
-        args.memory,
-        turn_step_deg=args.turn_step_deg,
-        num_inference_steps=args.sampling_steps,
-        size=args.size,
-    )
-    return rollout, rollout.image_size[0]
 
 
 def ground_truth_path(
@@ -197,9 +175,17 @@ def main(args: Args) -> list[dict[str, float]]:
         torch.manual_seed(args.seed)  # initialisation of the untrained policy
         policy = NoMaDPolicy(**POLICY_PRESETS[args.preset])
     policy = policy.to(args.device).eval()
-    learned, size = planning_simulator(args)
+    learned, size, turn_step_deg = planning_simulator(
+        args.planner,
+        args.checkpoint,
+        args.device,
+        args.memory,
+        args.turn_step_deg,
+        args.sampling_steps,
+        args.size,
+    )
     oracle = OracleRollout(
-        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step(args, learned))
+        config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step_deg)
     )
     planner = oracle if learned is None else learned
     sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)

@@ -14,10 +14,12 @@ from envs.indoor_nav import observation_space
 from envs.learned_rollout import WorldModelRollout
 from envs.persistent_world import (
     MEMORY_FILE,
+    ORACLE_TURN_STEP_DEG,
     TINY_UNTRAINED,
     PersistentWorldEnv,
     PersistentWorldVectorEnv,
     load_learned_simulator,
+    planning_simulator,
 )
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
@@ -345,3 +347,16 @@ def test_load_learned_simulator_builds_the_smoke_model_and_checks_the_turn_step(
     assert loaded.config.height == 32
     with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg was asked"):
         load_learned_simulator(tmp_path, turn_step_deg=30.0)
+
+
+def test_planning_simulator_takes_the_turn_step_of_what_imagines():
+    assert planning_simulator("oracle") == (None, 64, ORACLE_TURN_STEP_DEG)
+    assert planning_simulator("oracle", turn_step_deg=10.0, size=32) == (None, 32, 10.0)
+    rollout, size, turn = planning_simulator("world-model", TINY_UNTRAINED, "cpu", None, 45.0)
+    assert (size, turn) == (32, 45.0) and rollout.model.action_spec.turn_step_deg == 45.0
+    rollout, size, turn = planning_simulator("world-model")  # the embedded checkpoint
+    assert rollout is not None and (size, turn) == (64, 10.0)
+    with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0"):
+        planning_simulator("world-model", turn_step_deg=30.0)
+    with pytest.raises(ValueError, match="planner must be 'oracle' or 'world-model'"):
+        planning_simulator("habitat")
