@@ -10,7 +10,11 @@ Planning math (pure functions, seeded by a ``torch.Generator``):
 4. repeat for a few iterations; the plan is the lowest-cost sequence seen in any iteration.
 
 The discrete search also scores deterministic turn-then-walk probes (:func:`turn_and_walk`)
-with its first iteration (``CEMConfig.primitives``); their elites shape the first refit.
+with its first iteration (``CEMConfig.primitives``); their elites shape the first refit. By
+default a probe turns any number of times that fits in the horizon, ``k in -L..L``, then walks
+any distance that is left: with the simulator's default 10-degree turns and the default
+L = 18, one plan sees every heading (180 degrees either way) and every walk after it. Probes
+bounded by ``L // 2`` turns (60 degrees at L = 12) left goals behind the agent unseen.
 
 Two distributions:
 
@@ -72,6 +76,7 @@ class CEMConfig:
         primitives: (discrete) also score the turn-then-walk sequences of
             :func:`turn_and_walk` in the first iteration, so that every heading and distance
             within reach is tried once, however unlikely under the sampling distribution.
+        probe_turns: most turns in one probe, >= 0; ``None``: ``horizon``.
     """
 
     kind: DistributionKind = "discrete"
@@ -79,7 +84,10 @@ class CEMConfig:
     elite_fraction: float = 0.3
     num_elites: int | None = None
     num_iterations: int = 3
-    horizon: int = 12
+    # 18 steps: with the simulator's default 10-degree turns the probes of one plan turn to
+    # every heading (18 turns = 180 degrees either way); 12 steps saw only 120 degrees, and
+    # goals behind the agent left it turning on the spot in a local minimum of LPIPS.
+    horizon: int = 18
     smoothing: float = 0.1
     allowed_actions: tuple[int, ...] = (0, 1, 2, 3)
     initial_mean: tuple[float, float, float] = (0.0, 0.15, 0.0)
@@ -88,6 +96,7 @@ class CEMConfig:
     waypoint_low: tuple[float, float, float] = (-0.1, -0.1, -math.pi / 6)
     waypoint_high: tuple[float, float, float] = (0.1, 0.3, math.pi / 6)
     primitives: bool = True
+    probe_turns: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("discrete", "continuous"):
@@ -112,6 +121,8 @@ class CEMConfig:
         for name in ("initial_mean", "initial_std", "waypoint_low", "waypoint_high"):
             if len(getattr(self, name)) != 3:
                 raise ValueError(f"{name} must have 3 entries (dx, dz, dyaw), got {name}")
+        if self.probe_turns is not None and self.probe_turns < 0:
+            raise ValueError(f"probe_turns must be >= 0 or None, got {self.probe_turns}")
         if min(self.initial_std) <= 0.0:
             raise ValueError(f"initial_std must be > 0, got {self.initial_std}")
         if self.min_std < 0.0:
@@ -158,25 +169,38 @@ def sample_categorical(
     return draws.T.contiguous()  # (N, L)
 
 
-def turn_and_walk(horizon: int, allowed_actions: tuple[int, ...]) -> Tensor:
+def turn_and_walk(
+    horizon: int, allowed_actions: tuple[int, ...], max_turns: int | None = None
+) -> Tensor:
     """Deterministic probe sequences: turn ``k`` times, walk ``m`` steps, then wait.
 
-    ``k`` runs over ``-K..K`` with ``K = horizon // 2`` (negative: right turns), and ``m`` over
-    ``0..horizon - |k|``: every heading within ``K`` turns and every distance, each once, so that
-    a goal a few steps away in any direction is found even where LPIPS misleads the sampled
-    search (look-alike views, goals out of view). Sequences needing an action
-    outside ``allowed_actions`` are left out, as are duplicates and the all-wait sequence (it
-    would end a stuck search on "stay").
+    ``k`` runs over ``-K..K`` (negative: right turns) with ``K = min(max_turns, horizon)``, and
+    ``m`` over ``0..horizon - |k|``: every heading within ``K`` turns and every distance after
+    it, each once, so that a goal a few steps away in any direction is found even where LPIPS
+    misleads the sampled search (look-alike views, goals out of view). Sequences needing an
+    action outside ``allowed_actions`` are left out, as are duplicates and the all-wait
+    sequence (it would end a stuck search on "stay"). There are ``(K + 1) ** 2 - 1 +
+    (2 K + 1) (horizon - K)`` probes when every action is allowed.
 
     Args:
         horizon: L, >= 1.
         allowed_actions: the allowed action ids; ``stop`` pads even when not allowed (a no-op).
+        max_turns: most turns K in one probe, >= 0; ``None``: ``horizon`` (every turn count
+            that fits, so pure turns reach ``horizon`` turn steps either way).
 
     Returns:
-        (P, L) int64 action ids, P >= 0.
+        (P, L) int64 action ids, P >= 0, ordered by signed turn count, then walk length.
+
+    Raises:
+        ValueError: for ``horizon < 1`` or ``max_turns < 0``.
     """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if max_turns is not None and max_turns < 0:
+        raise ValueError(f"max_turns must be >= 0 or None, got {max_turns}")
+    reach = horizon if max_turns is None else min(max_turns, horizon)
     sequences: list[list[int]] = []
-    for turns in range(-(horizon // 2), horizon // 2 + 1):
+    for turns in range(-reach, reach + 1):
         turn = Action.TURN_LEFT if turns > 0 else Action.TURN_RIGHT
         if turns and turn not in allowed_actions:
             continue
@@ -427,7 +451,8 @@ def plan_cem(
                 )
             samples[0] = incumbent
         if iteration == 0 and config.kind == "discrete" and config.primitives:
-            samples = torch.cat([samples, turn_and_walk(config.horizon, config.allowed_actions)])
+            probes = turn_and_walk(config.horizon, config.allowed_actions, config.probe_turns)
+            samples = torch.cat([samples, probes])
         rows = start.repeat(samples.shape[0])
         result = model.rollout(
             rows, samples, generator=generator, num_frames=cost.config.last_frames
@@ -483,10 +508,14 @@ class MPCConfig:
 
     cem: CEMConfig = field(default_factory=CEMConfig)
     execute_steps: int = 3
-    max_steps: int = 60
+    # 100 actions: a goal 3 m away takes 12 moves plus up to 18 turns of 10 degrees to face it,
+    # and detours and re-orientations on the way about double that.
+    max_steps: int = 100
     stop_margin: float = 0.01
     warm_start: bool = True
-    explore_above: float | None = 0.2
+    # 0.15: with the oracle, arrivals at the goal end at LPIPS <= 0.11, while an agent stuck at
+    # 0.19 beside a wall (its best plan 0.18) took itself for arrived under the former 0.2.
+    explore_above: float | None = 0.15
     record_imagined: bool = False
 
     def __post_init__(self) -> None:

@@ -48,17 +48,29 @@ def test_initial_categorical_is_uniform_over_allowed():
 
 def test_turn_and_walk_by_hand():
     probes = turn_and_walk(3, (0, 1, 2, 3)).tolist()
-    right = [[3, 0, 0], [3, 1, 0], [3, 1, 1]]
+    right = [[3, 3, 3], [3, 3, 0], [3, 3, 1], [3, 0, 0], [3, 1, 0], [3, 1, 1]]
     ahead = [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    left = [[2, 0, 0], [2, 1, 0], [2, 1, 1]]
-    assert probes == right + ahead + left  # no all-wait sequence
-    assert turn_and_walk(3, (1, 2)).tolist() == ahead + left  # right turns are not allowed
+    left = [[2, 0, 0], [2, 1, 0], [2, 1, 1], [2, 2, 0], [2, 2, 1], [2, 2, 2]]
+    assert probes == right + ahead + left  # every turn count that fits; no all-wait sequence
+    one_turn = [[3, 0, 0], [3, 1, 0], [3, 1, 1], *ahead, [2, 0, 0], [2, 1, 0], [2, 1, 1]]
+    assert turn_and_walk(3, (0, 1, 2, 3), max_turns=1).tolist() == one_turn
+    assert turn_and_walk(3, (1, 2), max_turns=1).tolist() == ahead + one_turn[6:]  # no right
     assert turn_and_walk(4, (2, 3)).tolist() == [
+        [3, 3, 3, 3],
+        [3, 3, 3, 0],
         [3, 3, 0, 0],
         [3, 0, 0, 0],
         [2, 0, 0, 0],
         [2, 2, 0, 0],
+        [2, 2, 2, 0],
+        [2, 2, 2, 2],
     ]
+    # (K + 1)^2 - 1 + (2K + 1)(L - K) probes: L = 12, K = 12 -> 168; K = 6 -> 48 + 78
+    assert turn_and_walk(12, (0, 1, 2, 3)).shape == (168, 12)
+    assert turn_and_walk(12, (0, 1, 2, 3), max_turns=6).shape == (126, 12)
+    assert turn_and_walk(12, (0, 1, 2, 3), max_turns=20).shape == (168, 12)  # capped at L
+    with pytest.raises(ValueError, match="max_turns must be >= 0"):
+        turn_and_walk(3, (1, 2, 3), max_turns=-1)
 
 
 def test_select_elites_by_hand():
@@ -108,6 +120,8 @@ def test_config_validation():
         CEMConfig(elite_fraction=0.0)
     with pytest.raises(ValueError, match="allowed_actions"):
         CEMConfig(allowed_actions=(1, 4))
+    with pytest.raises(ValueError, match="probe_turns must be >= 0 or None, got -2"):
+        CEMConfig(probe_turns=-2)
     with pytest.raises(ValueError, match="execute_steps"):
         MPCConfig(cem=CEMConfig(horizon=4), execute_steps=5)
 
@@ -199,8 +213,10 @@ def test_mpc_walks_to_a_goal_ahead(oracle, cost):
 
 @pytest.mark.slow
 def test_cem_with_the_oracle_reaches_goals_a_few_metres_away(cost):
-    oracle = OracleRollout(config=SimulatorConfig(width=64, height=64, turn_step_deg=30.0))
-    config = MPCConfig(cem=CEMConfig(horizon=12), execute_steps=3, max_steps=80)
+    # the simulator's default 10-degree turns and the planner's defaults (horizon 18, 3 steps
+    # executed per decision, at most 100 actions)
+    oracle = OracleRollout(config=SimulatorConfig(width=64, height=64))
+    config = MPCConfig()
     rng = np.random.default_rng(0)
     reached = []
     for index, scene in enumerate(scene_ids("train", 5) * 4):
