@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -138,26 +139,26 @@ class LatentCache:
         if not path.is_file():
             raise FileNotFoundError(f"no latent cache at {path}; build one with LatentCache.build")
         try:
+            # The header is checked before ~4 KB per frame of tensors is read.
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
+                if metadata.get("format") != FORMAT:
+                    raise ValueError(f"{path} is not a latent cache of format {FORMAT!r}")
+                if metadata["fingerprint"] != vae_fingerprint(model):
+                    raise ValueError(
+                        f"latent cache {path} was encoded by another VAE (or scale) than this "
+                        "model's; delete it to re-encode"
+                    )
+                episodes = metadata["episodes"].split("\n") if metadata["episodes"] else []
+                expected = episode_keys(store)
+                if episodes != expected:
+                    raise ValueError(
+                        f"latent cache {path} holds {len(episodes)} episodes of another data set "
+                        f"than {store.root} ({len(expected)} episodes); delete it to re-encode"
+                    )
+                latents = [handle.get_tensor(f"episode_{i:06d}") for i in range(len(episodes))]
         except (SafetensorError, OSError) as error:
             raise ValueError(f"latent cache {path} is unreadable ({error}); delete it") from None
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a latent cache of format {FORMAT!r}")
-        if metadata["fingerprint"] != vae_fingerprint(model):
-            raise ValueError(
-                f"latent cache {path} was encoded by another VAE (or scale) than this model's; "
-                "delete it to re-encode"
-            )
-        episodes = metadata["episodes"].split("\n") if metadata["episodes"] else []
-        expected = episode_keys(store)
-        if episodes != expected:
-            raise ValueError(
-                f"latent cache {path} holds {len(episodes)} episodes of another data set than "
-                f"{store.root} ({len(expected)} episodes); delete it to re-encode"
-            )
-        latents = [tensors[f"episode_{i:06d}"] for i in range(len(episodes))]
         return cls(latents, metadata["fingerprint"], episodes)
 
     @classmethod
@@ -174,7 +175,7 @@ class LatentCache:
             try:
                 return cls.load(path, model, store)
             except ValueError as error:
-                print(f"re-encoding: {error}")
+                warnings.warn(f"re-encoding: {error}", stacklevel=2)
         cache = cls.build(model, store, progress=progress)
         cache.save(path)
         return cache
