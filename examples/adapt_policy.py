@@ -11,14 +11,14 @@ losses), ``topdown.png`` (one episode's trajectories before and after) and
 ``imagined_vs_executed.mp4`` (goal | the world model's imagination of the executed actions | the
 ground truth, after adaptation).
 
-Run (with a trained world model and policy)::
+Run (the embedded world model and policy unless ``--checkpoint`` / ``--policy`` name others)::
 
-    python examples/adapt_policy.py \
-        --policy checkpoints/nomad-small --out runs/adapt_policy
+    python examples/adapt_policy.py --out runs/adapt_policy
 
 Tiny setting (as the tests; untrained tiny models)::
 
-    python examples/adapt_policy.py --checkpoint tiny-untrained --preset tiny --out /tmp/adapt \
+    python examples/adapt_policy.py --checkpoint tiny-untrained --policy untrained --preset tiny \
+        --out /tmp/adapt \
         --episodes 1 --eval-steps 4 --hindsight.rounds 1 --hindsight.rollouts 1 \
         --hindsight.rollout-steps 6 --hindsight.training.max-goal-distance 2 \
         --hindsight.training.min-action-distance 1 --hindsight.training.steps 2 --sampling-steps 2
@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 import tyro
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
@@ -44,11 +42,11 @@ from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.hindsight import HindsightConfig, ImaginedTrajectory, adapt, imagine_policy
 from planners.metrics import sim_score, success
-from planners.nomad import POLICY_PRESETS, NoMaDPolicy
+from planners.nomad import NoMaDPolicy, load_policy
 from planners.ranking import NoMaDSampler
 from planners.rollout import RolloutStart
 from worldsim.geometry import Action, position_yaw_from_pose
-from worldsim.report import plot_trajectories, write_report
+from worldsim.report import plot_trajectories, write_panel_video, write_report
 
 
 @dataclass(frozen=True)
@@ -60,10 +58,11 @@ class Args:
     ``None``: the embedded default checkpoint."""
     out: Path = Path("runs/adapt_policy")
     """Output folder."""
-    policy: Path | None = None
-    """Trained policy folder (``save_pretrained``); ``None``: an untrained ``--preset`` policy."""
+    policy: str | None = None
+    """Policy folder (``NoMaDPolicy.save_pretrained``), ``untrained`` (an untrained ``--preset``
+    policy, for smoke tests), or ``None``: the embedded policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
-    """Size of the untrained policy when ``--policy`` is not given (smoke tests only)."""
+    """Size of the ``untrained`` policy."""
     split: str = "test"
     """Scene split (``test``: scenes unseen in training)."""
     scene_index: int = 0
@@ -78,8 +77,9 @@ class Args:
     """Actions of each sampled trajectory executed before the policy is asked again."""
     hindsight: HindsightConfig = field(default_factory=HindsightConfig)
     """Rounds, rollouts and fine-tuning settings."""
-    turn_step_deg: float = 30.0
-    """Turn step of the discrete actions, degrees (the world model's)."""
+    turn_step_deg: float | None = None
+    """Turn step of the discrete actions, degrees; ``None``: the world model's own (10° for the
+    embedded checkpoint)."""
     min_goal_m: float = 1.0
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 2.5
@@ -152,14 +152,6 @@ def evaluate(
     return {"success": float(np.mean(successes)), "sim": float(np.mean(sims))}, runs
 
 
-def write_video(frames: torch.Tensor, path: Path) -> None:
-    """(S, 3, H, W') panels in [0, 1] to an mp4, enlarged to about 256 pixels high."""
-    video = (rearrange(frames, "s c h w -> s h w c").clamp(0, 1) * 255).to(torch.uint8).numpy()
-    scale = max(1, 256 // video.shape[1])
-    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
-    imageio.mimwrite(path, list(video), fps=4, macro_block_size=1)
-
-
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
     if args.threads:
@@ -168,13 +160,11 @@ def main(args: Args) -> list[dict[str, float]]:
     args.out.mkdir(parents=True, exist_ok=True)
     world = world_model_rollout(args)
     size = world.image_size[0]
-    if args.policy is not None:
-        policy = NoMaDPolicy.from_pretrained(args.policy)
-    else:
-        policy = NoMaDPolicy(**{**POLICY_PRESETS[args.preset], "image_size": (size, size)})
-    policy = policy.to(args.device).eval()
+    policy = load_policy(args.policy, args.preset, size, args.device)
     oracle = OracleRollout(
-        config=SimulatorConfig(width=size, height=size, turn_step_deg=args.turn_step_deg)
+        config=SimulatorConfig(
+            width=size, height=size, turn_step_deg=world.model.action_spec.turn_step_deg
+        )
     )
     rng = np.random.default_rng(args.seed)
     scene = scene_ids(args.split, args.scene_index + 1)[args.scene_index]
@@ -215,9 +205,9 @@ def main(args: Args) -> list[dict[str, float]]:
     count = first_start.num_frames
     imagined = torch.cat([executed.rgb[count - 1 : count], dream.rgb[0]])  # (S + 1, 3, H, W)
     real = executed.rgb[count - 1 :]
-    goal_column = goal[None].expand(len(real), -1, -1, -1)
-    write_video(
-        torch.cat([goal_column, imagined, real], dim=-1), args.out / "imagined_vs_executed.mp4"
+    write_panel_video(
+        {"goal": goal, "imagined": imagined, "executed": real},
+        args.out / "imagined_vs_executed.mp4",
     )
     print((args.out / "adapt_policy.md").read_text())
     return rows

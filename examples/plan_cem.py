@@ -34,11 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 import tyro
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
@@ -48,7 +46,12 @@ from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost
 from planners.metrics import path_length, sim_score, spl, success
-from worldsim.report import plot_metric_curves, plot_trajectories, write_report
+from worldsim.report import (
+    plot_metric_curves,
+    plot_trajectories,
+    write_panel_video,
+    write_report,
+)
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,7 @@ class Args:
 def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
     """Write goal | imagined | executed side by side, one frame per executed step."""
     imagined = run.imagined if run.imagined is not None else run.frames
-    goal_column = goal[None].expand(len(run.frames), -1, -1, -1)
-    panels = torch.cat([goal_column, imagined, run.frames], dim=-1)  # (S + 1, 3, H, 3 W)
-    frames = (rearrange(panels, "s c h w -> s h w c").clamp(0, 1) * 255).to(torch.uint8).numpy()
-    scale = max(1, 256 // frames.shape[1])
-    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    imageio.mimwrite(path, list(frames), fps=4, macro_block_size=1)
-    return path
+    return write_panel_video({"goal": goal, "imagined": imagined, "executed": run.frames}, path)
 
 
 def main(args: Args) -> list[dict[str, float]]:

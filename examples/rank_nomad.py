@@ -18,16 +18,17 @@ Table 2) through the same rollout interface (``planners.rollout``); ``--checkpoi
 tiny-untrained`` builds an untrained tiny world model (32x32 frames, colour-feature memory) as a
 smoke test. With a world model the frame size is the model's.
 
-Run (with a trained policy)::
+Run (the embedded policy unless ``--policy`` names another)::
 
-    python examples/rank_nomad.py --policy checkpoints/nomad-small --out runs/rank_nomad
+    python examples/rank_nomad.py --out runs/rank_nomad
+    python examples/rank_nomad.py --planner world-model --split test --out runs/rank_nomad_wm
 
 Tiny setting (as the tests; an untrained tiny policy)::
 
-    python examples/rank_nomad.py --out /tmp/rank --preset tiny --episodes 1 \
-        --num-samples 2 --size 32
-    python examples/rank_nomad.py --out /tmp/rank_wm --preset tiny --episodes 1 \
-        --num-samples 2 --planner world-model --checkpoint tiny-untrained
+    python examples/rank_nomad.py --out /tmp/rank --policy untrained --preset tiny \
+        --episodes 1 --num-samples 2 --size 32
+    python examples/rank_nomad.py --out /tmp/rank_wm --policy untrained --preset tiny \
+        --episodes 1 --num-samples 2 --planner world-model --checkpoint tiny-untrained
 """
 
 from __future__ import annotations
@@ -36,11 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 import tyro
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
@@ -49,11 +48,11 @@ from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
-from planners.nomad import POLICY_PRESETS, NoMaDPolicy
+from planners.nomad import load_policy
 from planners.ranking import NoMaDSampler, rank_candidates
 from planners.rollout import RolloutStart
 from worldsim.geometry import Action
-from worldsim.report import plot_trajectories, write_report
+from worldsim.report import plot_trajectories, write_panel_video, write_report
 
 TRAJECTORY_POSES = 8
 """Poses both paths are resampled to before ATE / RPE."""
@@ -65,10 +64,11 @@ class Args:
 
     out: Path = Path("runs/rank_nomad")
     """Output folder."""
-    policy: Path | None = None
-    """Trained policy folder (``save_pretrained``); ``None``: an untrained ``--preset`` policy."""
+    policy: str | None = None
+    """Policy folder (``NoMaDPolicy.save_pretrained``), ``untrained`` (an untrained ``--preset``
+    policy, for smoke tests), or ``None``: the embedded policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
-    """Size of the untrained policy when ``--policy`` is not given (smoke tests only)."""
+    """Size of the ``untrained`` policy."""
     planner: Literal["oracle", "world-model"] = "oracle"
     """Simulator candidates are imagined in: the ground truth, or the learned world model."""
     checkpoint: str | None = None
@@ -154,27 +154,13 @@ def score(
     }
 
 
-def video(imagined: torch.Tensor, executed: torch.Tensor, goal: torch.Tensor, path: Path) -> None:
-    """Goal | imagined | executed, side by side."""
-    goal_column = goal[None].expand(len(executed), -1, -1, -1)
-    panels = torch.cat([goal_column, imagined, executed], dim=-1)  # (S, 3, H, 3 W)
-    frames = (rearrange(panels, "s c h w -> s h w c").clamp(0, 1) * 255).to(torch.uint8).numpy()
-    scale = max(1, 256 // frames.shape[1])
-    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    imageio.mimwrite(path, list(frames), fps=4, macro_block_size=1)
-
-
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.policy is not None:
-        policy = NoMaDPolicy.from_pretrained(args.policy)
-    else:
-        torch.manual_seed(args.seed)  # initialisation of the untrained policy
-        policy = NoMaDPolicy(**POLICY_PRESETS[args.preset])
-    policy = policy.to(args.device).eval()
+    torch.manual_seed(args.seed)  # initialisation of an untrained policy
+    policy = load_policy(args.policy, args.preset, device=args.device)
     learned, size, turn_step_deg = planning_simulator(
         args.planner,
         args.checkpoint,
@@ -249,7 +235,10 @@ def main(args: Args) -> list[dict[str, float]]:
         goal=episode.goal_position,
         title=f"ranking in {episode.scene}",
     )
-    video(imagined, frames, goal, args.out / "imagined_vs_executed.mp4")
+    write_panel_video(
+        {"goal": goal, "imagined": imagined, "executed": frames},
+        args.out / "imagined_vs_executed.mp4",
+    )
     print((args.out / "rank_nomad.md").read_text())
     return rows
 

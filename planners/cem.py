@@ -15,6 +15,10 @@ default a probe turns any number of times that fits in the horizon, ``k in -L..L
 any distance that is left: with the simulator's default 10-degree turns and the default
 L = 18, one plan sees every heading (180 degrees either way) and every walk after it. Probes
 bounded by ``L // 2`` turns (60 degrees at L = 12) left goals behind the agent unseen.
+Probes that are a prefix of one another share a rollout (:func:`probe_parents`): only the
+longest walk after each turn count is rolled out, and a shorter probe is scored on its frame at
+the step it stops moving (with a one-frame cost; the waits after it do not move the agent). At
+L = 18 that is 37 rollouts instead of 360.
 
 Two distributions:
 
@@ -386,6 +390,58 @@ class CEMPlan:
     distribution: dict[str, Tensor]
 
 
+def probe_parents(probes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Which rollouts score a set of move-then-wait probes.
+
+    A probe's moves are its actions before the first ``stop``; a probe whose moves begin
+    another probe's moves is scored on that probe's rollout, at the step its own moves end.
+
+    Args:
+        probes: (P, L) int64 action ids, each some moves followed only by waits (``stop``),
+            with at least one move.
+
+    Returns:
+        ``(parents, parent_of, step_of)``: (Q,) indices of the probes to roll out, and for
+        every probe the (P,) row in ``parents`` whose rollout scores it and the (P,) index of
+        the step (0-based) whose frame is its last.
+
+    Raises:
+        ValueError: for a probe with no move or with a move after a wait.
+    """
+    moving = probes != Action.STOP
+    lengths = moving.sum(dim=1)
+    prefix = torch.arange(probes.shape[1]) < lengths[:, None]  # (P, L) the first moves
+    if (lengths == 0).any() or not torch.equal(moving, prefix):
+        raise ValueError("every probe must be one or more moves followed only by waits")
+    parents: list[int] = []
+    parent_of = torch.empty(len(probes), dtype=torch.int64)
+    for index in torch.argsort(lengths, descending=True, stable=True).tolist():
+        length = int(lengths[index])
+        for slot, parent in enumerate(parents):
+            if torch.equal(probes[parent, :length], probes[index, :length]):
+                parent_of[index] = slot
+                break
+        else:
+            parent_of[index] = len(parents)
+            parents.append(index)
+    return torch.tensor(parents, dtype=torch.int64), parent_of, lengths - 1
+
+
+def score_probes(
+    model: RolloutModel,
+    start: RolloutStart,
+    probes: Tensor,
+    goal: Tensor,
+    cost: GoalCost,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """(P,) costs and (P, 4, 4) final poses of probes, one rollout per parent."""
+    parents, parent_of, step_of = probe_parents(probes)
+    result = model.rollout(start.repeat(len(parents)), probes[parents], generator=generator)
+    frames = result.rgb[parent_of, step_of][:, None]  # (P, 1, 3, H, W)
+    return cost.frames(frames, goal), result.cam_to_world[parent_of, step_of]
+
+
 def _check_single_start(start: RolloutStart) -> None:
     if start.batch_size != 1:
         raise ValueError(
@@ -450,19 +506,34 @@ def plan_cem(
                     f"{tuple(incumbent.shape)}"
                 )
             samples[0] = incumbent
-        if iteration == 0 and config.kind == "discrete" and config.primitives:
-            probes = turn_and_walk(config.horizon, config.allowed_actions, config.probe_turns)
-            samples = torch.cat([samples, probes])
         rows = start.repeat(samples.shape[0])
         result = model.rollout(
             rows, samples, generator=generator, num_frames=cost.config.last_frames
         )
-        costs = cost(result, goal)
+        costs, final_poses = cost(result, goal), result.cam_to_world[:, -1]
+        if iteration == 0 and config.kind == "discrete" and config.primitives:
+            probes = turn_and_walk(config.horizon, config.allowed_actions, config.probe_turns)
+            if len(probes):
+                if cost.config.last_frames == 1:
+                    probe_costs, probe_poses = score_probes(
+                        model, start, probes, goal, cost, generator
+                    )
+                else:  # a multi-frame cost needs each probe's own waits
+                    probed = model.rollout(
+                        start.repeat(len(probes)),
+                        probes,
+                        generator=generator,
+                        num_frames=cost.config.last_frames,
+                    )
+                    probe_costs, probe_poses = cost(probed, goal), probed.cam_to_world[:, -1]
+                samples = torch.cat([samples, probes])
+                costs = torch.cat([costs, probe_costs])
+                final_poses = torch.cat([final_poses, probe_poses])
         elites = select_elites(costs, config.elites)
         if float(costs[elites[0]]) < best_cost:
             best_cost = float(costs[elites[0]])
             best_actions = samples[elites[0]].clone()
-            best_pose = result.cam_to_world[elites[0], -1].clone()
+            best_pose = final_poses[elites[0]].clone()
         if config.kind == "discrete":
             probabilities = refit_categorical(samples[elites], probabilities, config.smoothing)
         else:

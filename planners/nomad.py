@@ -38,8 +38,11 @@ Images enter in [0, 1] and are resized to ``image_size`` and ImageNet-normalised
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +106,10 @@ POLICY_PRESETS: dict[str, dict] = {
 }
 """Keyword arguments of :class:`NoMaDPolicy` by size: ``tiny`` (tests), ``small`` (trains on a
 CPU), ``upstream`` (NoMaD's own settings, the defaults)."""
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "nomad_small"
+"""The embedded policy: the ``small`` preset trained by ``examples/train_nomad.py`` on the
+embedded simulator's training houses (its ``README.md`` is the model card)."""
 
 
 # ================================================================================= encoder
@@ -722,6 +729,86 @@ class NoMaDPolicy(ModelMixin, ConfigMixin):
     def forward(self, noisy: Tensor, timestep: Tensor, condition: Tensor) -> Tensor:
         """Alias of :meth:`predict_noise` (the denoiser call)."""
         return self.predict_noise(noisy, timestep, condition)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs: Any
+    ) -> NoMaDPolicy:
+        """Load a policy saved with ``save_pretrained`` from a local folder.
+
+        Args:
+            pretrained_model_name_or_path: the folder; ``None`` loads the embedded policy
+                (:data:`DEFAULT_CHECKPOINT`). An upstream ``nomad.pth`` is not a folder: build
+                ``NoMaDPolicy()`` and use :func:`load_upstream_state_dict`.
+            **kwargs: passed to diffusers' ``ModelMixin.from_pretrained``.
+
+        Returns:
+            The policy, in eval mode.
+
+        Raises:
+            FileNotFoundError: if the folder or its ``config.json`` is missing.
+            ValueError: if the folder holds another kind of model.
+        """
+        folder = Path(pretrained_model_name_or_path or DEFAULT_CHECKPOINT)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            if folder.is_file():
+                hint = (
+                    "a single file is an upstream checkpoint: build NoMaDPolicy() and call "
+                    "planners.nomad.load_upstream_state_dict(policy, path)"
+                )
+            elif pretrained_model_name_or_path is None:
+                hint = (
+                    "the embedded policy is not installed; train one with "
+                    "examples/train_nomad.py and pass its folder"
+                )
+            else:
+                hint = "expected a folder written by NoMaDPolicy.save_pretrained"
+            raise FileNotFoundError(f"no NoMaD policy checkpoint at {str(folder)!r}: {hint}")
+        saved = json.loads(config_file.read_text())
+        if saved.get("_class_name") != cls.__name__:
+            raise ValueError(
+                f"{str(folder)!r} holds a {saved.get('_class_name')!r} checkpoint, expected "
+                f"{cls.__name__!r}"
+            )
+        kwargs.setdefault("local_files_only", True)
+        return super().from_pretrained(folder, **kwargs)
+
+
+UNTRAINED = "untrained"
+"""Policy name of a freshly initialised policy of a preset, for smoke tests."""
+
+
+def load_policy(
+    policy: str | os.PathLike | None = None,
+    preset: str = "small",
+    image_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> NoMaDPolicy:
+    """The policy of a planning example, in eval mode.
+
+    Args:
+        policy: a ``save_pretrained`` folder; ``None``: the embedded policy
+            (:data:`DEFAULT_CHECKPOINT`); :data:`UNTRAINED`: an untrained ``preset`` policy.
+        preset: a :data:`POLICY_PRESETS` name, for :data:`UNTRAINED` only.
+        image_size: square image size of an untrained policy; ``None``: the preset's.
+        device: where to put the policy.
+
+    Raises:
+        ValueError: for an unknown preset.
+    """
+    if str(policy) == UNTRAINED:
+        if preset not in POLICY_PRESETS:
+            raise ValueError(f"unknown policy preset {preset!r}; one of {sorted(POLICY_PRESETS)}")
+        settings = dict(POLICY_PRESETS[preset])
+        if image_size is not None:
+            settings["image_size"] = (image_size, image_size)
+        model = NoMaDPolicy(**settings)
+    else:
+        model = NoMaDPolicy.from_pretrained(policy)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
 
 
 def make_scheduler(policy: NoMaDPolicy) -> DDPMScheduler:

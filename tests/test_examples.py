@@ -205,7 +205,8 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
     assert [row["planner"] for row in rows] == ["world-model"]
     assert 0.0 < rows[0]["sim"] <= 100.0 and rows[0]["mean_steps"] <= 3
     video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
-    assert video[0].shape[0] == 256 and video[0].shape[1] == 3 * 256  # goal | imagined | executed
+    # goal | imagined | executed, enlarged to 256 pixels, under a 14-pixel label strip
+    assert video[0].shape[:2] == (14 + 256, 3 * 256)
     # Without --checkpoint: the embedded model, whose 10° turns the executed actions take on.
     with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg"):
         run(
@@ -217,7 +218,8 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
 
 
 def test_rank_nomad_with_the_learned_simulator(tmp_path):
-    argv = ["--out", str(tmp_path), "--preset", "tiny", "--episodes", "1", "--num-samples", "2"]
+    argv = ["--out", str(tmp_path), "--policy", "untrained", "--preset", "tiny", "--episodes", "1"]
+    argv += ["--num-samples", "2"]
     argv += ["--planner", "world-model", "--checkpoint", "tiny-untrained", "--sampling-steps", "2"]
     rows = run("rank_nomad", argv)
     assert [row["method"] for row in rows] == ["policy alone", "ranked by world-model, N=2"]
@@ -227,7 +229,8 @@ def test_rank_nomad_with_the_learned_simulator(tmp_path):
 
 
 def test_adapt_policy(tmp_path):
-    argv = ["--checkpoint", "tiny-untrained", "--preset", "tiny", "--out", str(tmp_path)]
+    argv = ["--checkpoint", "tiny-untrained", "--policy", "untrained", "--preset", "tiny"]
+    argv += ["--out", str(tmp_path)]
     argv += ["--episodes", "1", "--eval-steps", "4", "--sampling-steps", "2"]
     argv += ["--hindsight.rounds", "1", "--hindsight.rollouts", "1"]
     argv += ["--hindsight.rollout-steps", "6", "--hindsight.training.max-goal-distance", "2"]
@@ -238,7 +241,7 @@ def test_adapt_policy(tmp_path):
     # the diffusion term trains (min action distance 1): the loss is not the tiny distance term
     assert rows[1]["loss_first"] > 0.01 and np.isfinite(rows[1]["loss_last"])
     video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
-    assert len(video) == 5 and video[0].shape[1] == 3 * video[0].shape[0]  # 4 steps + start
+    assert len(video) == 5 and video[0].shape[1] == 3 * (video[0].shape[0] - 14)  # 4 steps + start
     assert imageio.imread(tmp_path / "topdown.png").std() > 10  # a picture, not a blank canvas
 
 
@@ -246,6 +249,8 @@ def test_rank_nomad(tmp_path):
     argv = [
         "--out",
         str(tmp_path),
+        "--policy",
+        "untrained",
         "--preset",
         "tiny",
         "--episodes",

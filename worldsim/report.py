@@ -12,7 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import imageio.v2 as imageio
 import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from worldsim.metrics import MetricResult
@@ -273,4 +277,56 @@ def plot_trajectories(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
+    return path
+
+
+def write_panel_video(
+    panels: Mapping[str, Tensor], path: str | Path, fps: int = 4, height: int = 256
+) -> Path:
+    """Labelled image sequences side by side as an mp4, e.g. goal | imagined | executed.
+
+    Args:
+        panels: ``{label: (S, 3, H, W) RGB in [0, 1] or (3, H, W)}``, in the order drawn; a
+            single image (a goal) is repeated on every frame. Every sequence has the same S and
+            every image the same H.
+        path: output ``.mp4`` path (parent folders are created).
+        fps: frames per second.
+        height: the frames are enlarged by a whole factor to about this many pixels high.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for no panels, or panels of different lengths or heights.
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    lengths = {len(v) for v in panels.values() if v.dim() == 4}
+    if len(lengths) > 1:
+        raise ValueError(f"panels have different numbers of frames: {sorted(lengths)}")
+    steps = lengths.pop() if lengths else 1
+    columns = [
+        (v if v.dim() == 4 else v[None].expand(steps, -1, -1, -1)).detach().float().cpu()
+        for v in panels.values()
+    ]
+    if len({c.shape[-2] for c in columns}) > 1 or any(c.shape[1] != 3 for c in columns):
+        raise ValueError(
+            f"panels must be RGB of one height, got {[tuple(c.shape[1:]) for c in columns]}"
+        )
+    frames = torch.cat(columns, dim=-1).clamp(0, 1)  # (S, 3, H, sum W)
+    video = (rearrange(frames, "s c h w -> s h w c") * 255).round().to(torch.uint8).numpy()
+    scale = max(1, height // video.shape[1])
+    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
+    header = Image.new("RGB", (video.shape[2], 14), "black")
+    draw, left = ImageDraw.Draw(header), 0
+    for label, column in zip(panels, columns, strict=True):
+        draw.text((left + 3, 1), label, fill="white")
+        left += column.shape[-1] * scale
+    header_pixels = np.asarray(header)
+    video = np.concatenate(
+        [np.broadcast_to(header_pixels, (len(video), *header.size[::-1], 3)), video], axis=1
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, list(video), fps=fps, macro_block_size=1)
     return path

@@ -14,11 +14,13 @@ from planners.cem import (
     MPCConfig,
     initial_categorical,
     plan_cem,
+    probe_parents,
     refit_categorical,
     refit_gaussian,
     run_mpc,
     sample_categorical,
     sample_gaussian,
+    score_probes,
     select_elites,
     shift_plan,
     turn_and_walk,
@@ -262,3 +264,32 @@ def test_incumbent_bounds_the_plan_cost(oracle, cost):
     )
     assert plan.cost < 1e-6  # LPIPS of the same rendered frame: float noise only
     assert torch.equal(plan.actions, incumbent)
+
+
+def test_probe_parents_share_rollouts_between_prefixes():
+    probes = turn_and_walk(3, (0, 1, 2, 3))
+    parents, parent_of, step_of = probe_parents(probes)
+    # one rollout per turn count: turn k then walk the rest
+    assert sorted(probes[parents].tolist()) == sorted(
+        [[3, 3, 3], [3, 3, 1], [3, 1, 1], [1, 1, 1], [2, 1, 1], [2, 2, 1], [2, 2, 2]]
+    )
+    for probe, parent, step in zip(probes, parent_of, step_of, strict=True):
+        moves = int((probe != 0).sum())
+        assert step == moves - 1
+        assert torch.equal(probes[parents[parent], :moves], probe[:moves])
+    with pytest.raises(ValueError, match="moves followed only by waits"):
+        probe_parents(torch.tensor([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="moves followed only by waits"):
+        probe_parents(torch.tensor([[0, 0, 0]]))
+
+
+def test_prefix_scored_probes_equal_rolling_out_every_probe(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 2)
+    goal = walk.rgb[0, -1]
+    model = oracle
+    probes = turn_and_walk(5, (0, 1, 2, 3), max_turns=3)
+    costs, poses = score_probes(model, start, probes, goal, cost, torch.Generator())
+    full = model.rollout(start.repeat(len(probes)), probes, num_frames=1)
+    assert len(probe_parents(probes)[0]) == 7 < len(probes) == 29
+    torch.testing.assert_close(costs, cost(full, goal), atol=1e-5, rtol=0)
+    torch.testing.assert_close(poses, full.cam_to_world[:, -1])

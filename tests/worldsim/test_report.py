@@ -1,12 +1,19 @@
 import json
 
+import imageio.v2 as imageio
 import matplotlib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from worldsim.metrics import MetricResult
-from worldsim.report import plot_metric_curves, plot_trajectories, write_report
+from worldsim.report import (
+    plot_metric_curves,
+    plot_trajectories,
+    write_panel_video,
+    write_report,
+)
 
 
 def test_write_report_json_and_markdown(tmp_path):
@@ -73,3 +80,23 @@ def test_plot_inputs_are_validated(tmp_path):
         plot_trajectories({"a": np.zeros((3, 2))}, tmp_path / "a.png")
     with pytest.raises(ValueError, match="no per-step values"):
         plot_metric_curves({"psnr": MetricResult("psnr", 1.0)}, tmp_path / "c.png")
+
+
+def test_panel_video_puts_labelled_sequences_side_by_side(tmp_path):
+    goal = torch.zeros(3, 8, 8)
+    goal[0] = 1.0  # red
+    imagined = torch.full((3, 3, 8, 8), 0.5)
+    executed = torch.ones(3, 3, 8, 6)
+    path = write_panel_video(
+        {"goal": goal, "imagined": imagined, "executed": executed}, tmp_path / "v.mp4", height=32
+    )
+    frames = imageio.mimread(path)
+    assert len(frames) == 3 and frames[0].shape == (14 + 32, 4 * (8 + 8 + 6), 3)
+    body = frames[0][14:].astype(float)
+    assert body[16, 16, 0] > 200 and body[16, 16, 1] < 60  # the goal column is red
+    assert abs(body[16, 48].mean() - 128) < 20 and body[16, 80].min() > 230
+    assert frames[0][:14].max() > 200  # the labels are drawn
+    with pytest.raises(ValueError, match="different numbers of frames"):
+        write_panel_video({"a": imagined, "b": executed[:2]}, tmp_path / "w.mp4")
+    with pytest.raises(ValueError, match="no panels"):
+        write_panel_video({}, tmp_path / "w.mp4")
