@@ -250,18 +250,35 @@ class WorldModelRollout:
             memory = start.memory.select(torch.arange(rows))
         elif self.memory is not None:
             self.memory.reset(1, self.model.device)
+            if self.insert_start_frames and _rows_alike(start):
+                # One start repeated for K candidates (planners): its frames go in once.
+                _insert_start_frames(self.memory, start.select([0]))
+                return self.memory.select(torch.zeros(rows, dtype=torch.int64))
             memory = self.memory.select(torch.zeros(rows, dtype=torch.int64))
         else:
             return None
         if self.insert_start_frames:
-            frames = start.num_frames
-            memory.update(
-                start.rgb.to(memory.device),
-                start.depth.to(memory.device),
-                start.intrinsics[:, None].expand(rows, frames, 3, 3).to(memory.device),
-                start.cam_to_world.to(memory.device),
-            )
+            _insert_start_frames(memory, start)
         return memory
+
+
+def _rows_alike(start: RolloutStart) -> bool:
+    """Whether every row of a start has the first row's frames, poses and intrinsics."""
+    return all(
+        torch.equal(values, values[:1].expand_as(values))
+        for values in (start.rgb, start.depth, start.cam_to_world, start.intrinsics)
+    )
+
+
+def _insert_start_frames(memory: Memory, start: RolloutStart) -> None:
+    """Write a start's frames into a memory of as many rows."""
+    rows, frames = start.batch_size, start.num_frames
+    memory.update(
+        start.rgb.to(memory.device),
+        start.depth.to(memory.device),
+        start.intrinsics[:, None].expand(rows, frames, 3, 3).to(memory.device),
+        start.cam_to_world.to(memory.device),
+    )
 
 
 def _context(frames: Tensor, count: int) -> Tensor:

@@ -223,3 +223,41 @@ def test_bad_requests_raise(model, start):
         learned.rollout(three_rows, _actions(2, 2))
     with pytest.raises(ValueError, match="num_inference_steps"):
         WorldModelRollout(model, num_inference_steps=0)
+
+
+def test_a_repeated_start_writes_its_frames_once_with_the_same_result(model, start):
+    repeated = start.select([1, 1, 1])
+    actions = _actions(3, 4, seed=3)
+    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    calls = []
+    update = type(learned.memory).update
+
+    def counting_update(self, rgb, *args, **kwargs):
+        calls.append(rgb.shape[0])
+        return update(self, rgb, *args, **kwargs)
+
+    type(learned.memory).update = counting_update
+    try:
+        shared = learned.rollout(repeated, actions, generator=torch.Generator().manual_seed(5))
+        assert calls[0] == 1  # the start's frames went in for one row, not three
+        calls.clear()
+        mixed = start.select([0, 1, 1])
+        learned.rollout(mixed, actions, generator=torch.Generator().manual_seed(5))
+        assert calls[0] == 3  # rows that differ each get their own
+    finally:
+        type(learned.memory).update = update
+    per_row = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    per_row.memory.reset(1)
+    memory = per_row.memory.select(torch.zeros(3, dtype=torch.int64))
+    k = repeated.intrinsics[:, None].expand(3, repeated.num_frames, 3, 3)
+    memory.update(repeated.rgb, repeated.depth, k, repeated.cam_to_world)
+    given = RolloutStart(
+        rgb=repeated.rgb,
+        depth=repeated.depth,
+        cam_to_world=repeated.cam_to_world,
+        intrinsics=repeated.intrinsics,
+        memory=memory,
+    )
+    per_row.insert_start_frames = False
+    expected = per_row.rollout(given, actions, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(shared.rgb, expected.rgb, atol=ROUNDING, rtol=0)
