@@ -24,22 +24,73 @@ Frames
     With ``r = 1`` the VAE is an image autoencoder: each frame is coded on its own (time folded
     into the batch), so a frame's latent does not depend on the clip it was cut from. Rollouts
     can then re-encode any window of frames consistently, and training can encode every frame of
-    a data set once and cache it (:mod:`worldsim.latents`).
+    a data set once and cache it (:mod:`worldsim.latents`). A one-frame input makes every causal
+    3D convolution of the VAE a 2D one (its causal padding repeats the frame over the temporal
+    kernel), so per-frame coding runs 2D convolutions with the kernels summed over time
+    (:func:`fold_single_frame_convolutions`): the same result for a third of the work.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import types
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLCogVideoX
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import Tensor
 
 from worldsim.geometry import DEFAULT_MAX_DEPTH_M
+
+
+def _single_frame_forward(
+    self: CogVideoXCausalConv3d, inputs: Tensor, conv_cache: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``CogVideoXCausalConv3d.forward``, as a 2D convolution for one frame without a cache.
+
+    Without a cache the causal padding repeats the first frame ``time_kernel_size - 1`` times,
+    so for a one-frame input every temporal tap sees the same frame: the output is the 2D
+    convolution of that frame with the kernel summed over time. Other inputs take the 3D path.
+    """
+    conv = self.conv
+    if inputs.shape[2] != 1 or conv_cache is not None or conv.dilation[0] != 1:
+        return CogVideoXCausalConv3d.forward(self, inputs, conv_cache)
+    frame = inputs[:, :, 0]  # (N, C, H, W)
+    if self.pad_mode == "replicate":
+        pads = (self.width_pad, self.width_pad, self.height_pad, self.height_pad)
+        frame, padding = F.pad(frame, pads, mode="replicate"), (0, 0)
+    else:
+        padding = tuple(conv.padding[1:])
+    output = F.conv2d(
+        frame, conv.weight.sum(dim=2), conv.bias, conv.stride[1:], padding, conv.dilation[1:]
+    )
+    if self.pad_mode == "replicate":
+        cache = None
+    else:  # what the 3D path hands the next frame batch: the padded input's last frames
+        cache = inputs.expand(-1, -1, max(self.time_kernel_size - 1, 1), -1, -1).clone()
+    return output[:, :, None], cache
+
+
+def fold_single_frame_convolutions(vae: AutoencoderKLCogVideoX) -> int:
+    """Make the causal 3D convolutions of a VAE run one-frame inputs as 2D convolutions.
+
+    Exact up to floating-point rounding (see :func:`_single_frame_forward`); inputs of several
+    frames are unaffected. Parameters are untouched, so training and saving work as before.
+
+    Returns:
+        The number of convolutions changed.
+    """
+    count = 0
+    for module in vae.modules():
+        if isinstance(module, CogVideoXCausalConv3d):
+            module.forward = types.MethodType(_single_frame_forward, module)
+            count += 1
+    return count
 
 
 class RGBDAutoencoder(ModelMixin, ConfigMixin):
@@ -109,6 +160,8 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
             sample_width=sample_width,
             scaling_factor=scaling_factor,
         )
+        if temporal_compression_ratio == 1:
+            fold_single_frame_convolutions(self.vae)
 
     @classmethod
     def from_cogvideox(

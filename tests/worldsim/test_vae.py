@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
-from worldsim.vae import RGBDAutoencoder
+from worldsim.vae import RGBDAutoencoder, fold_single_frame_convolutions
 
 
 def tiny_vae(**overrides) -> RGBDAutoencoder:
@@ -147,3 +147,34 @@ def test_ratio_one_codes_each_frame_on_its_own():
         decoded, _ = vae.decode(whole, with_depth=True)
         shuffled, _ = vae.decode(whole[:, order], with_depth=True)
         torch.testing.assert_close(shuffled, decoded[:, order], rtol=1e-5, atol=1e-5)
+
+
+def test_single_frame_convolutions_fold_to_2d_exactly():
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d
+
+    vae = tiny_vae()
+    convs = [m for m in vae.vae.modules() if isinstance(m, CogVideoXCausalConv3d)]
+    assert convs and all("forward" in vars(m) for m in convs)  # folded at construction
+    reference = tiny_vae()
+    for module in reference.vae.modules():
+        if isinstance(module, CogVideoXCausalConv3d):
+            del module.forward  # the diffusers 3D path
+    rgb, depth = clip(frames=2, seed=3)
+    with torch.no_grad():
+        latents = vae.encode(rgb, depth)
+        torch.testing.assert_close(latents, reference.encode(rgb, depth), rtol=1e-5, atol=1e-5)
+        decoded = vae.decode(latents, with_depth=True)
+        expected = reference.decode(latents, with_depth=True)
+    for ours, theirs in zip(decoded, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # a replicate-padded convolution and a several-frame input (the 3D path) agree as well
+    conv = CogVideoXCausalConv3d(3, 5, kernel_size=3, pad_mode="replicate")
+    x = torch.randn(2, 3, 1, 6, 6)
+    three_d = CogVideoXCausalConv3d.forward(conv, x)[0]
+    assert fold_single_frame_convolutions(conv) == 1
+    torch.testing.assert_close(conv(x)[0], three_d, rtol=1e-5, atol=1e-5)
+    frames = torch.randn(1, 3, 4, 6, 6)
+    torch.testing.assert_close(conv(frames)[0], CogVideoXCausalConv3d.forward(conv, frames)[0])
+    # gradients reach the 3D kernel through the fold
+    conv(x)[0].sum().backward()
+    assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0
