@@ -1,16 +1,26 @@
 """Wall time of one CEM decision and one ranking decision at N = 8, 16, 60.
 
-Each decision plans from one start towards an image goal with the ground-truth oracle as the
-planning simulator (the learned world model's rollout adapter plugs into the same calls). A CEM
-decision is ``num_iterations`` rounds of N rollouts of ``horizon`` steps plus their LPIPS costs;
-a ranking decision is sampling N trajectories from a NoMaD-style policy plus their rollouts and
-costs. Times are medians over ``repeats``; ratios are against N = 8 of the same kind, measured in
-the same run.
+Each decision plans from one start towards an image goal in a training house, imagining in one
+of three simulators:
+
+- ``oracle``: the ground truth at 64x64 (the floor: rendering only);
+- ``tiny``: an untrained tiny world model (32x32, a colour-feature memory) with an untrained
+  tiny policy, the smoke-test setting;
+- ``shipped``: the embedded world model (64x64, VGG16 feature memory) and the embedded policy,
+  the main job's setting.
+
+A CEM decision is ``iterations`` rounds of N sampled sequences of ``horizon`` steps plus, in the
+first round, the turn-then-walk probes (one rollout per turn count), all imagined and scored by
+LPIPS; a ranking decision samples N trajectories from the NoMaD-style policy and imagines and
+scores each. The defaults are those of the main job (``examples/navigate.py``: L = 8, two
+iterations, probes up to 6 turns, 10 DDIM steps per chunk). Times are medians over ``repeats``
+after one warm-up decision per simulator; ratios are against N = 8 of the same decision and
+simulator, measured in the same run.
 
 Run::
 
-    python benchmarks/bench_planners.py
-    python benchmarks/bench_planners.py --sizes 32 --samples 8 16 --repeats 1   # quick
+    python benchmarks/bench_planners.py                       # about 8 minutes on 2 CPU cores
+    python benchmarks/bench_planners.py --simulators oracle tiny --samples 8 16   # quick
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ import numpy as np
 import torch
 import tyro
 
+from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
 from envs.rollout import OracleRollout, sample_image_goal_episode
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
-from planners.nomad import POLICY_PRESETS, NoMaDPolicy
+from planners.nomad import UNTRAINED, load_policy
 from planners.ranking import NoMaDSampler, ranked_decision
 
 
@@ -36,18 +47,22 @@ from planners.ranking import NoMaDSampler, ranked_decision
 class Args:
     """Benchmark settings."""
 
-    sizes: tuple[int, ...] = (32, 64)
-    """Frame sizes (pixels) of the oracle; the policy preset follows (32: tiny, else small)."""
+    simulators: tuple[str, ...] = ("oracle", "tiny", "shipped")
+    """What the planners imagine in: ``oracle``, ``tiny`` and / or ``shipped``."""
     samples: tuple[int, ...] = (8, 16, 60)
     """Candidates N per decision."""
-    horizon: int = 12
+    horizon: int = 8
     """CEM horizon, steps."""
-    iterations: int = 3
+    iterations: int = 2
     """CEM iterations."""
-    repeats: int = 3
+    probe_turns: int = 6
+    """Most turns of a CEM probe."""
+    sampling_steps: int = 10
+    """DDIM steps per chunk of a world model."""
+    repeats: int = 1
     """Timed decisions per setting (median reported)."""
     device: str = "cpu"
-    """Device of the policy and the cost."""
+    """Device of the models and the cost."""
     threads: int = 0
     """CPU threads of torch (0: torch's default)."""
     seed: int = 0
@@ -55,8 +70,7 @@ class Args:
 
 
 def timed(function, repeats: int) -> float:
-    """Median wall time of ``function()`` in seconds, after one warm-up call."""
-    function()
+    """Median wall time of ``function()`` in seconds."""
     times = []
     for _ in range(repeats):
         begin = time.perf_counter()
@@ -67,53 +81,90 @@ def timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
+def setting(name: str, args: Args):
+    """``(planning simulator, policy, frame size, turn step)`` of a simulator name."""
+    if name == "oracle":
+        return None, load_policy(), 64, 10.0
+    if name not in ("tiny", "shipped"):
+        raise ValueError(f"unknown simulator {name!r}; use oracle, tiny or shipped")
+    checkpoint = TINY_UNTRAINED if name == "tiny" else None
+    rollout = learned_planning_rollout(
+        checkpoint, args.device, num_inference_steps=args.sampling_steps
+    )
+    size = rollout.image_size[0]
+    if name == "tiny":
+        torch.manual_seed(args.seed)  # initialisation of the untrained policy
+        policy = load_policy(UNTRAINED, "tiny", size)
+    else:
+        policy = load_policy()
+    return rollout, policy, size, rollout.model.action_spec.turn_step_deg
+
+
+def cem_decision(planner, start, goal, cost, args: Args, count: int, generator) -> None:
+    """One CEM plan of ``count`` samples per iteration with the benchmark's settings."""
+    config = CEMConfig(
+        num_samples=count,
+        num_iterations=args.iterations,
+        horizon=args.horizon,
+        probe_turns=args.probe_turns,
+    )
+    plan_cem(planner, start, goal, cost, config, generator)
+
+
 def main(args: Args) -> list[dict[str, float]]:
     """Run the benchmark and print a table."""
     if args.threads:
         torch.set_num_threads(args.threads)
     cost = GoalCost(device=args.device)
     rows = []
-    for size in args.sizes:
-        oracle = OracleRollout(config=SimulatorConfig(width=size, height=size, turn_step_deg=30))
+    for name in args.simulators:
+        learned, policy, size, turn = setting(name, args)
+        oracle = OracleRollout(
+            config=SimulatorConfig(width=size, height=size, turn_step_deg=turn)
+        )
+        planner = oracle if learned is None else learned
         episode = sample_image_goal_episode(oracle, "house-train-0000", np.random.default_rng(0))
-        start = oracle.start(episode.scene, episode.start_position, episode.start_yaw, num_frames=4)
+        start = oracle.start(
+            episode.scene,
+            episode.start_position,
+            episode.start_yaw,
+            num_frames=policy.config.context_size + 1,
+        )
         goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
-        preset = "tiny" if size <= 32 else "small"
-        torch.manual_seed(args.seed)  # initialisation of the (untrained) benchmark policy
-        policy = NoMaDPolicy(**POLICY_PRESETS[preset]).to(args.device).eval()
-        sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)
+        sampler = NoMaDSampler(policy.to(args.device), oracle.sim.config.action_spec)
+        generator = torch.Generator().manual_seed(args.seed)
+        cem = partial(cem_decision, planner, start.select([0]), goal, cost, args)
+        ranking = partial(ranked_decision, sampler, planner, start, goal, cost)
+        cem(min(args.samples), generator)  # warm-up
         baselines: dict[str, float] = {}
         for count in args.samples:
-            config = CEMConfig(
-                num_samples=count, num_iterations=args.iterations, horizon=args.horizon
-            )
-            generator = torch.Generator().manual_seed(args.seed)
-            cem = timed(
-                partial(plan_cem, oracle, start, goal, cost, config, generator), args.repeats
-            )
-            rank = timed(
-                partial(ranked_decision, sampler, oracle, start, goal, cost, count, generator),
-                args.repeats,
-            )
-            for kind, seconds in (("cem", cem), ("ranking", rank)):
+            for kind, decision in (
+                ("cem", partial(cem, count, generator)),
+                ("ranking", partial(ranking, count, generator)),
+            ):
+                seconds = timed(decision, args.repeats)
                 baselines.setdefault(kind, seconds)
                 rows.append(
                     {
                         "decision": kind,
+                        "simulator": name,
                         "size": size,
-                        "policy": preset if kind == "ranking" else "-",
                         "N": count,
                         "seconds": seconds,
-                        "x_vs_N8": seconds / baselines[kind],
+                        "x_vs_first_N": seconds / baselines[kind],
                     }
                 )
+                print(f"{kind:>8} {name:>8} N={count:<3} {seconds:8.2f} s", flush=True)
     device = args.device if args.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"planner decision wall time, oracle rollouts, {device}")
-    print(f"{'decision':>9} {'size':>5} {'policy':>7} {'N':>4} {'seconds':>9} {'x vs first N':>13}")
+    print(
+        f"\nplanner decision wall time, {device}; CEM: L={args.horizon}, {args.iterations} "
+        f"iterations, probes up to {args.probe_turns} turns; {args.sampling_steps} DDIM steps"
+    )
+    print(f"{'decision':>9} {'simulator':>9} {'size':>5} {'N':>4} {'seconds':>9} {'x vs N8':>8}")
     for row in rows:
         print(
-            f"{row['decision']:>9} {row['size']:>5} {row['policy']:>7} {row['N']:>4} "
-            f"{row['seconds']:>9.3f} {row['x_vs_N8']:>13.2f}"
+            f"{row['decision']:>9} {row['simulator']:>9} {row['size']:>5} {row['N']:>4} "
+            f"{row['seconds']:>9.3f} {row['x_vs_first_N']:>8.2f}"
         )
     return rows
 

@@ -378,3 +378,24 @@ def test_explore_scene_cli_help(flag, capsys):
         run("explore_scene", [flag])
     assert exit_info.value.code == 0
     assert "--num-goals" in capsys.readouterr().out
+
+
+def test_navigate(tmp_path):
+    argv = ["--checkpoint", "tiny-untrained", "--out", str(tmp_path), "--episodes", "1"]
+    argv += ["--num-samples", "4", "--horizon", "4", "--max-steps", "4", "--sampling-steps", "2"]
+    rows = run("navigate", argv)
+    assert [(row["planner"], row["episode"]) for row in rows] == [
+        ("world model", 0),
+        ("oracle", 0),
+        ("world model", "all"),
+        ("oracle", "all"),
+    ]
+    for row in rows:
+        assert 0.0 < row["sim"] <= 100.0 and row["actions"] <= 4
+        assert row["final_distance_m"] >= 0 and 1.5 <= row["start_distance_m"] <= 2.5
+    table = json.loads((tmp_path / "navigate.json").read_text())["rows"]
+    assert len(table) == 4
+    video = imageio.mimread(tmp_path / "navigate.mp4")
+    assert len(video) == rows[0]["actions"] + 1  # the start view, then one frame per action
+    assert video[0].shape[:2] == (14 + 256, 3 * 256)  # goal | imagined | executed
+    assert imageio.imread(tmp_path / "topdown.png").std() > 10
