@@ -58,23 +58,23 @@ class Args:
     smoke-test model), or ``None``: the embedded checkpoint."""
     scene: str = "house-test-0000"
     """House of the episodes: an id of :mod:`envs.scenes` or a ``.glb`` path."""
-    episodes: int = 2
+    episodes: int = 1
     """Image-goal episodes, each with its own start and goal."""
     min_goal_m: float = 1.5
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 2.5
     """Largest, metres."""
-    num_samples: int = 16
+    num_samples: int = 12
     """Action sequences sampled per CEM iteration N."""
     iterations: int = 2
     """CEM iterations per decision."""
     horizon: int = 8
     """Planning horizon L, actions (two of the embedded model's 4-frame chunks)."""
-    probe_turns: int = 6
-    """Most turns in one turn-then-walk probe (6 x 10° = 60° either way)."""
+    probe_turns: int = 4
+    """Most turns in one turn-then-walk probe (4 x 10° = 40° either way)."""
     execute_steps: int = 4
     """Actions executed per decision before replanning."""
-    max_steps: int = 40
+    max_steps: int = 24
     """Most actions per episode."""
     sampling_steps: int | None = 10
     """DDIM steps per imagined chunk (``None``: the model's default, 20)."""
@@ -145,7 +145,7 @@ def main(args: Args) -> list[dict]:
             horizon=args.horizon,
             probe_turns=args.probe_turns,
         ),
-        execute_steps=min(args.execute_steps, args.horizon),
+        execute_steps=args.execute_steps,
         max_steps=args.max_steps,
         record_imagined=True,
     )
