@@ -16,7 +16,7 @@ Writes to ``--out`` (``outputs/navigate``):
   first episode;
 - ``topdown.png``: the executed paths of both planners on the house's floor plan.
 
-Run (about 4 minutes on a 2-core CPU)::
+Run (about 2.5 minutes on a 2-core CPU)::
 
     python examples/navigate.py
 
