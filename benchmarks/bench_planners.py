@@ -35,7 +35,7 @@ import torch
 import tyro
 
 from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
-from envs.rollout import OracleRollout, sample_image_goal_episode
+from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
@@ -119,18 +119,10 @@ def main(args: Args) -> list[dict[str, float]]:
     rows = []
     for name in args.simulators:
         learned, policy, size, turn = setting(name, args)
-        oracle = OracleRollout(
-            config=SimulatorConfig(width=size, height=size, turn_step_deg=turn)
-        )
+        oracle = OracleRollout(config=SimulatorConfig(width=size, height=size, turn_step_deg=turn))
         planner = oracle if learned is None else learned
         episode = sample_image_goal_episode(oracle, "house-train-0000", np.random.default_rng(0))
-        start = oracle.start(
-            episode.scene,
-            episode.start_position,
-            episode.start_yaw,
-            num_frames=policy.config.context_size + 1,
-        )
-        goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+        start, goal = episode_start(oracle, episode, policy.config.context_size + 1)
         sampler = NoMaDSampler(policy.to(args.device), oracle.sim.config.action_spec)
         generator = torch.Generator().manual_seed(args.seed)
         cem = partial(cem_decision, planner, start.select([0]), goal, cost, args)

@@ -270,6 +270,26 @@ class ImageGoalEpisode:
     geodesic_distance: float
 
 
+def episode_start(
+    oracle: OracleRollout, episode: ImageGoalEpisode, num_frames: int = 1
+) -> tuple[RolloutStart, Tensor]:
+    """The start state of an image-goal episode and its goal image, rendered by the oracle.
+
+    Args:
+        oracle: the ground truth, at the frame size the planner works at.
+        episode: the episode.
+        num_frames: frames of the start (the start view repeated), >= 1.
+
+    Returns:
+        ``(start, goal)``: the one-row start and the (3, H, W) goal RGB in [0, 1].
+    """
+    start = oracle.start(
+        episode.scene, episode.start_position, episode.start_yaw, num_frames=num_frames
+    )
+    goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+    return start, goal
+
+
 def sample_image_goal_episode(
     oracle: OracleRollout,
     scene: str,

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
 from envs.persistent_world import learned_planning_rollout
-from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
+from envs.rollout import ImageGoalEpisode, OracleRollout, episode_start, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.hindsight import HindsightConfig, ImaginedTrajectory, adapt, imagine_policy
@@ -129,10 +129,7 @@ def evaluate(
     needed = policy.config.context_size + 1
     sims, successes, runs = [], [], []
     for index, episode in enumerate(tqdm(episodes, desc="evaluating", leave=False)):
-        start = oracle.start(
-            episode.scene, episode.start_position, episode.start_yaw, num_frames=needed
-        )
-        goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+        start, goal = episode_start(oracle, episode, needed)
         generator = torch.Generator().manual_seed(args.seed * 1000 + index)
         run = imagine_policy(
             oracle, sampler, start, args.eval_steps, args.execute_steps, generator, goal

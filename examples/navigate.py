@@ -38,7 +38,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
-from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
+from envs.rollout import ImageGoalEpisode, OracleRollout, episode_start, sample_image_goal_episode
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost
@@ -99,8 +99,7 @@ def navigate(
     seed: int,
 ) -> tuple[MPCEpisode, torch.Tensor, float]:
     """One receding-horizon episode; returns it, the goal image and its wall time (s)."""
-    start = truth.start(episode.scene, episode.start_position, episode.start_yaw)
-    goal = truth.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+    start, goal = episode_start(truth, episode)
     begin = time.perf_counter()
     run = run_mpc(
         planner, truth, start, goal, cost, config, torch.Generator().manual_seed(seed), True

@@ -40,7 +40,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
-from envs.rollout import OracleRollout, sample_image_goal_episode
+from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
@@ -152,8 +152,7 @@ def main(args: Args) -> list[dict[str, float]]:
         )
         sims, successes, shortest, taken, steps = [], [], [], [], []
         for index, episode in enumerate(tqdm(episodes, desc=f"CEM, {iterations} iterations")):
-            start = oracle.start(episode.scene, episode.start_position, episode.start_yaw)
-            goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+            start, goal = episode_start(oracle, episode)
             generator = torch.Generator().manual_seed(args.seed * 1000 + index)
             run = run_mpc(planner, oracle, start, goal, cost, config, generator)
             final = run.agent_states[-1]

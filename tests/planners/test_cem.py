@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout, sample_image_goal_episode
+from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import Simulator, SimulatorConfig
 from planners.cem import (
@@ -223,8 +223,7 @@ def test_cem_with_the_oracle_reaches_goals_a_few_metres_away(cost):
     reached = []
     for index, scene in enumerate(scene_ids("train", 5) * 4):
         episode = sample_image_goal_episode(oracle, scene, rng)
-        start = oracle.start(scene, episode.start_position, episode.start_yaw)
-        goal = oracle.start(scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+        start, goal = episode_start(oracle, episode)
         generator = torch.Generator().manual_seed(index)
         run = run_mpc(oracle, oracle, start, goal, cost, config, generator)
         final = run.agent_states[-1, :3].numpy()

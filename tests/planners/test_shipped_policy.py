@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout, sample_image_goal_episode
+from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.nomad import DEFAULT_CHECKPOINT, POLICY_PRESETS, UNTRAINED, NoMaDPolicy, load_policy
@@ -39,13 +39,7 @@ def _final_distances(policy, oracle, episodes, samples=4):
     sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)
     distances = []
     for index, episode in enumerate(episodes):
-        start = oracle.start(
-            episode.scene,
-            episode.start_position,
-            episode.start_yaw,
-            num_frames=policy.config.context_size + 1,
-        )
-        goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
+        start, goal = episode_start(oracle, episode, policy.config.context_size + 1)
         generator = torch.Generator().manual_seed(index)
         candidates = sampler.sample(start, goal, samples, generator)
         for actions in candidates:
