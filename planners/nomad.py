@@ -38,7 +38,6 @@ Images enter in [0, 1] and are resized to ``image_size`` and ImageNet-normalised
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from pathlib import Path
@@ -53,6 +52,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from worldsim.geometry import Action, ActionSpec, relative_pose
+from worldsim.pretrained import check_pretrained_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """ImageNet channel means, the normalisation upstream NoMaD trains with."""
@@ -750,27 +750,19 @@ class NoMaDPolicy(ModelMixin, ConfigMixin):
             ValueError: if the folder holds another kind of model.
         """
         folder = Path(pretrained_model_name_or_path or DEFAULT_CHECKPOINT)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            if folder.is_file():
-                hint = (
-                    "a single file is an upstream checkpoint: build NoMaDPolicy() and call "
-                    "planners.nomad.load_upstream_state_dict(policy, path)"
-                )
-            elif pretrained_model_name_or_path is None:
-                hint = (
-                    "the embedded policy is not installed; train one with "
-                    "examples/train_nomad.py and pass its folder"
-                )
-            else:
-                hint = "expected a folder written by NoMaDPolicy.save_pretrained"
-            raise FileNotFoundError(f"no NoMaD policy checkpoint at {str(folder)!r}: {hint}")
-        saved = json.loads(config_file.read_text())
-        if saved.get("_class_name") != cls.__name__:
-            raise ValueError(
-                f"{str(folder)!r} holds a {saved.get('_class_name')!r} checkpoint, expected "
-                f"{cls.__name__!r}"
+        if folder.is_file():
+            hint = (
+                "a single file is an upstream checkpoint: build NoMaDPolicy() and call "
+                "planners.nomad.load_upstream_state_dict(policy, path)"
             )
+        elif pretrained_model_name_or_path is None:
+            hint = (
+                "the embedded policy is not installed; train one with examples/train_nomad.py "
+                "and pass its folder"
+            )
+        else:
+            hint = "expected a folder written by NoMaDPolicy.save_pretrained"
+        check_pretrained_folder(folder, cls.__name__, "NoMaD policy", hint)
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(folder, **kwargs)
 

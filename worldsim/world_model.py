@@ -24,7 +24,6 @@ baseline, ``use_depth=False`` the "w/o depth" ablation (RGB latents only).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from worldsim.geometry import (
     intrinsics_from_hfov,
     plucker_rays,
 )
+from worldsim.pretrained import check_pretrained_folder
 from worldsim.transformer import WorldTransformer
 from worldsim.vae import RGBDAutoencoder
 
@@ -270,21 +270,16 @@ class WorldModel(ModelMixin, ConfigMixin):
             ValueError: if the folder holds another kind of model.
         """
         folder = Path(pretrained_model_name_or_path or DEFAULT_CHECKPOINT)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            hint = (
-                "the embedded default checkpoint is not installed; train one with "
-                "examples/train_world_model.py and pass its folder"
-                if pretrained_model_name_or_path is None
-                else "expected a folder written by WorldModel.save_pretrained"
-            )
-            raise FileNotFoundError(f"no world model checkpoint at {str(folder)!r}: {hint}")
-        saved = json.loads(config_file.read_text())
-        if saved.get("_class_name") != cls.__name__:
-            raise ValueError(
-                f"{str(folder)!r} holds a {saved.get('_class_name')!r} checkpoint, expected "
-                f"{cls.__name__!r} (for a CogVideoX model folder use WorldModel.from_cogvideox)"
-            )
+        check_pretrained_folder(
+            folder,
+            cls.__name__,
+            "world model",
+            "the embedded default checkpoint is not installed; train one with "
+            "examples/train_world_model.py and pass its folder"
+            if pretrained_model_name_or_path is None
+            else "expected a folder written by WorldModel.save_pretrained",
+            " (for a CogVideoX model folder use WorldModel.from_cogvideox)",
+        )
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(folder, **kwargs)
 

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 
 from planners.nomad import (
     POLICY_PRESETS,
+    UNTRAINED,
     EfficientNetEncoder,
     NoMaDPolicy,
     SameConv2d,
     future_positions,
+    load_policy,
     load_upstream_state_dict,
     make_scheduler,
     normalize_waypoints,
@@ -84,6 +86,25 @@ def test_save_and_load_give_the_same_outputs(policy, tmp_path):
     context, goal = _inputs()
     assert tuple(loaded.config.down_dims) == policy.config.down_dims
     assert torch.equal(loaded.encode(context, goal), policy.encode(context, goal))
+
+
+def test_loading_refuses_what_is_not_a_saved_policy(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"no NoMaD policy checkpoint .*NoMaDPolicy\.save_pretrained"
+    ):
+        NoMaDPolicy.from_pretrained(tmp_path / "missing")
+    upstream = tmp_path / "nomad.pth"
+    upstream.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="load_upstream_state_dict"):
+        NoMaDPolicy.from_pretrained(upstream)
+    (tmp_path / "config.json").write_text('{"_class_name": "WorldModel"}')
+    with pytest.raises(ValueError, match="holds a 'WorldModel' checkpoint, expected 'NoMaDPolicy'"):
+        NoMaDPolicy.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unknown policy preset 'huge'"):
+        load_policy(UNTRAINED, "huge")
+    torch.manual_seed(0)
+    fresh = load_policy(UNTRAINED, "tiny", image_size=24)
+    assert tuple(fresh.config.image_size) == (24, 24) and not fresh.training
 
 
 def test_gradients_reach_every_parameter(policy):
