@@ -41,7 +41,7 @@ from envs.persistent_world import planning_simulator
 from envs.rollout import ImageGoalEpisode, OracleRollout, episode_start, sample_image_goal_episode
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
-from planners.costs import GoalCost
+from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
 from planners.rollout import RolloutModel
 from worldsim.report import plot_trajectories, write_panel_video, write_report
@@ -82,6 +82,8 @@ class Args:
     """Also run the planner with the ground truth as its imagination, for reference."""
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
+    cost_blur_px: float = 0.0
+    """Gaussian blur of frames and goal before LPIPS, pixels (0: none; see planners.costs)."""
     seed: int = 0
     """Seed of the episodes, the plans and the model's noise."""
     device: str = "cpu"
@@ -148,7 +150,7 @@ def main(args: Args) -> list[dict]:
         max_steps=args.max_steps,
         record_imagined=True,
     )
-    cost = GoalCost(device=args.device)
+    cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
     episodes = [
         sample_image_goal_episode(truth, args.scene, rng, args.min_goal_m, args.max_goal_m)

@@ -44,7 +44,7 @@ from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
-from planners.costs import GoalCost
+from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
 from worldsim.report import (
     plot_metric_curves,
@@ -96,6 +96,8 @@ class Args:
     """Largest start-to-goal geodesic distance, metres."""
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
+    cost_blur_px: float = 0.0
+    """Gaussian blur of frames and goal before LPIPS, pixels (0: none; see planners.costs)."""
     seed: int = 0
     """Seed of episodes and plans."""
     device: str = "cpu"
@@ -128,7 +130,7 @@ def main(args: Args) -> list[dict[str, float]]:
         config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step_deg)
     )
     planner = oracle if learned is None else learned
-    cost = GoalCost(device=args.device)
+    cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
     scenes = scene_ids(args.split, args.num_scenes)
     episodes = [

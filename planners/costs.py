@@ -7,14 +7,20 @@ rewards sequences that reach the goal early and stay there::
 
     cost_b = mean_{f in last k frames of row b} LPIPS(goal, frame_f)
 
-Lower is better; identical images give 0.
+Lower is better; identical images give 0. Optionally both images are first blurred by the same
+Gaussian (``blur_px``): a world model's imagined frames are blurrier than the goal picture, and
+LPIPS then penalises the blur as much as a wrong view. With the embedded world model, a 1-2
+pixel blur raised the rank correlation between the LPIPS of imagined and of true frames over the
+CEM probes of three episodes from 0.17 / 0.65 / 0.68 to 0.46 / 0.77 / 0.82.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
@@ -29,16 +35,41 @@ class GoalCostConfig:
     Attributes:
         net: LPIPS trunk, ``"alex"`` or ``"vgg"``.
         last_frames: frames at the end of a rollout averaged into the cost, >= 1.
+        blur_px: standard deviation of the Gaussian blur applied to frames and goal before
+            LPIPS, pixels, >= 0; 0 compares them as they are.
     """
 
     net: str = "alex"
     last_frames: int = 1
+    blur_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.net not in ("alex", "vgg"):
             raise ValueError(f"net must be 'alex' or 'vgg', got {self.net!r}")
         if self.last_frames < 1:
             raise ValueError(f"last_frames must be >= 1, got {self.last_frames}")
+        if not self.blur_px >= 0.0:
+            raise ValueError(f"blur_px must be >= 0 pixels, got {self.blur_px}")
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Blur (N, C, H, W) images by a Gaussian of ``sigma`` pixels (edges replicated).
+
+    The kernel is separable, truncated at ``ceil(3 sigma)`` pixels and normalised to sum 1, so
+    constant images stay constant; ``sigma = 0`` returns the images unchanged.
+    """
+    if sigma == 0.0:
+        return images
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    rows = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    columns = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(padded, rows, groups=channels)
+    return F.conv2d(blurred, columns, groups=channels)
 
 
 def check_goal_image(goal: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -117,7 +148,9 @@ class GoalCost:
         scored = frames[:, -self.config.last_frames :]
         batch, count = scored.shape[:2]
         flat = rearrange(scored, "b f c h w -> (b f) c h w").to(device)
-        distances = self.lpips(flat, goal.to(device, flat.dtype))  # (B * F,)
+        goal = goal.to(device, flat.dtype)
+        sigma = self.config.blur_px
+        distances = self.lpips(gaussian_blur(flat, sigma), gaussian_blur(goal, sigma))  # (B F,)
         return distances.reshape(batch, count).mean(dim=1).float().cpu()
 
     def __call__(self, result: RolloutResult, goal: Tensor) -> Tensor:

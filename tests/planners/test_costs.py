@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from planners.costs import GoalCost, GoalCostConfig, check_goal_image
+from planners.costs import GoalCost, GoalCostConfig, check_goal_image, gaussian_blur
 from planners.rollout import RolloutResult
 
 
@@ -65,3 +65,39 @@ def test_bad_goals_raise():
         GoalCostConfig(last_frames=0)
     with pytest.raises(ValueError, match="net"):
         GoalCostConfig(net="squeeze")
+
+
+def test_gaussian_blur_against_a_brute_force_sum():
+    images = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(0))
+    sigma = 1.3
+    radius = 4  # ceil(3 sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    weights = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    expected = torch.zeros_like(images)
+    for i in range(9):
+        for j in range(7):
+            for a in range(-radius, radius + 1):
+                for b in range(-radius, radius + 1):
+                    y, x = min(max(i + a, 0), 8), min(max(j + b, 0), 6)  # edges replicated
+                    expected[:, :, i, j] += weights[a + radius, b + radius] * images[:, :, y, x]
+    torch.testing.assert_close(gaussian_blur(images, sigma), expected, atol=1e-6, rtol=0)
+    assert torch.equal(gaussian_blur(images, 0.0), images)
+    constant = torch.full((1, 3, 5, 5), 0.3)
+    torch.testing.assert_close(gaussian_blur(constant, 2.0), constant)
+
+
+def test_blurred_cost_forgives_blur_but_not_a_wrong_view():
+    generator = torch.Generator().manual_seed(1)
+    goal = torch.rand(3, 32, 32, generator=generator)
+    imagined = gaussian_blur(goal[None], 1.5)[0]  # the right view, blurry
+    wrong = torch.rand(3, 32, 32, generator=generator)  # another view, sharp
+    plain = GoalCost()
+    blurred = GoalCost(GoalCostConfig(blur_px=1.5), lpips=plain.lpips)
+    frames = torch.stack([imagined, wrong])[:, None]  # (2, 1, 3, H, W)
+    plain_costs, blurred_costs = plain.frames(frames, goal), blurred.frames(frames, goal)
+    assert blurred_costs[0] < plain_costs[0] / 2  # the blur itself costs little
+    assert blurred_costs[0] < blurred_costs[1]  # a wrong view still costs more
+    assert float(blurred.frames(goal[None, None], goal)[0]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="blur_px must be >= 0"):
+        GoalCostConfig(blur_px=-1.0)
