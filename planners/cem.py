@@ -435,7 +435,19 @@ def score_probes(
     cost: GoalCost,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
-    """(P,) costs and (P, 4, 4) final poses of probes, one rollout per parent."""
+    """(P,) costs and (P, 4, 4) final poses of move-then-wait probes.
+
+    With a one-frame cost a probe is scored in its parent's rollout (:func:`probe_parents`);
+    a cost over several last frames needs each probe's own waits, so each is rolled out.
+    """
+    if cost.config.last_frames > 1:
+        probed = model.rollout(
+            start.repeat(len(probes)),
+            probes,
+            generator=generator,
+            num_frames=cost.config.last_frames,
+        )
+        return cost(probed, goal), probed.cam_to_world[:, -1]
     parents, parent_of, step_of = probe_parents(probes)
     result = model.rollout(start.repeat(len(parents)), probes[parents], generator=generator)
     frames = result.rgb[parent_of, step_of][:, None]  # (P, 1, 3, H, W)
@@ -514,18 +526,7 @@ def plan_cem(
         if iteration == 0 and config.kind == "discrete" and config.primitives:
             probes = turn_and_walk(config.horizon, config.allowed_actions, config.probe_turns)
             if len(probes):
-                if cost.config.last_frames == 1:
-                    probe_costs, probe_poses = score_probes(
-                        model, start, probes, goal, cost, generator
-                    )
-                else:  # a multi-frame cost needs each probe's own waits
-                    probed = model.rollout(
-                        start.repeat(len(probes)),
-                        probes,
-                        generator=generator,
-                        num_frames=cost.config.last_frames,
-                    )
-                    probe_costs, probe_poses = cost(probed, goal), probed.cam_to_world[:, -1]
+                probe_costs, probe_poses = score_probes(model, start, probes, goal, cost, generator)
                 samples = torch.cat([samples, probes])
                 costs = torch.cat([costs, probe_costs])
                 final_poses = torch.cat([final_poses, probe_poses])

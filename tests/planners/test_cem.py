@@ -25,7 +25,7 @@ from planners.cem import (
     shift_plan,
     turn_and_walk,
 )
-from planners.costs import GoalCost
+from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import success
 
 SCENE = "house-train-0000"
@@ -292,3 +292,8 @@ def test_prefix_scored_probes_equal_rolling_out_every_probe(oracle, cost):
     assert len(probe_parents(probes)[0]) == 7 < len(probes) == 29
     torch.testing.assert_close(costs, cost(full, goal), atol=1e-5, rtol=0)
     torch.testing.assert_close(poses, full.cam_to_world[:, -1])
+    # a cost over the last two frames scores each probe's own rollout, waits included
+    two = GoalCost(GoalCostConfig(last_frames=2), lpips=cost.lpips)
+    costs, _ = score_probes(model, start, probes, goal, two, torch.Generator())
+    every = model.rollout(start.repeat(len(probes)), probes, num_frames=2)
+    torch.testing.assert_close(costs, two(every, goal), atol=1e-5, rtol=0)
