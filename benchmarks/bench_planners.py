@@ -34,13 +34,14 @@ import numpy as np
 import torch
 import tyro
 
-from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
-from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
+from envs.tasks import episode_start, sample_image_goal_episode
 from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
 from planners.nomad import UNTRAINED, load_policy
 from planners.ranking import NoMaDSampler, ranked_decision
+from worldsim.checkpoints import TINY_UNTRAINED, learned_planning_rollout
 
 
 @dataclass(frozen=True)

@@ -35,18 +35,19 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
-from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import learned_planning_rollout
-from envs.rollout import ImageGoalEpisode, OracleRollout, episode_start, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
+from envs.tasks import ImageGoalEpisode, episode_start, sample_image_goal_episode
 from planners.hindsight import HindsightConfig, ImaginedTrajectory, adapt, imagine_policy
 from planners.metrics import sim_score, success
 from planners.nomad import NoMaDPolicy, load_policy
 from planners.ranking import NoMaDSampler
-from planners.rollout import RolloutStart
+from worldsim.checkpoints import learned_planning_rollout
 from worldsim.geometry import Action, position_yaw_from_pose
+from worldsim.learned_rollout import WorldModelRollout
 from worldsim.report import plot_trajectories, write_panel_video, write_report
+from worldsim.rollout import RolloutStart
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import torch
 import tyro
 from einops import rearrange
 
-from envs.persistent_world import resolve_memory
+from worldsim.checkpoints import resolve_memory
 from worldsim.data import ClipConfig, ClipDataset
 from worldsim.evaluation import (
     EvaluationConfig,

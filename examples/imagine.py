@@ -42,8 +42,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import envs  # noqa: F401  (registers IndoorNav-v0 and PersistentWorld-v0)
-from envs.persistent_world import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 from envs.simulator import wrap_angle
+from worldsim.checkpoints import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 from worldsim.memory import build_memory
 from worldsim.metrics import lpips, psnr
 from worldsim.report import plot_metric_curves, write_report

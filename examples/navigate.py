@@ -37,14 +37,19 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
-from envs.persistent_world import planning_simulator
-from envs.rollout import ImageGoalEpisode, OracleRollout, episode_start, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
+from envs.tasks import (
+    ImageGoalEpisode,
+    episode_start,
+    planning_simulator,
+    sample_image_goal_episode,
+)
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
-from planners.rollout import RolloutModel
 from worldsim.report import plot_trajectories, write_panel_video, write_report
+from worldsim.rollout import RolloutModel
 
 
 @dataclass(frozen=True)

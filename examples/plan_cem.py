@@ -39,10 +39,10 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
-from envs.persistent_world import planning_simulator
-from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
+from envs.tasks import episode_start, planning_simulator, sample_image_goal_episode
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success

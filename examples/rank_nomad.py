@@ -42,17 +42,17 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
-from envs.persistent_world import planning_simulator
-from envs.rollout import ImageGoalEpisode, OracleRollout, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
+from envs.tasks import ImageGoalEpisode, planning_simulator, sample_image_goal_episode
 from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
 from planners.nomad import load_policy
 from planners.ranking import NoMaDSampler, rank_candidates
-from planners.rollout import RolloutStart
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories, write_panel_video, write_report
+from worldsim.rollout import RolloutStart
 
 TRAJECTORY_POSES = 8
 """Poses both paths are resampled to before ATE / RPE."""

@@ -30,7 +30,7 @@ import tyro
 from torch.utils.data import DataLoader
 
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
-from worldsim.latents import LatentCache
+from worldsim.data.latents import LatentCache
 from worldsim.memory import build_memory
 from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
 from worldsim.world_model import MEMORY_FILE, WorldModel

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from planners.rollout import RolloutResult
 from worldsim.lpips import LPIPS, check_images
+from worldsim.rollout import RolloutResult
 
 
 @dataclass(frozen=True)

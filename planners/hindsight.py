@@ -1,7 +1,7 @@
 """Hindsight-relabelled policy fine-tuning inside a simulator (paper §4.3, Fig. 6b).
 
 In an unseen scene the world model's memory is initialised from a few images (the start's
-frames, unprojected into the memory by :class:`envs.learned_rollout.WorldModelRollout`); then,
+frames, unprojected into the memory by :class:`worldsim.learned_rollout.WorldModelRollout`); then,
 each round:
 
 1. roll the policy out in the simulator (:func:`imagine_policy`): at every decision the policy
@@ -12,7 +12,7 @@ each round:
    target is the path it actually took (NoMaD's targets, :func:`planners.training.policy_batch`);
 3. fine-tune the policy on those clips with NoMaD's loss (:func:`finetune`).
 
-Everything goes through the rollout protocol (:mod:`planners.rollout`), so the same loop runs
+Everything goes through the rollout protocol (:mod:`worldsim.rollout`), so the same loop runs
 in the ground truth (an oracle check) and in the learned simulator.
 """
 
@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from planners.nomad import NoMaDPolicy, make_scheduler
 from planners.ranking import NoMaDSampler
-from planners.rollout import RolloutModel, RolloutStart
 from planners.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from worldsim.geometry import Action, ActionSpec
+from worldsim.rollout import RolloutModel, RolloutStart
 
 
 @dataclass(frozen=True)

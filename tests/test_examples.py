@@ -163,7 +163,7 @@ def test_train_world_model(tmp_path, tiny_dataset):
     assert memory_config["vae_scaling_factor"] == vae_config["vae_scaling_factor"]
     # Stages 1 and 2 trained on latents encoded once, by the trained VAE, for every frame.
     from worldsim.data import TrajectoryStore
-    from worldsim.latents import LatentCache
+    from worldsim.data.latents import LatentCache
     from worldsim.world_model import WorldModel
 
     store = TrajectoryStore(tiny_dataset)

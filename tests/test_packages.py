@@ -23,3 +23,31 @@ def test_worldsim_imports_neither_envs_nor_planners():
             if stripped.startswith(FORBIDDEN):
                 offenders.append(f"{path.relative_to(REPO)}: {stripped}")
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("envs", ("import planners", "from planners")), ("planners", ("import envs", "from envs"))],
+)
+def test_envs_and_planners_stand_side_by_side(package, forbidden):
+    offenders = [
+        f"{path.relative_to(REPO)}: {line.strip()}"
+        for path in (REPO / package).rglob("*.py")
+        for line in path.read_text().splitlines()
+        if line.strip().startswith(forbidden)
+    ]
+    assert offenders == []
+
+
+def test_top_level_exports_load():
+    import worldsim
+
+    assert sorted(worldsim.__all__) == sorted(worldsim._EXPORTS)
+    for name in worldsim.__all__:
+        assert getattr(worldsim, name).__name__ == name
+    from worldsim import WorldModel
+    from worldsim.world_model import WorldModel as Defined
+
+    assert WorldModel is Defined
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        worldsim.Nope  # noqa: B018

@@ -1,4 +1,22 @@
-"""The persistent world model: camera geometry, 3D feature memory, RGB-D video diffusion.
+"""The persistent world model: camera geometry, 3D memory, RGB-D video diffusion, rollouts.
+
+The names most code needs are importable from the package itself (``from worldsim import
+WorldModel``); they load on first use, so ``import worldsim.geometry`` stays light.
+
+=====================  ==============================================================
+name                   what it is
+=====================  ==============================================================
+``WorldModel``         the RGB-D video diffusion world model (:mod:`worldsim.world_model`)
+``Memory``             the persistent-memory interface (:mod:`worldsim.memory`)
+``build_memory``       a memory from its name and config fields
+``RolloutStart``       start states of the rollout protocol (:mod:`worldsim.rollout`)
+``RolloutResult``      what a simulator predicts for action sequences
+``RolloutModel``       the protocol planners talk to (ground truth or learned)
+``WorldModelRollout``  the world model behind that protocol (:mod:`worldsim.learned_rollout`)
+``load_learned_simulator``  a checkpoint and its memory (:mod:`worldsim.checkpoints`)
+``LPIPS``              LPIPS v0.1 without torchvision (:mod:`worldsim.lpips`)
+``psnr``, ``ssim``     video metrics (:mod:`worldsim.metrics`)
+=====================  ==============================================================
 
 Dimension letters used in shape comments and docstrings across the project:
 
@@ -9,4 +27,55 @@ Dimension letters used in shape comments and docstrings across the project:
 Conventions (frames, units, actions) are written down once, in :mod:`worldsim.geometry`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "WorldModel": "worldsim.world_model",
+    "Memory": "worldsim.memory",
+    "build_memory": "worldsim.memory",
+    "RolloutStart": "worldsim.rollout",
+    "RolloutResult": "worldsim.rollout",
+    "RolloutModel": "worldsim.rollout",
+    "WorldModelRollout": "worldsim.learned_rollout",
+    "load_learned_simulator": "worldsim.checkpoints",
+    "LPIPS": "worldsim.lpips",
+    "psnr": "worldsim.metrics",
+    "ssim": "worldsim.metrics",
+}
+
+__all__ = [
+    "LPIPS",
+    "Memory",
+    "RolloutModel",
+    "RolloutResult",
+    "RolloutStart",
+    "WorldModel",
+    "WorldModelRollout",
+    "build_memory",
+    "load_learned_simulator",
+    "psnr",
+    "ssim",
+]
+
+if TYPE_CHECKING:
+    from worldsim.checkpoints import load_learned_simulator
+    from worldsim.learned_rollout import WorldModelRollout
+    from worldsim.lpips import LPIPS
+    from worldsim.memory import Memory, build_memory
+    from worldsim.metrics import psnr, ssim
+    from worldsim.rollout import RolloutModel, RolloutResult, RolloutStart
+    from worldsim.world_model import WorldModel
+
+
+def __getattr__(name: str) -> Any:
+    """Load an exported name on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'worldsim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

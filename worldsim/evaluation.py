@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from worldsim.data import ClipDataset, collate_clips
 from worldsim.geometry import relative_pose
 from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import rollout
+from worldsim.sampling import insert_clip_memory, rollout
 
 if TYPE_CHECKING:
     from worldsim.lpips import LPIPS
@@ -156,17 +156,8 @@ def predict_future(
             f"n_future={n_future})"
         )
     model.check_frames(rgb, "clip rgb", 3)
-    size = rgb.shape[0]
     if memory is not None:
-        memory.reset(size, model.device)
-        if batch["memory_rgb"].shape[1] > 0:
-            memory.update(
-                batch["memory_rgb"].to(model.device),
-                batch["memory_depth"].to(model.device),
-                batch["memory_intrinsics"].to(model.device),
-                batch["memory_cam_to_world"].to(model.device),
-                valid=batch["memory_mask"].to(model.device),
-            )
+        insert_clip_memory(memory, batch, model.device)
     # Each future camera in the frame of the one before it (recorded motion).
     steps = relative_pose(
         poses[:, n_context - 1 : -1].double(), poses[:, n_context:].double()

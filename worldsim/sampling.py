@@ -1,39 +1,44 @@
-"""Autoregressive rollout of the world model (paper Algorithm 1a).
+"""Autoregressive rollout of the world model (paper Algorithm 1a): one chunk stepper, one loop.
 
 Given start frames, a memory and a sequence of motions, :func:`rollout` generates the future one
-chunk of ``n_future`` frames at a time: compute the chunk's camera poses from its motions, read
+chunk of ``n_future`` frames at a time with :func:`generate_next_chunk`, the one chunk stepper
+(``PersistentWorld-v0`` steps with it too): chain the chunk's motions into camera poses, read
 the memory's map tokens for those cameras, denoise the chunk's RGB-D latents
 (:func:`sample_chunk`), decode them (:func:`generate_chunk`), unproject the generated RGB-D into
-the memory, and condition the next chunk on the last generated frames.
+the memory (:func:`insert_frames`), and condition the next chunk on the last generated frames.
+:class:`worldsim.learned_rollout.WorldModelRollout` puts this behind the planners'
+:class:`~worldsim.rollout.RolloutModel` protocol.
 
 Motions
     Discrete action ids (:class:`~worldsim.geometry.Action`, the model's step sizes), local-frame
     waypoints ``(dx, dz, dyaw)``, or relative step poses (each step's camera in the frame of the
-    camera before it); :func:`step_poses` turns any of them into step poses. Motion is
+    camera before it); :func:`step_poses` turns any of them into step poses and
+    :func:`chain_poses` chains them (training uses the same two functions). Motion is
     free-space: a learned world knows no collisions.
 
 Batching and randomness
     All B rollouts of a batch run together, ``batch_size`` rows per model call; each chunk is
     sampled with the model's DDIM schedule (``num_inference_steps`` steps, deterministic given the
     initial noise), and the initial noise comes from the caller's generator(s). With one generator
-    per row a row's frames depend neither on ``batch_size`` nor on the other rows (up to
-    floating-point rounding of batched matrix products).
+    per row (:func:`worldsim.learned_rollout.row_generators`) a row's frames depend neither on
+    ``batch_size`` nor on the other rows (up to floating-point rounding of batched matrix products).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from worldsim.geometry import action_to_relative_pose, check_rigid, waypoint_to_relative_pose
+from worldsim.memory import Memory
 
 if TYPE_CHECKING:
-    from worldsim.memory import Memory
     from worldsim.world_model import WorldModel
 
 
@@ -233,47 +238,249 @@ def _check_rollout_inputs(
             f"memory_frames must be a bool tensor of shape ({batch}, {length}) (one flag per "
             f"generated frame), got {tuple(memory_frames.shape)} {memory_frames.dtype}"
         )
+    check_memory_fits(model, memory)
+
+
+def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
+    """Raise unless ``memory`` can condition ``model``; the one place this is checked.
+
+    Args:
+        model: the world model.
+        memory: a memory, or ``None`` (always fits).
+
+    Raises:
+        TypeError: for an object that is not a :class:`~worldsim.memory.Memory`.
+        ValueError: for a model without memory branch, an RGB-only model, or a token width that
+            differs from the model's ``memory_token_dim``.
+    """
     if memory is None:
         return
+    if not isinstance(memory, Memory):
+        raise TypeError(
+            f"memory must be a worldsim.memory.Memory or None, got {type(memory).__name__}"
+        )
     if not model.transformer.has_memory:
-        raise ValueError("this model has no memory branch (memory_token_dim=0): pass memory=None")
-    if memory.token_dim != model.transformer.config.memory_token_dim:
         raise ValueError(
-            f"memory tokens have width {memory.token_dim}, the model expects "
-            f"{model.transformer.config.memory_token_dim}"
+            "this world model has no memory branch (memory_token_dim=0): use no memory"
         )
     if not model.config.use_depth:
         raise ValueError(
-            "an RGB-only model (use_depth=False) generates no depth to unproject into the "
-            "memory: pass memory=None"
+            "an RGB-only world model (use_depth=False) generates no depth to unproject into a "
+            "memory: use no memory"
+        )
+    expected = model.transformer.config.memory_token_dim
+    if memory.token_dim != expected:
+        raise ValueError(
+            f"the memory gives tokens of width {memory.token_dim} but the world model expects "
+            f"memory_token_dim={expected}: use the memory (name, encoder, position encoding) the "
+            "model was trained with"
         )
 
 
-def _update_memory(
+def insert_frames(
     memory: Memory,
     rgb: Tensor,
     depth: Tensor,
     intrinsics: Tensor,
     cam_to_world: Tensor,
-    valid: Tensor,
-    batch_size: int,
+    valid: Tensor | None = None,
+    batch_size: int | None = None,
 ) -> None:
-    """Unproject (B, T, ...) frames whose ``valid`` (B, T) is set, ``batch_size`` rows at a time."""
+    """Unproject frames into a memory of B rows: the one way frames enter a memory.
+
+    Args:
+        memory: the memory (reset to B rows), updated in place.
+        rgb: (B, T, 3, H, W) float RGB in [0, 1], on any device.
+        depth: (B, T, 1, H, W) metres.
+        intrinsics: (B, 3, 3) ``K`` shared by a row's frames, or (B, T, 3, 3) one per frame.
+        cam_to_world: (B, T, 4, 4) poses.
+        valid: (B, T) bool, which frames to write (``None`` = all).
+        batch_size: most rows per memory update (``None`` = all B); rows without a frame to
+            write are skipped.
+    """
     rows, frames = rgb.shape[:2]
     device = memory.device
-    frames_k = intrinsics[:, None].expand(rows, frames, 3, 3)
-    for first in range(0, rows, batch_size):
+    if intrinsics.dim() == 3:
+        intrinsics = intrinsics[:, None].expand(rows, frames, 3, 3)
+    arrays = [x.to(device) for x in (rgb, depth, intrinsics, cam_to_world.float())]
+    if valid is None and (batch_size is None or batch_size >= rows):
+        memory.update(*arrays)
+        return
+    valid = torch.ones(rows, frames, dtype=torch.bool) if valid is None else valid
+    valid = valid.to(device)
+    size = rows if batch_size is None else batch_size
+    for first in range(0, rows, size):
         part = torch.zeros_like(valid)
-        part[first : first + batch_size] = valid[first : first + batch_size]
-        if not part.any():
-            continue  # nothing to write in these rows; the others are skipped, not read
-        memory.update(
-            rgb.to(device),
-            depth.to(device),
-            frames_k.to(device),
-            cam_to_world.to(device),
-            valid=part.to(device),
+        part[first : first + size] = valid[first : first + size]
+        if part.any():  # rows with nothing to write are skipped, not read
+            memory.update(*arrays, valid=part)
+
+
+def memory_tokens(
+    memory: Memory | Sequence[Memory] | None,
+    targets: Tensor,
+    intrinsics: Tensor,
+    image_size: tuple[int, int],
+) -> tuple[Tensor | None, Tensor | None]:
+    """Map tokens for B rows of target cameras.
+
+    Args:
+        memory: one memory of B rows, a sequence of B one-row memories (their tokens are
+            zero-padded to a common count, the padding masked), or ``None``.
+        targets: (B, F, 4, 4) ``cam_to_world`` of the cameras about to be generated.
+        intrinsics: (B, F, 3, 3) their ``K``.
+        image_size: ``(H, W)`` of the frames.
+
+    Returns:
+        ``(tokens, mask)``: (B, N, D) and (B, N) bool, or ``(None, None)`` without memory.
+    """
+    if memory is None:
+        return None, None
+    if not isinstance(memory, Sequence):
+        device = memory.device
+        return memory.tokens(targets.float().to(device), intrinsics.to(device), image_size)
+    parts = [
+        row.tokens(
+            targets[index : index + 1].float().to(row.device),
+            intrinsics[index : index + 1].to(row.device),
+            image_size,
         )
+        for index, row in enumerate(memory)
+    ]
+    count = max(tokens.shape[1] for tokens, _ in parts)
+    tokens = torch.cat(
+        [nn.functional.pad(t, (0, 0, 0, count - t.shape[1])) for t, _ in parts]
+    )  # (B, N, D)
+    mask = torch.cat([nn.functional.pad(m, (0, count - m.shape[1])) for _, m in parts])  # (B, N)
+    return tokens, mask
+
+
+def insert_clip_memory(
+    memory: Memory, batch: Mapping[str, Tensor], device: torch.device | str
+) -> Memory:
+    """Reset a memory to a clip batch's B rows and insert the clips' memory frames.
+
+    Args:
+        memory: the memory to fill (reset here, on ``device``).
+        batch: a :class:`~worldsim.data.ClipDataset` batch with ``rgb`` (B, T, ...) and
+            ``memory_rgb`` / ``memory_depth`` / ``memory_intrinsics`` /
+            ``memory_cam_to_world`` (B, S, ...) and ``memory_mask`` (B, S) bool.
+        device: where the memory lives.
+
+    Returns:
+        ``memory``, holding B maps.
+    """
+    memory.reset(batch["rgb"].shape[0], device)
+    if batch["memory_rgb"].shape[1] > 0:
+        insert_frames(
+            memory,
+            batch["memory_rgb"],
+            batch["memory_depth"],
+            batch["memory_intrinsics"],
+            batch["memory_cam_to_world"],
+            valid=batch["memory_mask"],
+        )
+    return memory
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One generated chunk of B rows (:func:`generate_next_chunk`).
+
+    Attributes:
+        rgb: (B, F, 3, H, W) float32 in ``[0, 1]`` on the model's device.
+        depth: (B, F, 1, H, W) float32 metres, or ``None`` for an RGB-only model.
+        cam_to_world: (B, F, 4, 4) float64 camera poses of the frames.
+    """
+
+    rgb: Tensor
+    depth: Tensor | None
+    cam_to_world: Tensor
+
+
+@torch.no_grad()
+def generate_next_chunk(
+    model: WorldModel,
+    context_rgb: Tensor,
+    context_depth: Tensor | None,
+    reference: Tensor,
+    steps: Tensor,
+    intrinsics: Tensor,
+    memory: Memory | Sequence[Memory] | None,
+    generator: torch.Generator | list[torch.Generator] | None,
+    num_inference_steps: int | None = None,
+    memory_frames: Tensor | None = None,
+    batch_size: int | None = None,
+) -> Chunk:
+    """One step of Algorithm 1a for B rows: the chunk stepper every rollout and env uses.
+
+    Chains the chunk's step poses into cameras, reads the memory's tokens for them, generates the
+    chunk (``batch_size`` rows per model call) and writes its frames into the memory.
+
+    Args:
+        model: the world model.
+        context_rgb: (B, n_context, 3, H, W) conditioning frames in ``[0, 1]``.
+        context_depth: (B, n_context, 1, H, W) metres (``None`` for an RGB-only model).
+        reference: (B, 4, 4) ``cam_to_world`` of the last conditioning frame.
+        steps: (B, n_future, 4, 4) relative step poses of the chunk (:func:`step_poses`).
+        intrinsics: (B, 3, 3) ``K`` of every frame.
+        memory: one memory of B rows, B one-row memories, or ``None``; updated in place.
+        generator: noise generator(s): one, or one per row.
+        num_inference_steps: DDIM steps; the model's default if ``None``.
+        memory_frames: (B, n_future) bool, which generated frames go into the memory
+            (``None`` = all).
+        batch_size: most rows per model call and memory update; ``None`` = all B.
+
+    Returns:
+        The chunk's frames and their float64 ``cam_to_world``.
+    """
+    batch, frames = steps.shape[:2]
+    device = model.device
+    size = batch if batch_size is None else batch_size
+    image_size = (model.config.height, model.config.width)
+    cam_to_ref = chain_poses(steps.to(device).double())  # (B, F, 4, 4) f64
+    targets = reference.to(device).double()[:, None] @ cam_to_ref  # (B, F, 4, 4) cam_to_world
+    intrinsics = intrinsics.to(device).float()
+    chunk_k = intrinsics[:, None].expand(batch, frames, 3, 3)
+    tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
+    parts_rgb, parts_depth = [], []
+    for first in range(0, batch, size):
+        part = slice(first, first + size)
+        new_rgb, new_depth = generate_chunk(
+            model,
+            context_rgb[part],
+            None if context_depth is None else context_depth[part],
+            cam_to_ref[part].float(),
+            intrinsics[part],
+            None if tokens is None else tokens[part],
+            None if mask is None else mask[part],
+            generator[part] if isinstance(generator, list) else generator,
+            num_inference_steps,
+        )
+        parts_rgb.append(new_rgb)
+        parts_depth.append(new_depth)
+    rgb = torch.cat(parts_rgb)  # (B, F, 3, H, W)
+    depth = None if parts_depth[0] is None else torch.cat(parts_depth)  # (B, F, 1, H, W)
+    if memory is not None and depth is not None:
+        poses = targets.float()
+        if isinstance(memory, Sequence):
+            for row, row_memory in enumerate(memory):
+                keep = None if memory_frames is None else memory_frames[row : row + 1]
+                if keep is None or keep.any():
+                    insert_frames(
+                        row_memory,
+                        rgb[row : row + 1],
+                        depth[row : row + 1],
+                        intrinsics[row : row + 1],
+                        poses[row : row + 1],
+                        valid=keep,
+                    )
+        else:
+            keep = memory_frames
+            if keep is None:
+                keep = torch.ones(batch, frames, dtype=torch.bool)
+            insert_frames(memory, rgb, depth, intrinsics, poses, valid=keep, batch_size=size)
+    return Chunk(rgb=rgb, depth=depth, cam_to_world=targets)
 
 
 @torch.no_grad()
@@ -329,9 +536,7 @@ def rollout(
     _check_rollout_inputs(model, rgb, depth, cam_to_world, steps, intrinsics, memory, memory_frames)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    part_size = batch if batch_size is None else batch_size
     n_context, n_future = model.config.n_context, model.config.n_future
-    size = (model.config.height, model.config.width)
     use_depth = model.config.use_depth
     context_rgb = rgb.to(device).float()
     context_depth = depth.to(device).float() if depth is not None and use_depth else None
@@ -342,61 +547,41 @@ def rollout(
         if memory_frames is None
         else memory_frames.to(device)
     )
-    chunk_k = intrinsics[:, None].expand(batch, n_future, 3, 3)
     if memory is not None and insert_start_frames:
-        start_valid = torch.ones(batch, n_context, dtype=torch.bool, device=device)
-        _update_memory(
+        insert_frames(
             memory,
             context_rgb,
             context_depth,
             intrinsics,
-            cam_to_world.to(device).float(),
-            start_valid,
-            part_size,
+            cam_to_world.to(device),
+            valid=torch.ones(batch, n_context, dtype=torch.bool, device=device),
+            batch_size=batch_size,
         )
 
     reference = cam_to_world[:, -1].to(device).double()  # (B, 4, 4) last conditioning camera
     out_rgb, out_depth, out_poses = [], [], []
     for chunk in tqdm(range(steps.shape[1] // n_future), disable=not progress, desc="chunks"):
         window = slice(chunk * n_future, (chunk + 1) * n_future)
-        cam_to_ref = chain_poses(steps[:, window])  # (B, n_future, 4, 4) f64
-        targets = reference[:, None] @ cam_to_ref  # (B, n_future, 4, 4) cam_to_world, f64
-        tokens = mask = None
-        if memory is not None:
-            tokens, mask = memory.tokens(
-                targets.float().to(memory.device), chunk_k.to(memory.device), size
-            )
-        parts_rgb, parts_depth = [], []
-        for first in range(0, batch, part_size):
-            part = slice(first, first + part_size)
-            part_generator = generator[part] if isinstance(generator, list) else generator
-            new_rgb, new_depth = generate_chunk(
-                model,
-                context_rgb[part],
-                None if context_depth is None else context_depth[part],
-                cam_to_ref[part].float(),
-                intrinsics[part],
-                None if tokens is None else tokens[part],
-                None if mask is None else mask[part],
-                part_generator,
-                num_inference_steps,
-            )
-            parts_rgb.append(new_rgb)
-            parts_depth.append(new_depth)
-        new_rgb = torch.cat(parts_rgb)  # (B, n_future, 3, H, W)
-        new_depth = torch.cat(parts_depth) if use_depth else None  # (B, n_future, 1, H, W)
-        poses = targets.float()
-        if memory is not None:
-            _update_memory(
-                memory, new_rgb, new_depth, intrinsics, poses, keep[:, window], part_size
-            )
-        context_rgb = torch.cat([context_rgb, new_rgb], dim=1)[:, -n_context:]
+        new = generate_next_chunk(
+            model,
+            context_rgb,
+            context_depth,
+            reference,
+            steps[:, window],
+            intrinsics,
+            memory,
+            generator,
+            num_inference_steps,
+            keep[:, window],
+            batch_size,
+        )
+        context_rgb = torch.cat([context_rgb, new.rgb], dim=1)[:, -n_context:]
         if use_depth:
-            context_depth = torch.cat([context_depth, new_depth], dim=1)[:, -n_context:]
-        reference = targets[:, -1]
-        out_rgb.append(new_rgb)
-        out_depth.append(new_depth)
-        out_poses.append(poses)
+            context_depth = torch.cat([context_depth, new.depth], dim=1)[:, -n_context:]
+        reference = new.cam_to_world[:, -1]
+        out_rgb.append(new.rgb)
+        out_depth.append(new.depth)
+        out_poses.append(new.cam_to_world.float())
     return Rollout(
         rgb=torch.cat(out_rgb, dim=1),
         depth=torch.cat(out_depth, dim=1) if use_depth else None,

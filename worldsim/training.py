@@ -46,7 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.geometry import relative_pose
-from worldsim.sampling import rollout
+from worldsim.sampling import chain_poses, insert_clip_memory, rollout, step_poses
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
@@ -201,7 +201,7 @@ def chunk_targets(
     reference = poses[:, n_context - 1]  # (B, 4, 4)
     if pose_source == "actions":
         actions = batch["actions"][:, n_context - 1 : n_context - 1 + n_future]
-        cam_to_ref = model.relative_poses_from_actions(actions).to(poses.dtype)
+        cam_to_ref = chain_poses(step_poses(actions, model)).to(poses.dtype)
         return cam_to_ref, reference[:, None] @ cam_to_ref
     future = poses[:, n_context:]
     return relative_pose(reference[:, None], future), future
@@ -216,16 +216,7 @@ def memory_tokens_for_batch(
         ``(tokens, mask)``: (B, N, D_mem) and (B, N) bool.
     """
     n_context = model.config.n_context
-    size = batch["rgb"].shape[0]
-    memory.reset(size, batch["rgb"].device)
-    if batch["memory_rgb"].shape[1] > 0:
-        memory.update(
-            batch["memory_rgb"],
-            batch["memory_depth"],
-            batch["memory_intrinsics"],
-            batch["memory_cam_to_world"],
-            valid=batch["memory_mask"],
-        )
+    insert_clip_memory(memory, batch, batch["rgb"].device)
     image_size = (model.config.height, model.config.width)
     return memory.tokens(targets, batch["intrinsics"][:, n_context:], image_size)
 
@@ -247,7 +238,7 @@ def diffusion_loss(
             int64; with a memory also ``memory_rgb`` / ``memory_depth`` /
             ``memory_cam_to_world`` / ``memory_intrinsics`` (B, S, ...) and ``memory_mask``
             (B, S) bool. ``T = n_context + n_future``. Optionally ``latents`` (B, T, C, h, w):
-            the frames' latents from a :class:`~worldsim.latents.LatentCache`, used instead of
+            the frames' latents from a :class:`~worldsim.data.latents.LatentCache`, used instead of
             encoding (only for a VAE that codes frames one by one).
         generator: draws timesteps and noise (on the CPU, then moved).
         memory: the memory to read map tokens from, or ``None`` (stage 1).
@@ -606,16 +597,7 @@ class Trainer:
         else:
             memory = None
             if self.config.stage == "memory":
-                memory = self.memory
-                memory.reset(clip["rgb"].shape[0], self.accelerator.device)
-                if clip["memory_rgb"].shape[1] > 0:
-                    memory.update(
-                        clip["memory_rgb"],
-                        clip["memory_depth"],
-                        clip["memory_intrinsics"],
-                        clip["memory_cam_to_world"],
-                        valid=clip["memory_mask"],
-                    )
+                memory = insert_clip_memory(self.memory, clip, self.accelerator.device)
             result = rollout(
                 model,
                 clip["rgb"][:, :n_context],

@@ -24,9 +24,9 @@ Frames
     With ``r = 1`` the VAE is an image autoencoder: each frame is coded on its own (time folded
     into the batch), so a frame's latent does not depend on the clip it was cut from. Rollouts
     can then re-encode any window of frames consistently, and training can encode every frame of
-    a data set once and cache it (:mod:`worldsim.latents`). A one-frame input makes every causal
-    3D convolution of the VAE a 2D one (its causal padding repeats the frame over the temporal
-    kernel), so per-frame coding runs 2D convolutions with the kernels summed over time
+    a data set once and cache it (:mod:`worldsim.data.latents`). A one-frame input makes every
+    causal 3D convolution of the VAE a 2D one (its causal padding repeats the frame over the
+    temporal kernel), so per-frame coding runs 2D convolutions with the kernels summed over time
     (:func:`fold_single_frame_convolutions`): the same result for a third of the work.
 """
 

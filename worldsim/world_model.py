@@ -499,13 +499,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         Returns:
             (B, L, 4, 4) float32 poses (free-space motion: no collisions).
         """
-        steps = action_to_relative_pose(actions, self.action_spec)  # (B, L, 4, 4)
-        poses = []
-        current = torch.eye(4, device=steps.device).expand(steps.shape[0], 4, 4)
-        for index in range(steps.shape[1]):
-            current = current @ steps[:, index]
-            poses.append(current)
-        return torch.stack(poses, dim=1)
+        from worldsim.sampling import chain_poses  # sampling builds on this module
+
+        return chain_poses(action_to_relative_pose(actions, self.action_spec))
 
     def predict(
         self,

@@ -11,20 +11,14 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the envs)
 from envs.indoor_nav import observation_space
-from envs.learned_rollout import WorldModelRollout
-from envs.persistent_world import (
-    MEMORY_FILE,
-    ORACLE_TURN_STEP_DEG,
-    TINY_UNTRAINED,
-    PersistentWorldEnv,
-    PersistentWorldVectorEnv,
-    load_learned_simulator,
-    planning_simulator,
-)
+from envs.persistent_world import PersistentWorldEnv, PersistentWorldVectorEnv
 from envs.simulator import SimulatorConfig
+from envs.tasks import ORACLE_TURN_STEP_DEG, planning_simulator
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
+from worldsim.checkpoints import TINY_UNTRAINED, load_learned_simulator
+from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import FeatureMap3D, build_memory
-from worldsim.world_model import WorldModel
+from worldsim.world_model import MEMORY_FILE, WorldModel
 
 if "PersistentWorld-v0" not in gym.registry:
     gym.register(

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
+from envs.oracle import OracleRollout
 from envs.scenes import scene_ids
 from envs.simulator import Simulator, SimulatorConfig
+from envs.tasks import episode_start, sample_image_goal_episode
 from planners.cem import (
     CEMConfig,
     MPCConfig,

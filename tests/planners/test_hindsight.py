@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout
+from envs.oracle import OracleRollout
 from envs.simulator import Simulator, SimulatorConfig
 from planners.hindsight import (
     HindsightConfig,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout
+from envs.oracle import OracleRollout
 from envs.simulator import Simulator, SimulatorConfig
 from planners.costs import GoalCost
 from planners.metrics import sim_score

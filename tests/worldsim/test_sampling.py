@@ -78,9 +78,9 @@ def test_bad_rollout_inputs(tiny_model, tiny_batch):
         rollout(tiny_model, rgb, depth, poses, torch.full((2, 2), 7))
     rgb_only = make_tiny(use_depth=False)
     memory = pytest.importorskip("worldsim.memory").build_memory("none")
-    with pytest.raises(ValueError, match="memory tokens have width 1"):
+    with pytest.raises(ValueError, match="tokens of width 1"):
         rollout(tiny_model, rgb, depth, poses, torch.ones(2, 2, dtype=torch.int64), memory=memory)
-    with pytest.raises(ValueError, match="RGB-only model"):
+    with pytest.raises(ValueError, match="RGB-only world model"):
         memory_model = make_tiny(use_depth=False, memory_token_dim=1)
         rollout(memory_model, rgb, None, poses, torch.ones(2, 2, dtype=torch.int64), memory=memory)
     result = rollout(rgb_only, rgb, None, poses, torch.ones(2, 2, dtype=torch.int64))

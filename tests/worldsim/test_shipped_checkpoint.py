@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from envs.collection import CollectionConfig, collect
-from envs.persistent_world import resolve_memory
+from worldsim.checkpoints import resolve_memory
 from worldsim.data import ClipConfig, ClipDataset
 from worldsim.evaluation import (
     LAST_FRAME,

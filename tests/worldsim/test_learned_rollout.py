@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from envs.learned_rollout import WorldModelRollout, chain_poses, row_generators, step_poses
-from envs.rollout import OracleRollout
+from envs.oracle import OracleRollout
 from envs.simulator import Simulator, SimulatorConfig
-from planners.rollout import RolloutModel, RolloutStart
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
+from worldsim.learned_rollout import WorldModelRollout, row_generators
 from worldsim.memory import build_memory
+from worldsim.rollout import RolloutModel, RolloutStart
+from worldsim.sampling import chain_poses, step_poses
 from worldsim.sampling import rollout as reference_rollout
 
 SCENE = "house-train-0000"
@@ -212,15 +213,14 @@ def test_bad_requests_raise(model, start):
         WorldModelRollout(make_tiny(memory_token_dim=0), _memory())
     memory = _memory()
     memory.reset(3)
-    three_rows = RolloutStart(
-        rgb=start.rgb,
-        depth=start.depth,
-        cam_to_world=start.cam_to_world,
-        intrinsics=start.intrinsics,
-        memory=memory,
-    )
     with pytest.raises(ValueError, match="holds 3 rows but the start has 2"):
-        learned.rollout(three_rows, _actions(2, 2))
+        RolloutStart(
+            rgb=start.rgb,
+            depth=start.depth,
+            cam_to_world=start.cam_to_world,
+            intrinsics=start.intrinsics,
+            memory=memory,
+        )
     with pytest.raises(ValueError, match="num_inference_steps"):
         WorldModelRollout(model, num_inference_steps=0)
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.rollout import OracleRollout, apply_waypoint, sample_image_goal_episode
+from envs.oracle import OracleRollout, apply_waypoint
 from envs.simulator import Simulator, SimulatorConfig
-from planners.rollout import RolloutModel, RolloutStart
+from envs.tasks import sample_image_goal_episode
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
+from worldsim.rollout import RolloutModel, RolloutStart
 
 SCENE = "house-train-0000"
 

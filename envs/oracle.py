@@ -1,6 +1,6 @@
 """The ground-truth rollout: the oracle every planner is checked against first.
 
-:class:`OracleRollout` implements :class:`planners.rollout.RolloutModel` with the ground-truth
+:class:`OracleRollout` implements :class:`worldsim.rollout.RolloutModel` with the ground-truth
 simulator: for each row it places the agent at the row's start state, applies the actions with
 the simulator's own dynamics (collisions included) and renders the true frames. The simulator's
 scene and agent state are restored afterwards, so an oracle can share a simulator with an
@@ -16,7 +16,6 @@ needs a backend with a navigation grid (the embedded one).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ import torch
 from torch import Tensor
 
 from envs.simulator import GroundTruthSimulator, SimulatorConfig, make_simulator, wrap_angle
-from planners.rollout import RolloutResult, RolloutStart, check_rollout_request
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import position_yaw_from_pose
+from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
 
 
 def apply_waypoint(sim: GroundTruthSimulator, waypoint: np.ndarray) -> bool:
@@ -246,104 +245,3 @@ class OracleRollout:
             scene_id, position, yaw = saved
             self.sim.load_scene(scene_id)
             self.sim.reset_agent(position, yaw)
-
-
-@dataclass(frozen=True)
-class ImageGoalEpisode:
-    """A navigation episode towards an image goal, in the ground truth.
-
-    Attributes:
-        scene: scene id.
-        start_position: (3,) float64 navigable floor position, metres.
-        start_yaw: start heading, radians.
-        goal_position: (3,) float64 goal floor position, metres.
-        goal_yaw: heading of the goal view, radians: along the last segment of the shortest
-            path, as an agent arriving there would look.
-        geodesic_distance: shortest walkable start-to-goal distance, metres.
-    """
-
-    scene: str
-    start_position: np.ndarray
-    start_yaw: float
-    goal_position: np.ndarray
-    goal_yaw: float
-    geodesic_distance: float
-
-
-def episode_start(
-    oracle: OracleRollout, episode: ImageGoalEpisode, num_frames: int = 1
-) -> tuple[RolloutStart, Tensor]:
-    """The start state of an image-goal episode and its goal image, rendered by the oracle.
-
-    Args:
-        oracle: the ground truth, at the frame size the planner works at.
-        episode: the episode.
-        num_frames: frames of the start (the start view repeated), >= 1.
-
-    Returns:
-        ``(start, goal)``: the one-row start and the (3, H, W) goal RGB in [0, 1].
-    """
-    start = oracle.start(
-        episode.scene, episode.start_position, episode.start_yaw, num_frames=num_frames
-    )
-    goal = oracle.start(episode.scene, episode.goal_position, episode.goal_yaw).rgb[0, -1]
-    return start, goal
-
-
-def sample_image_goal_episode(
-    oracle: OracleRollout,
-    scene: str,
-    rng: np.random.Generator,
-    min_distance_m: float = 1.5,
-    max_distance_m: float = 3.0,
-    min_goal_depth_m: float = 1.0,
-    max_tries: int = 1000,
-) -> ImageGoalEpisode:
-    """Draw an image-goal episode: a start and a goal pose a few metres apart.
-
-    Start and goal are uniform on the navigable floor, kept when the geodesic distance lies in
-    ``[min_distance_m, max_distance_m]`` and the goal view shows more than a nearby wall (its
-    median depth is at least ``min_goal_depth_m``: a blank wall close up looks the same anywhere
-    and makes no image goal). The start heading is uniform.
-
-    Args:
-        oracle: the ground truth (its simulator's state is restored).
-        scene: scene id.
-        rng: the random source.
-        min_distance_m: smallest geodesic distance, metres, >= 0.
-        max_distance_m: largest, metres, >= min_distance_m.
-        min_goal_depth_m: smallest median depth of the goal view, metres.
-        max_tries: draws before giving up, >= 1.
-
-    Returns:
-        The episode.
-
-    Raises:
-        ValueError: for bad distances, or when no episode qualifies in ``max_tries`` draws.
-    """
-    if not 0.0 <= min_distance_m <= max_distance_m:
-        raise ValueError(
-            f"need 0 <= min_distance_m <= max_distance_m, got {min_distance_m}, {max_distance_m}"
-        )
-    saved = oracle._save()
-    try:
-        oracle.sim.load_scene(scene)
-        for _ in range(max_tries):
-            start = oracle.sim.sample_navigable_point(rng)
-            goal = oracle.sim.sample_navigable_point(rng)
-            distance = oracle.sim.geodesic_distance(start, goal)
-            if not min_distance_m <= distance <= max_distance_m:
-                continue
-            path = oracle.sim.shortest_path(start, goal)
-            direction = path[-1] - path[-2]
-            goal_yaw = math.atan2(-direction[0], -direction[2])  # yaw 0 looks along -z
-            goal_view = oracle.start(scene, goal, goal_yaw)
-            if float(goal_view.depth.median()) >= min_goal_depth_m:
-                start_yaw = float(rng.uniform(-math.pi, math.pi))
-                return ImageGoalEpisode(scene, start, start_yaw, goal, goal_yaw, distance)
-    finally:
-        oracle._restore(saved)
-    raise ValueError(
-        f"no start/goal pair in {scene!r} within {min_distance_m}-{max_distance_m} m with an "
-        f"informative goal view after {max_tries} draws; widen the distance range"
-    )

@@ -3,8 +3,10 @@
 A planner hands a :class:`RolloutModel` a batch of start states (:class:`RolloutStart`) and a
 batch of action sequences, and gets back what the simulator predicts would be seen
 (:class:`RolloutResult`). The same planner therefore runs against the ground-truth simulator (the
-oracle, :class:`envs.rollout.OracleRollout`, which renders the true frames) and against the learned
-world model, and can be checked against the truth first.
+oracle, :class:`envs.oracle.OracleRollout`, which renders the true frames) and against the learned
+world model (:class:`worldsim.learned_rollout.WorldModelRollout`), and can be checked against the
+truth first. The protocol lives here, in ``worldsim``, so that ``envs`` and ``planners`` both stand
+on it without importing each other.
 
 Actions (see :mod:`worldsim.geometry`) come in two kinds, told apart by shape and dtype:
 
@@ -21,13 +23,14 @@ float32 metres (0 = no hit), poses (4, 4) ``cam_to_world`` in the y-up world fra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from worldsim.geometry import NUM_ACTIONS, check_rigid
+from worldsim.memory import Memory
 
 ActionKind = Literal["discrete", "waypoint"]
 ACTION_KINDS = ("discrete", "waypoint")
@@ -44,18 +47,33 @@ def _check_frames(name: str, frames: Tensor, channels: int) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _select_memory(memory: Any, index: Tensor) -> Any:
-    """Rows ``index`` of an opaque memory: ``None``, a tensor, or an object with ``select``."""
+_Checked = TypeVar("_Checked", "RolloutStart", "RolloutResult")
+
+
+def _derived(cls: type[_Checked], **values: Any) -> _Checked:
+    """An instance built from parts of checked ones, without checking it again.
+
+    ``select``, ``repeat`` and ``advance`` only index and concatenate validated tensors, so
+    re-validating (several device-to-host syncs) in CEM's inner loop would be wasted work.
+    """
+    instance = object.__new__(cls)
+    for field in fields(cls):
+        object.__setattr__(instance, field.name, values[field.name])
+    return instance
+
+
+def _check_memory(memory: Memory | None, batch: int) -> None:
     if memory is None:
-        return None
-    if isinstance(memory, Tensor):
-        return memory[index.to(memory.device)]
-    if hasattr(memory, "select"):
-        return memory.select(index)
-    raise TypeError(
-        f"cannot select rows of a memory of type {type(memory).__name__}: give the memory a "
-        "select(index) method that returns the memory of those rows"
-    )
+        return
+    if not isinstance(memory, Memory):
+        raise TypeError(
+            f"memory must be a worldsim.memory.Memory or None, got {type(memory).__name__}"
+        )
+    if memory.batch_size != batch:
+        raise ValueError(
+            f"memory holds {memory.batch_size} rows but the start has {batch}; build starts "
+            "with RolloutStart.select / repeat, which select the memory's rows too"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,8 +91,8 @@ class RolloutStart:
         agent_state: (B, 4) float64 exact ground-truth agent state ``(x, y, z, yaw)``: floor
             position in metres and heading in radians, or ``None`` (then the oracle derives it
             from the last camera pose).
-        memory: a world model's memory state of each row, opaque to planners (``None``, a
-            tensor with a leading B, or an object with ``select(index)``).
+        memory: a world model's memory of the B rows (:class:`~worldsim.memory.Memory` reset to
+            B rows), opaque to planners, or ``None``.
 
     Raises:
         ValueError: for mismatched shapes or batch sizes, NaN, values out of range, or
@@ -87,7 +105,7 @@ class RolloutStart:
     intrinsics: Tensor
     scene: tuple[str, ...] | None = None
     agent_state: Tensor | None = None
-    memory: Any = None
+    memory: Memory | None = None
 
     def __post_init__(self) -> None:
         _check_frames("rgb", self.rgb, 3)
@@ -134,6 +152,7 @@ class RolloutStart:
                 )
             if not torch.isfinite(self.agent_state).all():
                 raise ValueError("agent_state contains NaN or infinite values")
+        _check_memory(self.memory, batch)
 
     @property
     def batch_size(self) -> int:
@@ -168,14 +187,15 @@ class RolloutStart:
                 f"row indices must lie in [0, {self.batch_size}), got {index.tolist()}"
             )
         device_index = index.to(self.rgb.device)
-        return RolloutStart(
+        return _derived(
+            RolloutStart,
             rgb=self.rgb[device_index],
             depth=self.depth[device_index],
             cam_to_world=self.cam_to_world[device_index],
             intrinsics=self.intrinsics[device_index],
             scene=None if self.scene is None else tuple(self.scene[i] for i in index.tolist()),
             agent_state=None if self.agent_state is None else self.agent_state[index],
-            memory=_select_memory(self.memory, index),
+            memory=None if self.memory is None else self.memory.select(index),
         )
 
     def repeat(self, count: int) -> RolloutStart:
@@ -218,11 +238,13 @@ class RolloutStart:
         poses = torch.cat([self.cam_to_world, result.cam_to_world.to(self.cam_to_world)], dim=1)
         agent_state = None if result.agent_state is None else result.agent_state[:, -1]
         memory = self.memory if result.memory is None else result.memory
-        return replace(
-            self,
+        return _derived(
+            RolloutStart,
             rgb=rgb,
             depth=depth,
             cam_to_world=poses[:, -frames:],
+            intrinsics=self.intrinsics,
+            scene=self.scene,
             agent_state=agent_state,
             memory=memory,
         )
@@ -244,7 +266,7 @@ class RolloutResult:
             the simulator cannot know (a learned world model).
         agent_state: (B, L, 4) float64 ground-truth ``(x, y, z, yaw)`` after each step, or
             ``None``.
-        memory: the simulator's memory after the rollout, opaque, or ``None``.
+        memory: the simulator's memory after the rollout (B rows), or ``None``.
     """
 
     rgb: Tensor
@@ -252,7 +274,7 @@ class RolloutResult:
     cam_to_world: Tensor
     collided: Tensor | None = None
     agent_state: Tensor | None = None
-    memory: Any = None
+    memory: Memory | None = None
 
     def __post_init__(self) -> None:
         _check_frames("rgb", self.rgb, 3)
@@ -282,6 +304,7 @@ class RolloutResult:
                 f"agent_state must have shape {(batch, horizon, 4)}, "
                 f"got {tuple(self.agent_state.shape)}"
             )
+        _check_memory(self.memory, batch)
 
     @property
     def batch_size(self) -> int:

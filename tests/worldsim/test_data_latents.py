@@ -18,8 +18,8 @@ from worldsim.data import (
     write_plan,
     write_shard,
 )
+from worldsim.data.latents import LatentCache
 from worldsim.geometry import action_to_relative_pose, intrinsics_from_hfov, pose_from_position_yaw
-from worldsim.latents import LatentCache
 from worldsim.training import diffusion_loss
 
 SIZE = 32  # the tiny model's frame size

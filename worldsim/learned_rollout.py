@@ -1,25 +1,21 @@
 """The learned rollout: the world model behind the planners' rollout protocol.
 
-:class:`WorldModelRollout` implements :class:`planners.rollout.RolloutModel` with a
+:class:`WorldModelRollout` implements :class:`~worldsim.rollout.RolloutModel` with a
 :class:`~worldsim.world_model.WorldModel` and a :class:`~worldsim.memory.Memory`, so every planner
-that runs against the ground-truth oracle (:class:`envs.rollout.OracleRollout`) runs unchanged
+that runs against the ground-truth oracle (:class:`envs.oracle.OracleRollout`) runs unchanged
 against the learned simulator.
 
 Chunks
     The model generates ``n_future`` frames per call, one per action (paper Algorithm 1a). A
     sequence of ``L`` actions is cut into ``ceil(L / n_future)`` chunks; the last chunk is padded
     with ``stop`` (no motion) and the padded frames are discarded: they are neither returned nor
-    written into the memory. Each chunk is conditioned on the last ``n_context`` frames (start
-    frames, then generated ones) and on the memory's tokens for the chunk's cameras; its generated
-    RGB-D is unprojected into the memory before the next chunk. The chunk loop is
-    :func:`worldsim.sampling.rollout`, given the padded relative step poses and a mask of the
-    frames that go into the memory.
+    written into the memory. The chunk loop is :func:`worldsim.sampling.rollout`.
 
 Actions
-    Discrete ids become relative camera poses through
-    :func:`worldsim.geometry.action_to_relative_pose` (with the model's step sizes) and waypoints
-    through :func:`worldsim.geometry.waypoint_to_relative_pose`. Motion is free-space: a learned
-    world knows no collisions (``RolloutResult.collided`` is ``None``).
+    Discrete ids become relative camera poses with the model's step sizes and waypoints through
+    :func:`worldsim.geometry.waypoint_to_relative_pose` (:func:`worldsim.sampling.step_poses`).
+    Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
+    ``None``).
 
 Batching and randomness
     All rows of a chunk go through one model call, ``batch_size`` rows at a time. Each row gets
@@ -37,18 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from planners.rollout import RolloutResult, RolloutStart, check_rollout_request
 from worldsim.memory import Memory
-from worldsim.sampling import chain_poses, generate_chunk, rollout, step_poses
-
-__all__ = [
-    "WorldModelRollout",
-    "chain_poses",
-    "check_memory_fits",
-    "generate_chunk",
-    "row_generators",
-    "step_poses",
-]
+from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
+from worldsim.sampling import check_memory_fits, insert_frames, rollout, step_poses
 
 if TYPE_CHECKING:
     from worldsim.world_model import WorldModel
@@ -81,42 +68,6 @@ def row_generators(
         rng = generator if generator is not None else np.random.default_rng()
         seeds = rng.integers(0, _SEED_HIGH, size=count).tolist()
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-
-
-def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
-    """Raise unless ``memory`` can condition ``model``.
-
-    Args:
-        model: the world model.
-        memory: a memory, or ``None`` (always fits).
-
-    Raises:
-        TypeError: for an object that is not a :class:`~worldsim.memory.Memory`.
-        ValueError: for a model without memory branch, an RGB-only model, or a token width that
-            differs from the model's ``memory_token_dim``.
-    """
-    if memory is None:
-        return
-    if not isinstance(memory, Memory):
-        raise TypeError(
-            f"memory must be a worldsim.memory.Memory or None, got {type(memory).__name__}"
-        )
-    if not model.transformer.has_memory:
-        raise ValueError(
-            "this world model has no memory branch (memory_token_dim=0): use no memory"
-        )
-    if not model.config.use_depth:
-        raise ValueError(
-            "an RGB-only world model (use_depth=False) generates no depth to unproject into a "
-            "memory: use no memory"
-        )
-    expected = model.transformer.config.memory_token_dim
-    if memory.token_dim != expected:
-        raise ValueError(
-            f"the memory gives tokens of width {memory.token_dim} but the world model expects "
-            f"memory_token_dim={expected}: use the memory (name, encoder, position encoding) the "
-            "model was trained with"
-        )
 
 
 class WorldModelRollout:
@@ -241,24 +192,18 @@ class WorldModelRollout:
         rows = start.batch_size
         if start.memory is not None:
             check_memory_fits(self.model, start.memory)
-            held = start.memory.batch_size
-            if held != rows:
-                raise ValueError(
-                    f"start.memory holds {held} rows but the start has {rows}; build starts with "
-                    "RolloutStart.select / repeat, which select the memory's rows too"
-                )
             memory = start.memory.select(torch.arange(rows))
         elif self.memory is not None:
             self.memory.reset(1, self.model.device)
             if self.insert_start_frames and _rows_alike(start):
                 # One start repeated for K candidates (planners): its frames go in once.
-                _insert_start_frames(self.memory, start.select([0]))
+                _insert_start(self.memory, start.select([0]))
                 return self.memory.select(torch.zeros(rows, dtype=torch.int64))
             memory = self.memory.select(torch.zeros(rows, dtype=torch.int64))
         else:
             return None
         if self.insert_start_frames:
-            _insert_start_frames(memory, start)
+            _insert_start(memory, start)
         return memory
 
 
@@ -270,20 +215,14 @@ def _rows_alike(start: RolloutStart) -> bool:
     )
 
 
-def _insert_start_frames(memory: Memory, start: RolloutStart) -> None:
-    """Write a start's frames into a memory of as many rows."""
-    rows, frames = start.batch_size, start.num_frames
-    memory.update(
-        start.rgb.to(memory.device),
-        start.depth.to(memory.device),
-        start.intrinsics[:, None].expand(rows, frames, 3, 3).to(memory.device),
-        start.cam_to_world.to(memory.device),
-    )
-
-
 def _context(frames: Tensor, count: int) -> Tensor:
     """The last ``count`` of (B, T, ...) frames or poses, the oldest repeated if there are fewer."""
     if frames.shape[1] < count:
         repeats = frames[:, :1].expand(-1, count - frames.shape[1], *frames.shape[2:])
         frames = torch.cat([repeats, frames], dim=1)
     return frames[:, -count:].float()
+
+
+def _insert_start(memory: Memory, start: RolloutStart) -> None:
+    """Write a start's frames into a memory of as many rows."""
+    insert_frames(memory, start.rgb, start.depth, start.intrinsics, start.cam_to_world)

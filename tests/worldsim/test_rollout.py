@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from planners.rollout import (
+from worldsim.memory import build_memory
+from worldsim.rollout import (
     RolloutResult,
     RolloutStart,
     action_kind,
@@ -41,14 +42,36 @@ def _result(batch, steps, size=8, offset=100.0):
     )
 
 
+def _two_row_memory():
+    """A memory whose row 0 holds one frame and row 1 nothing."""
+    memory = build_memory("feature_map", encoder="pooled_color", voxel_size=0.5)
+    memory.reset(2)
+    size = 8
+    memory.update(
+        torch.full((2, 1, 3, size, size), 0.5),
+        torch.full((2, 1, 1, size, size), 2.0),
+        torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]]).expand(2, 1, 3, 3),
+        torch.eye(4).expand(2, 1, 4, 4),
+        valid=torch.tensor([[True], [False]]),
+    )
+    return memory
+
+
+def _rows_with_tokens(memory):
+    targets = torch.eye(4).expand(memory.batch_size, 1, 4, 4)
+    k = torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]]).expand(memory.batch_size, 1, 3, 3)
+    _, mask = memory.tokens(targets, k, (8, 8))
+    return mask.any(dim=1).tolist()
+
+
 def test_select_and_repeat_take_whole_rows():
-    start = _start(memory=torch.tensor([[10.0], [20.0]]))
+    start = _start(memory=_two_row_memory())
     picked = start.select([1, 1, 0])
     assert picked.batch_size == 3
     assert torch.equal(picked.rgb[0], start.rgb[1]) and torch.equal(picked.rgb[2], start.rgb[0])
     assert picked.scene == ("scene-1", "scene-1", "scene-0")
     assert torch.equal(picked.agent_state[:, 0], torch.tensor([4.0, 4.0, 0.0], dtype=torch.float64))
-    assert picked.memory[:, 0].tolist() == [20.0, 20.0, 10.0]
+    assert _rows_with_tokens(picked.memory) == [False, False, True]
     repeated = start.repeat(2)
     assert repeated.scene == ("scene-0", "scene-0", "scene-1", "scene-1")
     assert torch.equal(repeated.cam_to_world[1], start.cam_to_world[0])
@@ -56,18 +79,11 @@ def test_select_and_repeat_take_whole_rows():
         start.select([2])
 
 
-def test_select_memory_objects_use_their_select_method():
-    @dataclass
-    class RowMemory:
-        rows: list
-
-        def select(self, index):
-            return RowMemory([self.rows[i] for i in index.tolist()])
-
-    start = _start(memory=RowMemory(["a", "b"]))
-    assert start.select([1, 0, 1]).memory.rows == ["b", "a", "b"]
-    with pytest.raises(TypeError, match="select"):
-        _start(memory=object()).select([0])
+def test_start_memory_is_a_memory_of_as_many_rows():
+    with pytest.raises(TypeError, match=r"worldsim\.memory\.Memory"):
+        _start(memory=torch.tensor([[10.0], [20.0]]))
+    with pytest.raises(ValueError, match="memory holds 2 rows but the start has 3"):
+        _start(batch=3, memory=_two_row_memory())
 
 
 def test_advance_keeps_the_last_frames():

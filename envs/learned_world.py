@@ -1,0 +1,429 @@
+"""The learned simulator's state, shared by ``PersistentWorld-v0`` and its vector env.
+
+:class:`LearnedWorld` holds the world model, the memory prototype and the ground-truth env that
+renders scene starts; an :class:`Episode` is one row's state (context frames, memory, goal).
+Both envs run the same code on their rows: :meth:`LearnedWorld.step` advances any set of
+episodes with one call of :func:`worldsim.sampling.generate_next_chunk`, the chunk stepper that
+every learned rollout uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from envs.indoor_nav import IndoorNavEnv
+from envs.simulator import SimulatorConfig
+from worldsim.checkpoints import load_world_model, resolve_memory
+from worldsim.data import frames_to_tensors
+from worldsim.geometry import (
+    Action,
+    check_rigid,
+    pose_from_position_yaw,
+    position_yaw_from_pose,
+)
+from worldsim.learned_rollout import row_generators
+from worldsim.memory import Memory
+from worldsim.memory.base import check_intrinsics
+from worldsim.rollout import RolloutStart
+from worldsim.sampling import generate_next_chunk, insert_frames, step_poses
+from worldsim.world_model import WorldModel
+
+RESET_OPTIONS = ("scene", "start", "goal", "frames")
+"""Keys ``reset(options=...)`` accepts."""
+FRAME_KEYS = ("rgb", "depth", "pose", "intrinsics")
+"""Keys of few-shot ``frames``."""
+_GROUND_TRUTH_SEED_HIGH = 2**31 - 1
+"""Seeds of the ground-truth start sampler are drawn from ``[0, 2**31 - 1)``."""
+
+
+@dataclass
+class Episode:
+    """State of one episode of the learned simulator (one row of a batch).
+
+    Attributes:
+        rng: the row's numpy random source (derives the noise generator at each reset).
+        generator: the row's noise generator (CPU), seeded at reset.
+        context_rgb: (n_context, 3, H, W) float32 last frames in [0, 1], oldest first.
+        context_depth: (n_context, 1, H, W) float32 metres.
+        context_pose: (n_context, 4, 4) float64 ``cam_to_world`` of those frames.
+        intrinsics: (3, 3) float32 ``K`` in pixels.
+        memory: the row's memory (one row), or ``None``.
+        goal: (3,) float64 goal floor position, NaN without a goal.
+        distance: Euclidean distance from the integrated position to the goal, metres (NaN).
+        scene: ground-truth scene id of a scene start, ``None`` for few-shot frames.
+        observation: the last observation returned.
+        options: the options of the last explicit reset (reused by autoresets).
+        steps: steps taken in this episode.
+        done: the episode has ended (terminated or truncated).
+    """
+
+    rng: np.random.Generator
+    generator: torch.Generator
+    context_rgb: Tensor
+    context_depth: Tensor
+    context_pose: Tensor
+    intrinsics: Tensor
+    memory: Memory | None
+    goal: np.ndarray
+    distance: float
+    scene: str | None
+    observation: dict[str, np.ndarray]
+    options: dict[str, Any] | None
+    steps: int = 0
+    done: bool = False
+
+    @property
+    def pose(self) -> Tensor:
+        """(4, 4) float64 current ``cam_to_world``."""
+        return self.context_pose[-1]
+
+
+class LearnedWorld:
+    """What the single and the vector env share: the model, the memory and the ground truth.
+
+    Args:
+        checkpoint, memory, device, num_sampling_steps, width, height: see
+            :class:`PersistentWorldEnv`.
+        ground_truth: keyword arguments of the ground-truth :class:`IndoorNavEnv` that renders
+            scene starts (its sensor comes from the model).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | WorldModel | None,
+        memory: str | dict[str, Any] | Memory | None,
+        device: str | torch.device | None,
+        num_sampling_steps: int | None,
+        width: int | None,
+        height: int | None,
+        sensor_height: float,
+        success_distance: float,
+        ground_truth: dict[str, Any],
+    ) -> None:
+        if num_sampling_steps is not None and num_sampling_steps < 1:
+            raise ValueError(f"num_sampling_steps must be >= 1 or None, got {num_sampling_steps}")
+        if not success_distance > 0:
+            raise ValueError(f"success_distance must be > 0 metres, got {success_distance}")
+        ground_truth = dict(ground_truth)
+        self.model, folder = load_world_model(checkpoint, device)
+        config = self.model.config
+        limit = config.num_train_timesteps
+        if num_sampling_steps is not None and num_sampling_steps > limit:
+            raise ValueError(
+                f"num_sampling_steps must be in [1, {limit}] (the model's training steps), got "
+                f"{num_sampling_steps}"
+            )
+        for name, requested in (("width", width), ("height", height)):
+            if requested is not None and requested != getattr(config, name):
+                raise ValueError(
+                    f"{name}={requested} was requested but the checkpoint generates frames of "
+                    f"{config.width}x{config.height} pixels (width x height); leave {name} unset "
+                    "or use a checkpoint trained at that size"
+                )
+        self.memory = resolve_memory(memory, self.model, folder)
+        self.num_sampling_steps = num_sampling_steps
+        self.success_distance = success_distance
+        self.sensor_height = sensor_height
+        self.config = SimulatorConfig(
+            width=config.width,
+            height=config.height,
+            hfov_deg=config.hfov_deg,
+            max_depth=config.max_depth_m,
+            sensor_height=sensor_height,
+            forward_step_m=config.forward_step_m,
+            turn_step_deg=config.turn_step_deg,
+            agent_radius=ground_truth.pop("agent_radius"),
+            agent_height=ground_truth.pop("agent_height"),
+        )
+        self._ground_truth_settings = ground_truth
+        self._ground_truth: IndoorNavEnv | None = None
+
+    @property
+    def ground_truth(self) -> IndoorNavEnv:
+        """The ground-truth env that renders scene starts (created on first use)."""
+        if self._ground_truth is None:
+            config = self.config
+            self._ground_truth = IndoorNavEnv(
+                width=config.width,
+                height=config.height,
+                hfov_deg=config.hfov_deg,
+                max_depth=config.max_depth,
+                sensor_height=config.sensor_height,
+                forward_step_m=config.forward_step_m,
+                turn_step_deg=config.turn_step_deg,
+                agent_radius=config.agent_radius,
+                agent_height=config.agent_height,
+                success_distance=self.success_distance,
+                **self._ground_truth_settings,
+            )
+        return self._ground_truth
+
+    # ----------------------------------------------------------------------------- reset
+
+    def reset(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Episode:
+        """Start an episode from a scene or from few-shot frames (see the env docstring)."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown reset options {unknown}: allowed are {list(RESET_OPTIONS)} "
+                "('frames' for few-shot frames, or 'scene' / 'start' for a ground-truth start)"
+            )
+        # Both seeds are drawn whatever the start, so a row's stream does not depend on it.
+        ground_truth_seed = int(rng.integers(_GROUND_TRUTH_SEED_HIGH))
+        generator = row_generators(1, rng)[0]
+        if "frames" in options:
+            clash = sorted({"scene", "start"} & set(options))
+            if clash:
+                raise ValueError(
+                    f"reset options {clash} cannot be combined with 'frames': start either from "
+                    "few-shot frames or from a ground-truth scene"
+                )
+            frames, observation = self._few_shot_frames(options["frames"])
+            goal, scene = _goal(options.get("goal")), None
+        else:
+            gt_options = {key: options[key] for key in ("scene", "start", "goal") if key in options}
+            observation, info = self.ground_truth.reset(seed=ground_truth_seed, options=gt_options)
+            position = torch.as_tensor(info["position"], dtype=torch.float64)
+            pose = pose_from_position_yaw(
+                position, torch.tensor(info["yaw"], dtype=torch.float64), self.sensor_height
+            )
+            frames = frames_to_tensors(
+                {
+                    "rgb": observation["rgb"][None],
+                    "depth": observation["depth"][None],
+                    "cam_to_world": observation["pose"][None],
+                    "intrinsics": info["intrinsics"][None],
+                }
+            )
+            frames["cam_to_world"] = pose[None]  # exact, float64
+            goal, scene = np.asarray(info["goal"], dtype=np.float64), info["scene"]
+            observation = {key: value.copy() for key, value in observation.items()}
+        memory = None
+        if self.memory is not None:
+            memory = self.memory.select(torch.zeros(1, dtype=torch.int64))
+            insert_frames(
+                memory,
+                frames["rgb"][None],
+                frames["depth"][None],
+                frames["intrinsics"][None],
+                frames["cam_to_world"][None],
+            )
+        context = self.model.config.n_context
+        episode = Episode(
+            rng=rng,
+            generator=generator,
+            context_rgb=_last(frames["rgb"], context),
+            context_depth=_last(frames["depth"], context),
+            context_pose=_last(frames["cam_to_world"].double(), context),
+            intrinsics=frames["intrinsics"][-1].float(),
+            memory=memory,
+            goal=goal,
+            distance=math.nan,
+            scene=scene,
+            observation=observation,
+            options=options,
+        )
+        episode.distance = self._distance(episode, episode.pose)
+        return episode
+
+    def _few_shot_frames(self, frames: Any) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
+        """Validate few-shot frames; return them as tensors and the last one as observation."""
+        if not isinstance(frames, dict):
+            raise ValueError(
+                f"options['frames'] must be a dict with keys {list(FRAME_KEYS)}, got "
+                f"{type(frames).__name__}"
+            )
+        unknown = sorted(set(frames) - set(FRAME_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown keys {unknown} in options['frames']: allowed are {list(FRAME_KEYS)}"
+            )
+        if frames.get("pose") is None:
+            raise ValueError(
+                "few-shot frames need their camera poses: options['frames']['pose'] as (T, 4, 4) "
+                "cam_to_world matrices (world y up, OpenCV camera axes)"
+            )
+        if frames.get("rgb") is None:
+            raise ValueError("few-shot frames need options['frames']['rgb'], (T, H, W, 3) uint8")
+        height, width = self.config.height, self.config.width
+        rgb = np.asarray(frames["rgb"])
+        if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[0] < 1 or rgb.shape[3] != 3:
+            raise ValueError(
+                f"frames['rgb'] must be (T, H, W, 3) uint8 with T >= 1, got {rgb.dtype} {rgb.shape}"
+            )
+        count = rgb.shape[0]
+        if rgb.shape[1:3] != (height, width):
+            raise ValueError(
+                f"frames['rgb'] are {rgb.shape[2]}x{rgb.shape[1]} pixels (W x H) but the world "
+                f"model works at {width}x{height}; resize the frames (and scale the intrinsics)"
+            )
+        needs_depth = self.model.config.use_depth or self.memory is not None
+        depth = frames.get("depth")
+        if depth is None:
+            if needs_depth:
+                raise ValueError(
+                    f"few-shot frames need frames['depth'], ({count}, {height}, {width}, 1) "
+                    "float32 metres: the model is RGB-D or the memory unprojects depth"
+                )
+            depth = np.zeros((count, height, width, 1), dtype=np.float32)
+        depth = np.asarray(depth)
+        if depth.shape != (count, height, width, 1) or not np.issubdtype(depth.dtype, np.floating):
+            raise ValueError(
+                f"frames['depth'] must be float ({count}, {height}, {width}, 1) metres to match "
+                f"frames['rgb'] {rgb.shape}, got {depth.dtype} {depth.shape}"
+            )
+        max_depth = self.config.max_depth
+        if not np.isfinite(depth).all() or depth.min() < 0 or depth.max() > max_depth:
+            raise ValueError(
+                f"frames['depth'] must be finite metres in [0, {max_depth}] (0 = no hit), got "
+                f"[{np.nanmin(depth):.4g}, {np.nanmax(depth):.4g}]"
+            )
+        pose = np.asarray(frames["pose"], dtype=np.float64)
+        if pose.shape != (count, 4, 4):
+            raise ValueError(
+                f"frames['pose'] must be ({count}, 4, 4) cam_to_world, one per frame, got "
+                f"{pose.shape}"
+            )
+        pose_tensor = torch.from_numpy(pose)
+        check_rigid(pose_tensor, "frames['pose']")
+        intrinsics = frames.get("intrinsics")
+        intrinsics = self.config.intrinsics if intrinsics is None else np.asarray(intrinsics)
+        if intrinsics.shape != (3, 3):
+            raise ValueError(f"frames['intrinsics'] must be (3, 3) K, got {intrinsics.shape}")
+        check_intrinsics(torch.as_tensor(intrinsics, dtype=torch.float64), "frames['intrinsics']")
+        tensors = frames_to_tensors(
+            {
+                "rgb": rgb,
+                "depth": depth.astype(np.float32),
+                "cam_to_world": pose,
+                "intrinsics": np.repeat(np.asarray(intrinsics, np.float32)[None], count, axis=0),
+            }
+        )
+        tensors["cam_to_world"] = pose_tensor
+        observation = {
+            "rgb": rgb[-1].copy(),
+            "depth": depth[-1].astype(np.float32),
+            "pose": pose[-1].astype(np.float32),
+        }
+        return tensors, observation
+
+    # ----------------------------------------------------------------------------- step
+
+    def step(
+        self, episodes: list[Episode], actions: list[int], batch_size: int | None = None
+    ) -> list[tuple[float, bool]]:
+        """Advance every episode by its action; moving rows share one model call.
+
+        Args:
+            episodes: the rows to step (not done).
+            actions: one checked action id per row.
+            batch_size: most rows per model call; ``None`` = all moving rows in one call.
+
+        Returns:
+            ``(reward, terminated)`` per row; each episode's observation and state are updated.
+        """
+        model = self.model
+        n_future = model.config.n_future
+        moving = [i for i, action in enumerate(actions) if action != Action.STOP]
+        if moving:
+            rows = [episodes[i] for i in moving]
+            chunk = torch.zeros(len(rows), n_future, dtype=torch.int64)  # padded with stop
+            chunk[:, 0] = torch.tensor([actions[i] for i in moving])
+            keep = torch.zeros(len(rows), n_future, dtype=torch.bool)
+            keep[:, 0] = True  # the step's frame is the chunk's first; the padding is discarded
+            memories = None if self.memory is None else [episode.memory for episode in rows]
+            new = generate_next_chunk(
+                model,
+                torch.stack([episode.context_rgb for episode in rows]),
+                torch.stack([episode.context_depth for episode in rows]),
+                torch.stack([episode.pose for episode in rows]),  # (B, 4, 4) f64
+                step_poses(chunk, model),
+                torch.stack([episode.intrinsics for episode in rows]),  # (B, 3, 3)
+                memories,
+                [episode.generator for episode in rows],
+                self.num_sampling_steps,
+                memory_frames=keep,
+                batch_size=batch_size,
+            )
+            rgb = new.rgb[:, 0].cpu()  # (B, 3, H, W)
+            depth = torch.zeros_like(rgb[:, :1]) if new.depth is None else new.depth[:, 0].cpu()
+            for row, episode in enumerate(rows):
+                self._advance(episode, rgb[row], depth[row], new.cam_to_world[row, 0].cpu())
+        results = []
+        for episode, action in zip(episodes, actions, strict=True):
+            episode.steps += 1
+            before = episode.distance
+            episode.distance = self._distance(episode, episode.pose)
+            reward = 0.0 if math.isnan(before) else float(before - episode.distance)
+            results.append((reward, action == Action.STOP))
+        return results
+
+    def _advance(self, episode: Episode, rgb: Tensor, depth: Tensor, pose: Tensor) -> None:
+        """Append a generated frame (already in the memory) to the episode's context."""
+        episode.context_rgb = torch.cat([episode.context_rgb[1:], rgb[None]])
+        episode.context_depth = torch.cat([episode.context_depth[1:], depth[None]])
+        episode.context_pose = torch.cat([episode.context_pose[1:], pose[None]])
+        colour = (rgb * 255.0).round().to(torch.uint8)  # the decoder clips RGB to [0, 1]
+        episode.observation = {
+            "rgb": rearrange(colour, "c h w -> h w c").numpy(),
+            "depth": rearrange(depth, "c h w -> h w c").numpy().astype(np.float32),
+            "pose": pose.numpy().astype(np.float32),
+        }
+
+    def _distance(self, episode: Episode, pose: Tensor) -> float:
+        position, _ = position_yaw_from_pose(pose, self.sensor_height)
+        return float(np.linalg.norm(position.numpy() - episode.goal))
+
+    def info(self, episode: Episode, terminated: bool = False) -> dict[str, Any]:
+        """The info dict of an episode's current state (see the env docstring)."""
+        position, yaw = position_yaw_from_pose(episode.pose, self.sensor_height)
+        success = terminated and episode.distance <= self.success_distance
+        return {
+            "intrinsics": episode.intrinsics.numpy().copy(),
+            "position": position.numpy(),
+            "yaw": float(yaw),
+            "goal": episode.goal.copy(),
+            "distance_to_goal": float(episode.distance),
+            "success": bool(success),
+            "scene": episode.scene,
+        }
+
+    def rollout_start(self, episode: Episode) -> RolloutStart:
+        """An episode's current state as a one-row planner start (its memory copied)."""
+        memory = None
+        if episode.memory is not None:
+            memory = episode.memory.select(torch.zeros(1, dtype=torch.int64))
+        return RolloutStart(
+            rgb=episode.context_rgb[None],
+            depth=episode.context_depth[None],
+            cam_to_world=episode.context_pose[None].float(),
+            intrinsics=episode.intrinsics[None],
+            scene=None if episode.scene is None else (episode.scene,),
+            memory=memory,
+        )
+
+
+def _last(frames: Tensor, count: int) -> Tensor:
+    """The last ``count`` of (T, ...) frames, the oldest repeated if there are fewer."""
+    if frames.shape[0] < count:
+        frames = torch.cat([frames[:1].expand(count - frames.shape[0], *frames.shape[1:]), frames])
+    return frames[-count:].clone()
+
+
+def _goal(goal: Any) -> np.ndarray:
+    """A (3,) goal floor position, or NaN for none."""
+    if goal is None:
+        return np.full(3, np.nan)
+    goal = np.asarray(goal, dtype=np.float64)
+    if goal.shape != (3,) or not np.isfinite(goal).all():
+        raise ValueError(f"goal must be a finite floor position (x, y, z) in metres, got {goal!r}")
+    return goal

@@ -1,0 +1,194 @@
+"""Loading the world model and the memory it reads: checkpoint folders, memory.json, smoke models.
+
+A checkpoint folder is what ``WorldModel.save_pretrained`` writes (``config.json`` and the
+weights as safetensors), optionally with a ``memory.json`` beside them: the keyword arguments of
+:func:`worldsim.memory.build_memory` (``{"name": "feature_map", "encoder": "vgg16", ...}``)
+describing the memory the model was trained with, which is then the default memory.
+:data:`TINY_UNTRAINED` names an untrained tiny model with a cheap memory for smoke tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldsim.learned_rollout import WorldModelRollout
+from worldsim.memory import Memory, build_memory
+from worldsim.sampling import check_memory_fits
+from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+
+
+def load_world_model(
+    checkpoint: str | Path | WorldModel | None, device: str | torch.device | None = None
+) -> tuple[WorldModel, Path | None]:
+    """The world model of an environment, in eval mode.
+
+    Args:
+        checkpoint: a folder written by ``WorldModel.save_pretrained``, a ready model (used as
+            is), or ``None`` for the shipped default checkpoint.
+        device: where to put the model; ``None`` keeps it where it is (the CPU when loaded).
+
+    Returns:
+        ``(model, folder)``: the model and the folder it came from (``None`` for a ready model).
+
+    Raises:
+        FileNotFoundError: if the folder (or the default checkpoint) does not exist.
+    """
+    if isinstance(checkpoint, WorldModel):
+        model, folder = checkpoint, None
+    else:
+        folder = DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
+        try:
+            model = WorldModel.from_pretrained(checkpoint)
+        except FileNotFoundError as error:
+            if checkpoint is not None:
+                raise
+            raise FileNotFoundError(
+                "PersistentWorld-v0 without a checkpoint loads the shipped default world model "
+                f"from {str(folder)!r}, which is not installed yet: train one with "
+                "examples/train_world_model.py and pass gym.make('PersistentWorld-v0', "
+                "checkpoint=FOLDER)"
+            ) from error
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), folder
+
+
+TINY_UNTRAINED = "tiny-untrained"
+"""Checkpoint name of an untrained tiny world model with a cheap memory, for smoke tests."""
+TINY_UNTRAINED_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxel_size": 0.25}
+"""The memory of :data:`TINY_UNTRAINED`."""
+
+
+def load_learned_simulator(
+    checkpoint: str | Path | None,
+    device: str | torch.device | None = None,
+    memory: str | dict[str, Any] | Memory | None = None,
+    turn_step_deg: float | None = None,
+) -> tuple[WorldModel, Memory | None]:
+    """A world model and the memory it reads, for planners and examples.
+
+    Args:
+        checkpoint: a ``WorldModel.save_pretrained`` folder, or :data:`TINY_UNTRAINED` for an
+            untrained tiny model (32x32 frames) with :data:`TINY_UNTRAINED_MEMORY`.
+        device: where to put the model.
+        memory: as :func:`resolve_memory` (``None``: the checkpoint's ``memory.json``).
+        turn_step_deg: the turn step the caller acts with; a checkpoint turning by another angle
+            is refused, and the tiny model is built with it. ``None`` accepts the model's own.
+
+    Returns:
+        ``(model, memory)`` with the model in eval mode.
+
+    Raises:
+        ValueError: a checkpoint whose turn step differs from ``turn_step_deg``.
+    """
+    if str(checkpoint) == TINY_UNTRAINED:
+        default = memory if isinstance(memory, Memory) else build_memory(**TINY_UNTRAINED_MEMORY)
+        turn = {} if turn_step_deg is None else {"turn_step_deg": turn_step_deg}
+        model = WorldModel.from_config_name("tiny", memory_token_dim=default.token_dim, **turn)
+        model = model.to(device).eval() if device is not None else model.eval()
+        return model, resolve_memory(default if memory is None else memory, model)
+    model, folder = load_world_model(checkpoint, device)
+    if turn_step_deg is not None and model.action_spec.turn_step_deg != turn_step_deg:
+        raise ValueError(
+            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
+            f"{turn_step_deg} deg was asked for; use the model's turn step"
+        )
+    return model, resolve_memory(memory, model, folder)
+
+
+def learned_planning_rollout(
+    checkpoint: str | Path | None,
+    device: str | torch.device | None = None,
+    memory: str | dict[str, Any] | Memory | None = None,
+    turn_step_deg: float | None = None,
+    num_inference_steps: int | None = None,
+    size: int | None = None,
+) -> WorldModelRollout:
+    """The learned simulator planners imagine in, for square frames of the ground truth.
+
+    Args:
+        checkpoint: as :func:`load_learned_simulator`.
+        device: as :func:`load_learned_simulator`.
+        memory: as :func:`load_learned_simulator`.
+        turn_step_deg: as :func:`load_learned_simulator`.
+        num_inference_steps: denoising steps per chunk; the model's default if ``None``.
+        size: the frame size the caller renders the ground truth at; ``None`` takes the
+            model's own.
+
+    Returns:
+        The world model behind the rollout protocol; ``image_size`` is its frame size.
+
+    Raises:
+        ValueError: for a model with non-square frames, or one whose frames differ from
+            ``size``.
+    """
+    model, memory = load_learned_simulator(checkpoint, device, memory, turn_step_deg)
+    height, width = model.config.height, model.config.width
+    if height != width:
+        raise ValueError(f"square frames expected, the world model's are {height}x{width}")
+    if size not in (None, height):
+        raise ValueError(
+            f"--size {size} differs from the world model's frames ({height}); leave it out"
+        )
+    return WorldModelRollout(model, memory, num_inference_steps=num_inference_steps)
+
+
+def resolve_memory(
+    memory: str | dict[str, Any] | Memory | None, model: WorldModel, folder: Path | None = None
+) -> Memory | None:
+    """The memory prototype of an environment.
+
+    Args:
+        memory: ``None`` for the default (the checkpoint's ``memory.json`` if there is one, else
+            the 3D feature map with its default settings for a model with a memory branch, else
+            no memory); ``"none"`` for no memory (the model runs without map tokens, the "w/o
+            memory" comparison); another name of :func:`worldsim.memory.build_memory`; a dict
+            ``{"name": ..., **fields}``; or a ready :class:`~worldsim.memory.Memory`.
+        model: the world model the memory conditions.
+        folder: the checkpoint folder, searched for ``memory.json``.
+
+    Returns:
+        The memory (reset to one empty row on the model's device) or ``None``.
+
+    Raises:
+        ValueError: for an unknown name or field, a malformed ``memory.json``, or a memory
+            that does not fit the model (:func:`worldsim.sampling.check_memory_fits`).
+        TypeError: for an argument of another type.
+    """
+    if memory is None:
+        spec_file = None if folder is None else folder / MEMORY_FILE
+        if spec_file is not None and spec_file.is_file():
+            try:
+                memory = json.loads(spec_file.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{str(spec_file)!r} is not valid JSON: {error}") from None
+            if not isinstance(memory, dict) or "name" not in memory:
+                raise ValueError(
+                    f"{str(spec_file)!r} must hold a JSON object with a 'name' and the fields of "
+                    f"that memory's config (build_memory arguments), got {memory!r}"
+                )
+        elif model.transformer.has_memory and model.config.use_depth:
+            memory = "feature_map"
+        else:
+            return None
+    if isinstance(memory, str):
+        memory = None if memory == "none" else build_memory(memory)
+    elif isinstance(memory, dict):
+        fields = dict(memory)
+        if "name" not in fields:
+            raise ValueError(f"a memory dict needs a 'name' (a build_memory name), got {memory!r}")
+        name = fields.pop("name")
+        memory = None if name == "none" else build_memory(name, **fields)
+    elif not isinstance(memory, Memory):
+        raise TypeError(
+            "memory must be None, 'none', a build_memory name, a dict {'name': ..., **fields} or "
+            f"a worldsim.memory.Memory, got {type(memory).__name__}"
+        )
+    check_memory_fits(model, memory)
+    if memory is not None:
+        memory.reset(1, model.device)
+    return memory
