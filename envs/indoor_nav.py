@@ -81,9 +81,10 @@ class IndoorNavEnv(gym.Env):
     ``scene`` a scene id (``"house-train-0003"``) or ``.glb`` path, fixed for every episode; when
     ``None`` each reset draws one of the first ``num_scenes`` scenes of ``split``.
     ``width``, ``height``, ``hfov_deg``, ``max_depth``, ``sensor_height``, ``forward_step_m``,
-    ``turn_step_deg``, ``agent_radius``, ``agent_height`` as :class:`SimulatorConfig`;
-    ``success_distance`` (0.2 m), ``min_goal_distance`` (1.0 m), ``backend`` (``"embedded"`` or
-    ``"habitat"``), ``render_mode`` (``None`` or ``"rgb_array"``).
+    ``turn_step_deg``, ``agent_radius``, ``agent_height``, ``up_axis`` (``"z"`` for Habitat's
+    MP3D / HM3D files; ``None`` reads a Habitat stage config beside the file, else y) as
+    :class:`SimulatorConfig`; ``success_distance`` (0.2 m), ``min_goal_distance`` (1.0 m),
+    ``backend`` (``"embedded"`` or ``"habitat"``), ``render_mode`` (``None`` or ``"rgb_array"``).
 
     ## Version History
     * v0: initial version.
@@ -109,6 +110,7 @@ class IndoorNavEnv(gym.Env):
         min_goal_distance: float = 1.0,
         backend: str = "embedded",
         render_mode: str | None = None,
+        up_axis: str | None = None,
     ) -> None:
         from envs.scenes import SPLITS
 
@@ -132,6 +134,7 @@ class IndoorNavEnv(gym.Env):
             turn_step_deg=turn_step_deg,
             agent_radius=agent_radius,
             agent_height=agent_height,
+            up_axis=up_axis,
         )
         self.render_mode = render_mode
         self.observation_space = observation_space(self.config)

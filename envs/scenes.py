@@ -16,8 +16,16 @@ Houses
 
 Frames and units
     World frame of :mod:`worldsim.geometry`: right-handed, y up, metres, floor at ``y = 0``. glTF
-    is y-up in metres as well, so files are written and read without any axis conversion; a user's
-    z-up file must be rotated by the user (``scene.apply_transform``) before use.
+    is y-up in metres as well, so generated houses are written and read without any axis
+    conversion. Habitat's scene files (MP3D, HM3D, its test scenes) are z-up despite glTF: a scene
+    file is rotated to y-up from the up axis that :func:`load_scene` is given (``up_axis="z"``),
+    else from a Habitat stage config beside the file (``<name>.stage_config.json``) or the stage
+    defaults of a ``*.scene_dataset_config.json`` in its folder or the two above it (keys ``"up"``
+    and ``"front"``, as Habitat reads them), else it is taken as y-up. A file taken as y-up whose
+    height (y extent) exceeds 1.5 times its smaller horizontal extent is refused: indoor scenes are
+    wider than tall, and a z-up file read as y-up stands on its side. Basis Universal textures
+    (HM3D's ``.basis.glb``, glTF extension ``KHR_texture_basisu``) are refused rather than drawn
+    untextured.
 
 Geometry
     Only the surfaces seen from inside the house are modelled: the inner faces of the walls (each
@@ -32,6 +40,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import hashlib
+import json
 import os
 import re
 import struct
@@ -56,6 +65,20 @@ CLEARANCE_RADIUS_M = 0.25
 CACHE_ENV_VAR = "PERSISTENT_WORLD_CACHE"
 """Environment variable naming the project's cache root (scenes go to ``<root>/scenes``)."""
 
+UP_AXES = ("y", "z")
+"""Up axes a scene file may be given in (:func:`load_scene`)."""
+_UP_FRONT = {"y": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)), "z": ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0))}
+"""(up, front) of each up axis in the file's frame: glTF's y-up, and Habitat's z-up with front +y
+(as in its MP3D and HM3D dataset configs); they map to world +y and -z."""
+_MAX_HEIGHT_TO_WIDTH = 1.5
+"""A scene taken as y-up may be at most this much taller than its smaller horizontal extent."""
+_DATASET_CONFIG_LEVELS = 3
+"""Folders searched for a ``*.scene_dataset_config.json``: the scene file's and two above it."""
+_UP_AXIS_FIX = (
+    "pass up_axis='z' (IndoorNav(up_axis='z'), SimulatorConfig(up_axis='z') or "
+    "load_scene(path, up_axis='z')) or put a Habitat <name>.stage_config.json with \"up\" beside "
+    "the file; if the scene really is y-up, pass up_axis='y'"
+)
 _SCENE_ID = re.compile(r"^house-(train|val|test)-(\d{4})$")
 _ALLOWED_IDS = f"'house-{{{'|'.join(SPLITS)}}}-NNNN' with NNNN in 0000..{SCENES_PER_SPLIT - 1:04d}"
 _WALL_TEXTURE_PX = 256
@@ -1213,6 +1236,7 @@ def load_glb(path: str | Path) -> trimesh.Scene:
             f"{str(path)!r} is truncated or corrupted: its header declares {declared} bytes "
             f"but the file has {len(data)}; regenerate or re-export it"
         )
+    _refuse_basis_textures(path, data)
     try:
         scene = trimesh.load_scene(trimesh.util.wrap_as_stream(data), file_type="glb")
     except Exception as error:
@@ -1222,23 +1246,139 @@ def load_glb(path: str | Path) -> trimesh.Scene:
     return scene
 
 
-def load_scene(source: str | Path, cache_dir: str | Path | None = None) -> trimesh.Scene:
-    """Load a procedural house by id or any ``.glb`` scene file by path.
+def _refuse_basis_textures(path: Path, data: bytes) -> None:
+    """Refuse a glb whose textures are Basis Universal (KTX2) images, which trimesh cannot read.
+
+    trimesh would load the geometry and drop those textures, so the scene would render untextured
+    without a word; the transcoder on PyPI (``opengl-basisu``) could not be checked against a real
+    file here, so such files are refused.
+    """
+    if len(data) < 20 or data[16:20] != b"JSON":
+        return  # no JSON chunk: trimesh reports the problem
+    (length,) = struct.unpack_from("<I", data, 12)
+    try:
+        header = json.loads(data[20 : 20 + length])
+    except ValueError:
+        return  # trimesh reports the problem
+    extensions = set(header.get("extensionsUsed", [])) | set(header.get("extensionsRequired", []))
+    ktx2 = any(image.get("mimeType") == "image/ktx2" for image in header.get("images", []))
+    if "KHR_texture_basisu" in extensions or ktx2:
+        raise ValueError(
+            f"{str(path)!r} has Basis Universal (KTX2, KHR_texture_basisu) textures, which the "
+            "embedded renderer cannot decode; use the habitat backend, or convert the textures "
+            "to PNG/JPEG (e.g. HM3D's non-basis .glb files, or gltf-transform's ktxdecompress)"
+        )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def habitat_up_front(path: str | Path) -> tuple[np.ndarray, np.ndarray, Path] | None:
+    """The up and front vectors of a scene file from the Habitat configs beside it, if any.
+
+    Looked up as Habitat resolves a stage: ``<name>.stage_config.json`` beside the file (``<name>``
+    the file name without ``.glb``, or without ``.basis.glb``) with keys ``"up"`` and ``"front"``;
+    else the ``stages.default_attributes`` of a ``*.scene_dataset_config.json`` in the file's
+    folder or the two above it (the nearest folder that has one). A missing ``"front"`` is
+    ``(0, 0, -1)``, or ``(0, 1, 0)`` when ``"up"`` is along z.
+
+    Args:
+        path: the scene file.
+
+    Returns:
+        ``(up, front, config path)`` with (3,) float64 unit vectors in the file's frame, or
+        ``None`` when no config names an up vector.
+
+    Raises:
+        ValueError: a config that is not valid JSON, or whose up / front are not two orthogonal
+            non-zero 3-vectors; the message names the file.
+    """
+    path = Path(path)
+    stems = {path.name.removesuffix(".glb"), path.name.removesuffix(".basis.glb")}
+    for stem in sorted(stems):
+        stage = path.with_name(f"{stem}.stage_config.json")
+        if stage.is_file():
+            config = _read_json(stage)
+            if "up" in config:
+                return (*_up_front(config, stage), stage)
+    for folder in list(path.resolve().parents)[:_DATASET_CONFIG_LEVELS]:
+        datasets = sorted(folder.glob("*.scene_dataset_config.json"))
+        for dataset in datasets:
+            defaults = _read_json(dataset).get("stages", {}).get("default_attributes", {})
+            if "up" in defaults:
+                return (*_up_front(defaults, dataset), dataset)
+        if datasets:
+            return None
+    return None
+
+
+def _up_front(config: dict, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        up = np.asarray(config["up"], dtype=np.float64)
+        default_front = (0.0, 1.0, 0.0) if up.shape == (3,) and abs(up[2]) > abs(up[1]) else None
+        front = np.asarray(config.get("front", default_front or (0.0, 0.0, -1.0)), np.float64)
+    except (TypeError, ValueError):
+        up = front = np.zeros(0)
+    if (
+        up.shape != (3,)
+        or front.shape != (3,)
+        or not (np.isfinite(up).all() and np.isfinite(front).all())
+        or min(np.linalg.norm(up), np.linalg.norm(front)) == 0
+        or abs(up @ front) > 1e-3 * np.linalg.norm(up) * np.linalg.norm(front)
+    ):
+        raise ValueError(
+            f'{str(source)!r}: "up" and "front" must be two orthogonal non-zero 3-vectors, '
+            f"got up={config.get('up')!r}, front={config.get('front')!r}"
+        )
+    return up / np.linalg.norm(up), front / np.linalg.norm(front)
+
+
+def to_y_up(up: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """(4, 4) rotation taking a file's ``up`` to world +y and its ``front`` to world -z.
+
+    Args:
+        up: (3,) unit up vector in the file's frame.
+        front: (3,) unit front vector, orthogonal to ``up``.
+    """
+    up, front = np.asarray(up, np.float64), np.asarray(front, np.float64)
+    source = np.stack([np.cross(front, up), up, -front])  # rows: file's right, up, back
+    transform = np.eye(4)
+    transform[:3, :3] = source  # maps right -> +x, up -> +y, back -> +z
+    return transform
+
+
+def load_scene(
+    source: str | Path, cache_dir: str | Path | None = None, up_axis: str | None = None
+) -> trimesh.Scene:
+    """Load a procedural house by id or any ``.glb`` scene file by path, in the y-up world frame.
 
     Args:
         source: a scene id (``house-{split}-{index:04d}``; generated on first use and cached as
             ``<cache_dir>/<id>.glb``) or the path of a ``.glb`` file (e.g. an HM3D scene).
         cache_dir: folder of generated houses; :func:`default_cache_dir` if ``None``.
+        up_axis: up axis of a scene file, one of :data:`UP_AXES` (``"z"`` for Habitat's MP3D and
+            HM3D files); ``None`` reads it from Habitat configs beside the file
+            (:func:`habitat_up_front`), else ``"y"``. Generated houses are always y-up.
 
     Returns:
         The scene (y up, metres). Generated houses are always read back from their ``.glb`` so
         that a cached and a freshly generated house are identical.
 
     Raises:
-        ValueError: for an unknown scene id, a string that is neither an id nor a file, or a
-            malformed ``.glb`` (see :func:`load_glb`).
+        ValueError: for an unknown scene id or up axis, a string that is neither an id nor a file,
+            a malformed ``.glb`` (see :func:`load_glb`) or Habitat config, or a file taken as
+            y-up (no ``up_axis``, no config) that is taller than wide (see the module docstring).
         FileNotFoundError: for a ``.glb`` path that does not exist.
     """
+    if up_axis is not None and up_axis not in UP_AXES:
+        raise ValueError(f"unknown up_axis {up_axis!r}: allowed are {UP_AXES} (or None)")
     if isinstance(source, str) and not source.lower().endswith(".glb"):
         if source.startswith("house-"):
             parse_scene_id(source)
@@ -1251,7 +1391,27 @@ def load_scene(source: str | Path, cache_dir: str | Path | None = None) -> trime
             raise ValueError(
                 f"{source!r} is neither a scene id ({_ALLOWED_IDS}) nor an existing .glb file"
             )
-    return load_glb(source)
+    path = Path(source)
+    configured = None if up_axis is not None or not path.is_file() else habitat_up_front(path)
+    scene = load_glb(path)
+    if up_axis is not None:
+        scene.apply_transform(to_y_up(*map(np.asarray, _UP_FRONT[up_axis])))
+    elif configured is not None:
+        scene.apply_transform(to_y_up(configured[0], configured[1]))
+    else:
+        _refuse_taller_than_wide(scene, path)
+    return scene
+
+
+def _refuse_taller_than_wide(scene: trimesh.Scene, path: Path) -> None:
+    width_x, height, width_z = scene_mesh(scene).extents
+    if height > _MAX_HEIGHT_TO_WIDTH * min(width_x, width_z):
+        raise ValueError(
+            f"{str(path)!r} read as y-up is {height:.2f} m tall but only "
+            f"{min(width_x, width_z):.2f} m wide (x {width_x:.2f} m, z {width_z:.2f} m): it looks "
+            f"like a z-up file (Habitat's MP3D / HM3D scenes are) standing on its side; "
+            f"{_UP_AXIS_FIX}"
+        )
 
 
 def scene_meshes(scene: trimesh.Scene) -> list[tuple[str, trimesh.Trimesh, np.ndarray]]:

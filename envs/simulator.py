@@ -37,6 +37,10 @@ from worldsim.geometry import (
 
 MAX_RESOLUTION = 4096
 """Largest rendered width or height, pixels."""
+MIN_SEEN_FRACTION = 0.05
+"""Share of the pixels of the first views of a scene that must see geometry (see ``load_scene``)."""
+_FIRST_VIEWS = 4
+"""Headings, evenly spaced, of the first views checked at a newly loaded scene's start point."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class SimulatorConfig:
         agent_radius: radius of the agent's cylindrical body, metres, in (0, 1].
         agent_height: height of the agent's body, metres, in (0, 3].
         scene_cache_size: scenes kept loaded (navigation grid and GPU buffers) for fast switching.
+        up_axis: up axis of scene files, ``"y"`` or ``"z"`` (Habitat's MP3D / HM3D files);
+            ``None`` reads it from a Habitat stage or scene-dataset config beside the file, else
+            takes y (see :func:`envs.scenes.load_scene`). Generated houses are always y-up. The
+            habitat backend reads Habitat's configs itself and ignores this field.
     """
 
     width: int = 128
@@ -66,6 +74,7 @@ class SimulatorConfig:
     agent_radius: float = 0.1
     agent_height: float = 1.5
     scene_cache_size: int = 4
+    up_axis: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -89,6 +98,10 @@ class SimulatorConfig:
             )
         if self.scene_cache_size < 1:
             raise ValueError(f"scene_cache_size must be >= 1, got {self.scene_cache_size}")
+        from envs.scenes import UP_AXES
+
+        if self.up_axis is not None and self.up_axis not in UP_AXES:
+            raise ValueError(f"unknown up_axis {self.up_axis!r}: allowed are {UP_AXES} (or None)")
         self.action_spec  # validates the step sizes  # noqa: B018
 
     @property
@@ -237,8 +250,16 @@ class Simulator:
     def load_scene(self, scene: str | Path) -> None:
         """Load a scene by id or ``.glb`` path; keeps recently used scenes ready.
 
+        A scene file is turned y-up as ``config.up_axis`` or its Habitat configs say
+        (:func:`envs.scenes.load_scene`). A newly loaded scene is then checked: a navigation grid
+        with floor under every navigable cell (:class:`envs.navigation.NavGrid`), and views from
+        the start point in 4 headings that see geometry (depth or colour) in at least
+        :data:`MIN_SEEN_FRACTION` of their pixels; a scene on its side, or whose surfaces all face
+        away from the agent, fails one or the other.
+
         Raises:
-            ValueError: unknown scene id, or a malformed ``.glb``.
+            ValueError: unknown scene id, a malformed ``.glb`` or Habitat config, no floor under
+                the agent, or first views that see nothing (the message names the fix).
             FileNotFoundError: a path that does not exist.
         """
         from envs.navigation import NavConfig, NavGrid, ShortestPathFollower
@@ -247,7 +268,7 @@ class Simulator:
         key = str(scene)
         if self._scene is not None and self._scene.scene_id == key:
             return
-        trimesh_scene = load_scene(scene)
+        trimesh_scene = load_scene(scene, up_axis=self.config.up_axis)
         self._renderer.load_scene(trimesh_scene)
         if key in self._scenes:
             self._scenes.move_to_end(key)
@@ -261,12 +282,32 @@ class Simulator:
                 forward_step_m=self.config.forward_step_m,
                 turn_step_deg=self.config.turn_step_deg,
             )
-            self._scenes[key] = _LoadedScene(key, navigation, follower)
+            self._scene = _LoadedScene(key, navigation, follower)
+            self._position = self.sample_navigable_point(np.random.default_rng(0))
+            self._check_first_views()
+            self._scenes[key] = self._scene
             while len(self._scenes) > self.config.scene_cache_size:
                 self._scenes.popitem(last=False)
         self._scene = self._scenes[key]
         self._position = self.sample_navigable_point(np.random.default_rng(0))
         self._yaw = 0.0
+
+    def _check_first_views(self) -> None:
+        """Refuse a scene whose views from the start point see (almost) nothing."""
+        seen = []
+        for yaw in np.arange(_FIRST_VIEWS) * (2 * math.pi / _FIRST_VIEWS):
+            rgb, depth = self.render(self.camera_pose(self._position, yaw))
+            seen.append((depth[..., 0] > 0) | rgb.any(axis=-1))
+        fraction = float(np.mean(seen))
+        if fraction < MIN_SEEN_FRACTION:
+            scene_id, self._scene = self._scene.scene_id, None
+            raise ValueError(
+                f"scene {scene_id!r}: the agent stands on a surface at y = "
+                f"{self._position[1]:.2f} m but its first views see geometry in only "
+                f"{fraction:.1%} of their pixels (black frames, depth 0): the file is probably "
+                "not y-up (Habitat's MP3D / HM3D scenes are z-up); pass up_axis='z' (IndoorNav, "
+                'SimulatorConfig) or put a Habitat <name>.stage_config.json with "up" beside it'
+            )
 
     def _loaded(self) -> _LoadedScene:
         if self._scene is None:

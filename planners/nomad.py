@@ -47,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import Tensor, nn
 
 from worldsim.geometry import Action, ActionSpec, relative_pose
-from worldsim.pretrained import check_pretrained_folder
+from worldsim.pretrained import ModelMixin, check_pretrained_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """ImageNet channel means, the normalisation upstream NoMaD trains with."""

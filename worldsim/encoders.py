@@ -32,13 +32,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import Tensor, nn
 
 from worldsim.backbones import VGG16_LAYER_CHANNELS, VGG16_LAYER_STRIDES, VGG16Trunk
 from worldsim.backbones import imagenet_normalize as _imagenet_normalize
+from worldsim.pretrained import ModelMixin
 
 ENCODER_NAMES = ("vgg16", "dinov2", "pooled_color")
 """Names accepted by :class:`EncoderConfig` and :func:`build_encoder`."""

@@ -30,11 +30,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_3d_sincos_pos_embed
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from einops import rearrange, repeat
 from torch import Tensor, nn
+
+from worldsim.pretrained import ModelMixin
 
 
 class ExpertAdaLayerNorm(nn.Module):

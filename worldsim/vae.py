@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLCogVideoX
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d
-from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import Tensor
 
 from worldsim.geometry import DEFAULT_MAX_DEPTH_M
+from worldsim.pretrained import ModelMixin
 
 
 def _single_frame_forward(

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from diffusers import CogVideoXDDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import Tensor
 
@@ -43,7 +42,7 @@ from worldsim.geometry import (
     intrinsics_from_hfov,
     plucker_rays,
 )
-from worldsim.pretrained import check_pretrained_folder
+from worldsim.pretrained import ModelMixin, check_pretrained_folder
 from worldsim.transformer import WorldTransformer
 from worldsim.vae import RGBDAutoencoder
 

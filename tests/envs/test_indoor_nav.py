@@ -185,3 +185,54 @@ def test_habitat_backend_without_habitat_sim_says_how_to_install():
 def test_unknown_backend_raises():
     with pytest.raises(ValueError, match="unknown simulator backend 'unity'"):
         make_simulator(SimulatorConfig(), backend="unity")
+
+
+# ------------------------------------------------------------------------------------- up axis
+def _z_up_house(path):
+    from envs.scenes import export_glb, generate_house
+
+    house = generate_house("house-train-0000")
+    house.apply_transform(np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+    return export_glb(house, path)  # (x, y, z) -> (x, -z, y): z-up, front +y, as Habitat's files
+
+
+def _first_frame(env):
+    observation, _ = env.reset(seed=0)
+    return observation, env.sim.navigation.floor_height
+
+
+def test_z_up_scene_file_stands_on_its_floor_with_the_up_axis_given_or_configured(tmp_path):
+    path = _z_up_house(tmp_path / "house.glb")
+    with pytest.raises(ValueError, match=r"up_axis='z'"):  # read as y-up: refused, not accepted
+        IndoorNavEnv(scene=path, width=32, height=32).reset(seed=0)
+    configured = _z_up_house(tmp_path / "configured.glb")
+    (tmp_path / "configured.stage_config.json").write_text('{"up": [0, 0, 1]}')
+    for env in (
+        IndoorNavEnv(scene=path, width=32, height=32, up_axis="z"),
+        IndoorNavEnv(scene=configured, width=32, height=32),
+    ):
+        observation, floor_height = _first_frame(env)
+        assert abs(floor_height) < 1e-3  # the house's floor, at y = 0
+        assert abs(observation["pose"][1, 3] - env.config.sensor_height) < 1e-4
+        assert (observation["depth"] > 0).mean() > 0.9 and observation["rgb"].mean() > 10
+        env.close()
+
+
+def test_scene_whose_first_views_see_nothing_is_refused(tmp_path):
+    import trimesh
+
+    from envs.scenes import export_glb
+
+    # A 1 m square facing up and nothing else: the agent stands on it (a box roof) and, from
+    # 1.25 m above it, sees only empty space in every heading (black frames, depth 0).
+    roof = trimesh.Trimesh(
+        [[-0.5, 0, -0.5], [0.5, 0, -0.5], [0.5, 0, 0.5], [-0.5, 0, 0.5]], [[0, 2, 1], [0, 3, 2]]
+    )
+    path = export_glb(trimesh.Scene(roof), tmp_path / "roof.glb")
+    sim = Simulator(SimulatorConfig(width=32, height=32))
+    with pytest.raises(ValueError, match=r"first views see geometry in only 0\.0% .*up_axis='z'"):
+        sim.load_scene(path)
+    with pytest.raises(RuntimeError, match="no scene loaded"):  # nothing half-loaded is kept
+        sim.scene_id  # noqa: B018
+    with pytest.raises(ValueError, match=r"unknown up_axis 'up'"):
+        SimulatorConfig(up_axis="up")

@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import json
 import struct
 
 import numpy as np
@@ -21,6 +22,7 @@ from envs.scenes import (
     export_glb,
     generate_house,
     generate_layout,
+    habitat_up_front,
     load_glb,
     load_scene,
     parse_scene_id,
@@ -381,4 +383,79 @@ def test_glb_without_triangles_is_rejected(tmp_path):
     points = trimesh.PointCloud(np.random.default_rng(0).random((10, 3)))
     path = export_glb(trimesh.Scene(points), tmp_path / "points.glb")
     with pytest.raises(ValueError, match=r"points\.glb.*no triangle meshes"):
+        load_scene(path)
+
+
+# ------------------------------------------------------------------------------------- up axis
+Y_UP_TO_Z_UP = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+"""(x, y, z) -> (x, -z, y): world +y becomes +z and world -z becomes +y (Habitat's front)."""
+
+
+def z_up_house(house, path):
+    """The house exported as Habitat's scene files are: z-up, front +y."""
+    rotated = house.copy()
+    rotated.apply_transform(Y_UP_TO_Z_UP)
+    return export_glb(rotated, path)
+
+
+def _coordinates(scene):
+    """Each world coordinate's sorted values (a glb round trip may reorder the meshes)."""
+    return np.sort(scene_mesh(scene).vertices, axis=0)
+
+
+def test_z_up_file_is_turned_y_up_by_keyword_stage_config_or_dataset_config(tmp_path, house):
+    expected = _coordinates(house)
+    path = z_up_house(house, tmp_path / "scan" / "house.glb")
+    # glTF stores float32 positions.
+    np.testing.assert_allclose(_coordinates(load_scene(path, up_axis="z")), expected, atol=1e-5)
+    stage = tmp_path / "scan" / "house.stage_config.json"
+    stage.write_text(json.dumps({"render_asset": "house.glb", "up": [0, 0, 1], "front": [0, 1, 0]}))
+    np.testing.assert_allclose(_coordinates(load_scene(path)), expected, atol=1e-5)
+    stage.unlink()
+    dataset = tmp_path / "scans.scene_dataset_config.json"  # one folder up, as HM3D's
+    dataset.write_text(json.dumps({"stages": {"default_attributes": {"up": [0, 0, 1]}}}))
+    up, front, source = habitat_up_front(path)
+    assert source == dataset and up.tolist() == [0, 0, 1] and front.tolist() == [0, 1, 0]
+    np.testing.assert_allclose(_coordinates(load_scene(path)), expected, atol=1e-5)
+    # An explicit keyword wins over the configs.
+    assert np.allclose(
+        scene_mesh(load_scene(path, up_axis="y")).bounds, scene_mesh(load_glb(path)).bounds
+    )
+
+
+def test_z_up_file_read_as_y_up_is_refused_naming_the_fix(tmp_path, house):
+    path = z_up_house(house, tmp_path / "house.glb")
+    with pytest.raises(ValueError, match=r"house\.glb.* tall but only .* wide.*up_axis='z'"):
+        load_scene(path)
+
+
+def test_bad_up_axis_and_habitat_configs_end_in_one_clear_error(tmp_path, house):
+    path = z_up_house(house, tmp_path / "house.glb")
+    with pytest.raises(ValueError, match=r"unknown up_axis 'x': allowed are \('y', 'z'\)"):
+        load_scene(path, up_axis="x")
+    stage = tmp_path / "house.stage_config.json"
+    stage.write_text('{"up": [0, 0, 1],')
+    with pytest.raises(ValueError, match=r"house\.stage_config\.json' is not valid JSON"):
+        load_scene(path)
+    stage.write_text(json.dumps({"up": [0, 0, 1], "front": [0, 0, -1]}))
+    with pytest.raises(ValueError, match=r"\"up\" and \"front\" must be two orthogonal"):
+        load_scene(path)
+    stage.write_text(json.dumps({"up": "z"}))
+    with pytest.raises(ValueError, match=r"must be two orthogonal non-zero 3-vectors"):
+        load_scene(path)
+
+
+def test_basis_universal_textures_are_refused_not_drawn_untextured(tmp_path):
+    good = _valid_glb(tmp_path)
+    (length,) = struct.unpack_from("<I", good, 12)
+    header = json.loads(good[20 : 20 + length])
+    header["extensionsUsed"] = ["KHR_texture_basisu"]
+    header["images"] = [{"mimeType": "image/ktx2", "bufferView": 0}]
+    chunk = json.dumps(header).encode().ljust(len(json.dumps(header)) + 3 & ~3, b" ")
+    rest = good[20 + length :]
+    data = good[:8] + struct.pack("<I", 20 + len(chunk) + len(rest)) + struct.pack("<I", len(chunk))
+    data += b"JSON" + chunk + rest
+    path = tmp_path / "scan.basis.glb"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"scan\.basis\.glb.*Basis Universal.*cannot decode"):
         load_scene(path)

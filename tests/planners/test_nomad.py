@@ -83,6 +83,8 @@ def test_goal_masking_hides_the_goal(policy):
 def test_save_and_load_give_the_same_outputs(policy, tmp_path):
     policy.save_pretrained(tmp_path)
     loaded = NoMaDPolicy.from_pretrained(tmp_path).eval()
+    # loaded tensors sit in fresh, 64-byte aligned memory: kernels take the same path as before
+    assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
     context, goal = _inputs()
     assert tuple(loaded.config.down_dims) == policy.config.down_dims
     assert torch.equal(loaded.encode(context, goal), policy.encode(context, goal))

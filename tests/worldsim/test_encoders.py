@@ -228,6 +228,8 @@ def test_dinov2_save_pretrained_round_trip_and_encoder_crop(tmp_path):
     model = tiny_vit()
     model.save_pretrained(tmp_path / "ours")
     encoder = DINOv2Encoder(tmp_path / "ours")
+    # loaded tensors sit in fresh, 64-byte aligned memory: kernels take the same path as before
+    assert all(t.data_ptr() % 64 == 0 for t in [*encoder.parameters(), *encoder.buffers()])
     assert (encoder.stride, encoder.out_channels) == (4, 32)
     images = torch.rand(1, 3, 14, 19, generator=torch.Generator().manual_seed(3))
     features = encoder(images)

@@ -93,6 +93,8 @@ def test_save_load_and_training_losses(tmp_path):
     vae.set_scaling_factor(0.7)
     vae.save_pretrained(tmp_path)
     loaded = RGBDAutoencoder.from_pretrained(tmp_path).eval()
+    # loaded tensors sit in fresh, 64-byte aligned memory: kernels take the same path as before
+    assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
     assert loaded.scaling_factor == 0.7
     rgb, depth = clip()
     with torch.no_grad():

@@ -1,0 +1,43 @@
+"""Loaded models live in ordinary, aligned memory (exact-equality tests rely on it)."""
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from worldsim.pretrained import rehome_tensors
+
+ALIGNMENT = 64  # bytes: torch's CPU allocator aligns every fresh allocation to 64
+
+
+def _tied_model() -> nn.Module:
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=True), nn.BatchNorm1d(5))
+    model[1].weight = model[0].weight  # tied, as a language model's input and output embeddings
+    model[1].weight.requires_grad_(False)
+    shared = torch.arange(7, dtype=torch.int16)
+    model[0].register_buffer("shared", shared)
+    model[2].register_buffer("shared", shared)
+    return model
+
+
+def test_rehome_tensors_aligns_and_keeps_identity_dtype_and_grad(tmp_path):
+    model = _tied_model()
+    # A safetensors file packs tensors back to back: 5x3 float32 after a 7-element int16 tensor
+    # starts 14 bytes later, so loaded tensors sit at unaligned offsets inside one buffer.
+    save_file({"a": torch.arange(7, dtype=torch.int16), "b": torch.ones(5, 3)}, tmp_path / "f")
+    loaded = load_file(tmp_path / "f")
+    with torch.no_grad():
+        model[0].weight.data = loaded["b"]
+        model[0].shared = loaded["a"]
+        model[2].shared = model[0].shared
+    assert any(t.data_ptr() % ALIGNMENT for t in loaded.values())  # the case being fixed
+    parameter = model[0].weight
+    before = {k: (v.dtype, v.clone()) for k, v in model.state_dict().items()}
+
+    assert rehome_tensors(model) is model
+
+    assert all(t.data_ptr() % ALIGNMENT == 0 for t in [*model.parameters(), *model.buffers()])
+    assert model[0].weight is parameter and model[1].weight is parameter  # still tied
+    assert model[0].shared is model[2].shared  # a shared buffer stays shared
+    assert not parameter.requires_grad and model[1].bias.requires_grad
+    for key, value in model.state_dict().items():
+        assert value.dtype == before[key][0] and torch.equal(value, before[key][1]), key
