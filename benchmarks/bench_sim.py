@@ -36,7 +36,7 @@ class Args:
 
 def time_scene_generation(scene: str) -> tuple[float, float, float]:
     """Seconds to generate a house, to export it as .glb, and to load the .glb back."""
-    from envs.scenes import export_glb, generate_house, load_scene
+    from envs.embedded.scenes import export_glb, generate_house, load_scene
 
     started = time.perf_counter()
     house = generate_house(scene)

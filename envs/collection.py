@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.embedded.scenes import SPLITS, scene_ids
 from envs.exploration import POLICY_NAMES, ExplorationConfig, PolicyMix, make_policy
-from envs.scenes import SPLITS, scene_ids
 from envs.simulator import GroundTruthSimulator, SimulatorConfig, make_simulator
 from worldsim.data import (
     COMPRESSIONS,
@@ -64,7 +64,7 @@ class CollectionConfig:
 
     Attributes:
         output: dataset folder (created if missing).
-        split: scene split, one of :data:`envs.scenes.SPLITS`.
+        split: scene split, one of :data:`envs.embedded.scenes.SPLITS`.
         scene_start: index of the first scene of the split this run covers, >= 0.
         scene_count: number of consecutive scenes this run covers, >= 1.
         episodes_per_scene: episodes recorded in every scene, >= 1.

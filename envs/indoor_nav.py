@@ -11,9 +11,7 @@ from gymnasium import spaces
 
 from envs.simulator import GroundTruthSimulator, SimulatorConfig, check_action, make_simulator
 from worldsim.geometry import NUM_ACTIONS, Action
-
-SUCCESS_DISTANCE_M = 0.2
-"""Default success radius around the goal, metres (as the trajectory metrics)."""
+from worldsim.task import SUCCESS_RADIUS_M, spl
 
 
 def observation_space(config: SimulatorConfig) -> spaces.Dict:
@@ -41,8 +39,8 @@ class IndoorNavEnv(gym.Env):
 
     ## Description
     An agent moves through a textured multi-room house (a procedural scene of
-    :mod:`envs.scenes`, a user's own ``.glb``, or a Habitat scene) and sees metric RGB-D from a
-    head-mounted pinhole camera. Each episode has a start pose and a goal position; the
+    :mod:`envs.embedded.scenes`, a user's own ``.glb``, or a Habitat scene) and sees metric RGB-D
+    from a head-mounted pinhole camera. Each episode has a start pose and a goal position; the
     environment is the ground truth that trains and scores the learned simulator
     ``PersistentWorld-v0``, and shares its spaces.
 
@@ -106,13 +104,13 @@ class IndoorNavEnv(gym.Env):
         turn_step_deg: float = 10.0,
         agent_radius: float = 0.1,
         agent_height: float = 1.5,
-        success_distance: float = SUCCESS_DISTANCE_M,
+        success_distance: float = SUCCESS_RADIUS_M,
         min_goal_distance: float = 1.0,
         backend: str = "embedded",
         render_mode: str | None = None,
         up_axis: str | None = None,
     ) -> None:
-        from envs.scenes import SPLITS
+        from envs.embedded.scenes import SPLITS
 
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -184,7 +182,7 @@ class IndoorNavEnv(gym.Env):
         return self._last_observation, self._info(collided=False, success=False, done=False)
 
     def _choose_scene(self, scene: str | Path | None) -> str:
-        from envs.scenes import scene_ids
+        from envs.embedded.scenes import scene_ids
 
         if scene is not None:
             return str(scene)
@@ -262,15 +260,14 @@ class IndoorNavEnv(gym.Env):
         return self._last_observation, reward, terminated, False, info
 
     def _info(self, collided: bool, success: bool, done: bool) -> dict[str, Any]:
-        spl = 0.0
-        if success:
-            spl = self._shortest / max(self._shortest, self._path_length, 1e-9)
+        # A start on the goal has a shortest path of 0: count its length as 1 nm.
+        score = spl([success], [max(self._shortest, 1e-9)], [self._path_length])
         return {
             "intrinsics": self.sim.intrinsics,
             "geodesic_distance": float(self._distance),
             "collided": bool(collided),
             "success": bool(success),
-            "spl": float(spl) if done else 0.0,
+            "spl": score if done else 0.0,
             "position": self.sim.position,
             "yaw": float(self.sim.yaw),
             "goal": self._goal.copy(),

@@ -9,8 +9,9 @@ every learned rollout uses.
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,17 +151,11 @@ class LearnedWorld:
     def ground_truth(self) -> IndoorNavEnv:
         """The ground-truth env that renders scene starts (created on first use)."""
         if self._ground_truth is None:
-            config = self.config
+            keywords = inspect.signature(IndoorNavEnv).parameters
+            # The env's sensor keywords are fields of the config: hand over those it takes.
+            sensor = {k: v for k, v in asdict(self.config).items() if k in keywords}
             self._ground_truth = IndoorNavEnv(
-                width=config.width,
-                height=config.height,
-                hfov_deg=config.hfov_deg,
-                max_depth=config.max_depth,
-                sensor_height=config.sensor_height,
-                forward_step_m=config.forward_step_m,
-                turn_step_deg=config.turn_step_deg,
-                agent_radius=config.agent_radius,
-                agent_height=config.agent_height,
+                **sensor,
                 success_distance=self.success_distance,
                 **self._ground_truth_settings,
             )

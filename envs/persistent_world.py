@@ -28,12 +28,13 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.indoor_nav import SUCCESS_DISTANCE_M, observation_space
+from envs.indoor_nav import observation_space
 from envs.learned_world import Episode, LearnedWorld
 from envs.simulator import check_action
 from worldsim.geometry import DEFAULT_SENSOR_HEIGHT_M, NUM_ACTIONS
 from worldsim.memory import Memory
 from worldsim.rollout import RolloutStart
+from worldsim.task import SUCCESS_RADIUS_M
 from worldsim.world_model import WorldModel
 
 # ================================================================================= envs
@@ -133,7 +134,7 @@ class PersistentWorldEnv(gym.Env):
         sensor_height: float = DEFAULT_SENSOR_HEIGHT_M,
         agent_radius: float = 0.1,
         agent_height: float = 1.5,
-        success_distance: float = SUCCESS_DISTANCE_M,
+        success_distance: float = SUCCESS_RADIUS_M,
         min_goal_distance: float = 1.0,
         backend: str = "embedded",
         render_mode: str | None = None,

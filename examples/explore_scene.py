@@ -18,7 +18,8 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from envs.simulator import Simulator, SimulatorConfig
+from envs.embedded.simulator import Simulator
+from envs.simulator import SimulatorConfig
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories
 

@@ -45,9 +45,10 @@ from envs.tasks import (
     planning_simulator,
     sample_image_goal_episode,
 )
-from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
+from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
+from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 from worldsim.rollout import RolloutModel
 
@@ -62,7 +63,7 @@ class Args:
     """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
     smoke-test model), or ``None``: the embedded checkpoint."""
     scene: str = "house-test-0000"
-    """House of the episodes: an id of :mod:`envs.scenes` or a ``.glb`` path."""
+    """House of the episodes: an id of :mod:`envs.embedded.scenes` or a ``.glb`` path."""
     episodes: int = 1
     """Image-goal episodes, each with its own start and goal."""
     min_goal_m: float = 1.5

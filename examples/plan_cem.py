@@ -39,13 +39,14 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
+from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
-from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from envs.tasks import episode_start, planning_simulator, sample_image_goal_episode
-from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
+from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
+from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim.report import (
     plot_metric_curves,
     plot_trajectories,

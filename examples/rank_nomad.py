@@ -42,8 +42,8 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
+from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
-from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from envs.tasks import ImageGoalEpisode, planning_simulator, sample_image_goal_episode
 from planners.costs import GoalCost

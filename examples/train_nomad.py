@@ -28,7 +28,7 @@ import tyro
 from torch.utils.data import DataLoader
 
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy, make_scheduler
-from planners.training import NoMaDTrainingConfig, train_policy
+from planners.nomad.training import NoMaDTrainingConfig, train_policy
 from worldsim.data import MANIFEST_NAME, ClipConfig, ClipDataset, collate_clips
 from worldsim.report import plot_metric_curves, write_report
 

@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
 from worldsim.data.latents import LatentCache
+from worldsim.data.synthetic import SyntheticRoomClips
 from worldsim.memory import build_memory
-from worldsim.training import STAGES, SyntheticRoomClips, TrainConfig, Trainer
+from worldsim.training import STAGES, TrainConfig, Trainer
 from worldsim.world_model import MEMORY_FILE, WorldModel
 
 

@@ -9,7 +9,8 @@ each round:
    actions are imagined, and the imagined frames become the next context;
 2. relabel in hindsight (:func:`relabel`): every window of the imagined trajectory is a training
    clip whose goal is a frame the rollout actually reached ``d`` steps later, and whose action
-   target is the path it actually took (NoMaD's targets, :func:`planners.training.policy_batch`);
+   target is the path it actually took (NoMaD's targets,
+   :func:`planners.nomad.training.policy_batch`);
 3. fine-tune the policy on those clips with NoMaD's loss (:func:`finetune`).
 
 Everything goes through the rollout protocol (:mod:`worldsim.rollout`), so the same loop runs
@@ -25,8 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from planners.nomad import NoMaDPolicy, make_scheduler
+from planners.nomad.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from planners.ranking import NoMaDSampler
-from planners.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from worldsim.geometry import Action, ActionSpec
 from worldsim.rollout import RolloutModel, RolloutStart
 

@@ -18,7 +18,8 @@ from envs.collection import (
     plan_shards,
     record_episode,
 )
-from envs.simulator import Simulator, SimulatorConfig
+from envs.embedded.simulator import Simulator
+from envs.simulator import SimulatorConfig
 from worldsim.data import (
     NO_ACTION,
     SHARD_DIR,

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from envs.embedded.simulator import Simulator
 from envs.exploration import (
     POLICY_NAMES,
     ExplorationConfig,
@@ -15,7 +16,7 @@ from envs.exploration import (
     make_policy,
     sample_goal,
 )
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from worldsim.geometry import Action
 
 SCENE = "house-train-0000"

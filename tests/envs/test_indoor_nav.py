@@ -6,8 +6,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
+from envs.embedded.simulator import Simulator
 from envs.indoor_nav import IndoorNavEnv
-from envs.simulator import Simulator, SimulatorConfig, make_simulator
+from envs.simulator import SimulatorConfig, make_simulator
 from worldsim.geometry import Action
 
 SCENE = "house-train-0000"
@@ -189,7 +190,7 @@ def test_unknown_backend_raises():
 
 # ------------------------------------------------------------------------------------- up axis
 def _z_up_house(path):
-    from envs.scenes import export_glb, generate_house
+    from envs.embedded.scenes import export_glb, generate_house
 
     house = generate_house("house-train-0000")
     house.apply_transform(np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
@@ -221,7 +222,7 @@ def test_z_up_scene_file_stands_on_its_floor_with_the_up_axis_given_or_configure
 def test_scene_whose_first_views_see_nothing_is_refused(tmp_path):
     import trimesh
 
-    from envs.scenes import export_glb
+    from envs.embedded.scenes import export_glb
 
     # A 1 m square facing up and nothing else: the agent stands on it (a box roof) and, from
     # 1.25 m above it, sees only empty space in every heading (black frames, depth 0).

@@ -8,7 +8,9 @@ import pytest
 import trimesh
 from scipy import ndimage
 
-from envs.navigation import NavConfig, NavGrid, ShortestPathFollower, detect_floor_height
+from envs.embedded.follower import ShortestPathFollower
+from envs.embedded.navigation import NavGrid
+from envs.embedded.navmesh import NavConfig, detect_floor_height
 from worldsim.geometry import Action
 
 RADIUS = NavConfig().agent_radius
@@ -531,7 +533,7 @@ def test_random_walks_never_intersect_the_mesh():
 
 @pytest.mark.slow
 def test_ten_thousand_random_steps_never_intersect_the_mesh():
-    from envs.scenes import generate_house, scene_mesh
+    from envs.embedded.scenes import generate_house, scene_mesh
 
     houses = [scene_mesh(generate_house(f"house-{s}-0001")) for s in ("train", "val", "test")]
     _check_random_walks([two_rooms(), thin_wall_room(), *houses], steps=10_000, seed=1)
@@ -602,7 +604,7 @@ def test_follower_reaches_sampled_goals(rooms):
 
 
 def test_follower_reaches_sampled_goals_in_a_generated_house():
-    from envs.scenes import generate_house, scene_mesh
+    from envs.embedded.scenes import generate_house, scene_mesh
 
     grid = NavGrid.from_mesh(scene_mesh(generate_house("house-train-0000")))
     _check_follower([grid], episodes=20, seed=1)
@@ -610,7 +612,7 @@ def test_follower_reaches_sampled_goals_in_a_generated_house():
 
 @pytest.mark.slow
 def test_follower_reaches_99_percent_of_goals_in_houses():
-    from envs.scenes import generate_house, scene_mesh
+    from envs.embedded.scenes import generate_house, scene_mesh
 
     ids = [f"house-{split}-{index:04d}" for split in ("train", "val", "test") for index in (2, 3)]
     grids = [NavGrid.from_mesh(scene_mesh(generate_house(i))) for i in ids]

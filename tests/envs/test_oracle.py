@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout, apply_waypoint
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from envs.tasks import sample_image_goal_episode
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
 from worldsim.rollout import RolloutModel, RolloutStart

@@ -6,8 +6,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from envs.render import RenderConfig, Renderer, egl_available, projection_matrix
-from envs.scenes import build_scene, export_glb, generate_layout, load_glb, scene_mesh
+from envs.embedded.render import RenderConfig, Renderer, egl_available, projection_matrix
+from envs.embedded.scenes import build_scene, export_glb, generate_layout, load_glb, scene_mesh
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw, project_points
 
 pytestmark = pytest.mark.skipif(

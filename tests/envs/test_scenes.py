@@ -10,8 +10,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from envs import scenes
-from envs.scenes import (
+from envs.embedded import scenes
+from envs.embedded.scenes import (
     SCENES_PER_SPLIT,
     SPLITS,
     Door,

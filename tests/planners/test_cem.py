@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.scenes import scene_ids
+from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
-from envs.scenes import scene_ids
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from envs.tasks import episode_start, sample_image_goal_episode
 from planners.cem import (
     CEMConfig,
-    MPCConfig,
     initial_categorical,
     plan_cem,
     probe_parents,
     refit_categorical,
     refit_gaussian,
-    run_mpc,
     sample_categorical,
     sample_gaussian,
     score_probes,
@@ -28,6 +27,7 @@ from planners.cem import (
 )
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import success
+from planners.mpc import MPCConfig, run_mpc
 
 SCENE = "house-train-0000"
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from planners.hindsight import (
     HindsightConfig,
     ImaginedTrajectory,
@@ -15,8 +16,8 @@ from planners.hindsight import (
     relabel,
 )
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy, make_scheduler, normalize_waypoints
+from planners.nomad.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from planners.ranking import NoMaDSampler
-from planners.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from worldsim.geometry import pose_from_position_yaw
 
 TINY = {**POLICY_PRESETS["tiny"], "dropout": 0.0}

@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from planners.nomad import (
     POLICY_PRESETS,
     UNTRAINED,
-    EfficientNetEncoder,
     NoMaDPolicy,
-    SameConv2d,
     future_positions,
     load_policy,
     load_upstream_state_dict,
@@ -22,7 +20,8 @@ from planners.nomad import (
     waypoints_to_actions,
     waypoints_to_local,
 )
-from planners.training import NoMaDTrainingConfig, policy_batch, policy_loss
+from planners.nomad.encoder import EfficientNetEncoder, SameConv2d
+from planners.nomad.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from worldsim.geometry import (
     ActionSpec,
     action_to_relative_pose,

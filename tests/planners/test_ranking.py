@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from planners.costs import GoalCost
 from planners.metrics import sim_score
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy, waypoints_to_actions

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
-from envs.scenes import scene_ids
 from envs.simulator import SimulatorConfig
 from envs.tasks import episode_start, sample_image_goal_episode
 from planners.nomad import DEFAULT_CHECKPOINT, POLICY_PRESETS, UNTRAINED, NoMaDPolicy, load_policy

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from worldsim.training import SyntheticRoomClips
+from worldsim.data.synthetic import SyntheticRoomClips
 from worldsim.world_model import WorldModel
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
-from envs.simulator import Simulator, SimulatorConfig
+from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
 from worldsim.learned_rollout import WorldModelRollout, row_generators

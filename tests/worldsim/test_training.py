@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
+from worldsim.data.synthetic import render_box_room
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw
 from worldsim.training import (
     TrainConfig,
     Trainer,
     diffusion_loss,
     freeze_for_stage,
-    render_box_room,
 )
 
 

@@ -36,7 +36,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from envs.scenes import scene_meshes
+from envs.embedded.scenes import scene_meshes
 from worldsim.geometry import (
     DEFAULT_HFOV_DEG,
     DEFAULT_MAX_DEPTH_M,
@@ -331,7 +331,7 @@ class Renderer:
         applied, so the scene is rendered in its world frame.
 
         Args:
-            scene: any trimesh scene (e.g. from :func:`envs.scenes.load_scene`).
+            scene: any trimesh scene (e.g. from :func:`envs.embedded.scenes.load_scene`).
 
         Raises:
             ValueError: if the scene has no triangles or more textures than the GL allows.

@@ -29,7 +29,8 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from planners.nomad import NoMaDPolicy, future_positions, normalize_waypoints
+from planners.nomad.policy import NoMaDPolicy
+from planners.nomad.waypoints import future_positions, normalize_waypoints
 
 
 @dataclass(frozen=True)

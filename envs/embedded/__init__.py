@@ -1,0 +1,1 @@
+"""The embedded ground-truth backend: houses, headless rendering, navigation, the simulator."""
