@@ -25,7 +25,12 @@ from worldsim.memory.feature_map import FeatureMap3D, FeatureMapConfig
 from worldsim.memory.frame_bank import FrameBank, FrameBankConfig
 from worldsim.memory.image_memory import ImageMemory, ImageMemoryConfig
 from worldsim.memory.no_memory import NoMemory, NoMemoryConfig
-from worldsim.memory.rendered import MemoryRender, RenderedMemory, RenderedMemoryConfig
+from worldsim.memory.rendered import (
+    MapPoints,
+    MemoryRender,
+    RenderedMemory,
+    RenderedMemoryConfig,
+)
 
 MEMORIES = {
     "none": (NoMemory, NoMemoryConfig),
@@ -88,6 +93,7 @@ __all__ = [
     "FrameBankConfig",
     "ImageMemory",
     "ImageMemoryConfig",
+    "MapPoints",
     "Memory",
     "MemoryRender",
     "NoMemory",

@@ -7,8 +7,10 @@ Map (per row)
     Every valid pixel of every frame (depth valid: finite, > 0, <= ``max_depth``) is lifted to a
     world point (:func:`worldsim.geometry.depth_to_world_points`) and falls in the voxel
     ``floor(p / voxel_size)``. A voxel holds one point (a surfel without normal): its position,
-    RGB, whether it came from an *observed* or a *generated* frame, and ``last_seen``, the row's
-    frame counter at the latest frame that put a point in the voxel.
+    RGB, its size ``max(voxel_size, d / min(fx, fy))`` metres (the voxel, or the width of the
+    pixel it was lifted from at depth ``d`` if that is larger: far pixels are sparser than
+    voxels), whether it came from an *observed* or a *generated* frame, and ``last_seen``, the
+    row's frame counter at the latest frame that put a point in the voxel.
 
 Which point a voxel keeps
     Observed outranks generated: a generated point never replaces an observed one. Otherwise the
@@ -26,20 +28,24 @@ Bound and eviction
 
 Rendering (:meth:`RenderedMemory.render`)
     Each point is projected into each target camera and splatted as an axis-aligned square of
-    half-width ``r = clamp(splat_scale * f * voxel_size / z, 0.5, max_splat_radius)`` pixels
-    (``f`` = ``fx`` for columns, ``fy`` for rows), so the footprint grows as the depth ``z``
-    shrinks and neighbouring voxels close up without holes; ``r >= 0.5`` means a point always
-    covers the pixel it falls in. A pixel is covered by a point when the pixel centre lies in the
-    square (``|column + 0.5 - u| <= r``). Points with ``z < near_plane`` are not drawn. The z-buffer
-    works in two passes. First the *front* ``z_f`` of each pixel, the smallest ``z`` over the
-    points covering it. Then, among the covering points on that front surface (``z <= z_f * (1 +
-    surface_band) + voxel_size``), the one whose projected centre is nearest the pixel centre (in
-    units of its footprint; ties: the smaller index in the row's key-sorted storage, i.e. the
-    smaller voxel key). So occluded points never show, and where several views left samples of one
-    surface the pixel takes the sample that lies on its own ray: a view the map holds renders back
-    to itself. Both passes are ``scatter_reduce(amin)``, the second over one int64 key (float32
-    bits of the offset above, the index below): min is order-free, so the render is bit-identical
-    whatever the order of the parallel writes.
+    half-width ``r = clamp(splat_scale * f * size / z, 0.5, max_splat_radius)`` pixels (``f`` =
+    ``fx`` for columns, ``fy`` for rows, ``size`` the point's size above), so the footprint grows
+    as the depth ``z`` shrinks. With the default ``splat_scale = 0.5`` a square is the projection
+    of the patch the point stands for: a view the map holds gets one point per pixel back, and
+    silhouettes and slanted floors are not fattened. Irregular point positions inside voxels and
+    new viewpoints leave holes; a second splat with ``fill_scale`` (default 1.0, footprints twice
+    as wide) fills only the pixels the first left empty. ``r >= 0.5`` means a point always
+    covers the pixel it falls in; a pixel is covered when its centre lies in the square
+    (``|column + 0.5 - u| <= r``); points with ``z < near_plane`` are not drawn. Each splat's
+    z-buffer works in two passes. First the *front* ``z_f`` of each pixel, the smallest ``z``
+    over the points covering it. Then, among the covering points on that front surface
+    (``z <= z_f * (1 + surface_band) + voxel_size``), the one whose projected centre is nearest
+    the pixel centre (in units of its footprint; ties: the smaller index in the row's key-sorted
+    storage, i.e. the smaller voxel key). So occluded points never show, and where several views
+    left samples of one surface the pixel takes the sample that lies on its own ray: a view the
+    map holds renders back to itself. Both passes are ``scatter_reduce(amin)``, the second over
+    one int64 key (float32 bits of the offset above, the index below): min is order-free, so the
+    render is bit-identical whatever the order of the parallel writes.
 
 Tokens
     This memory is read through :meth:`RenderedMemory.render`, not through tokens:
@@ -55,6 +61,7 @@ Bad input
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -88,8 +95,10 @@ class RenderedMemoryConfig:
         voxel_size: voxel edge (one point per voxel), metres, in [0.001, 10].
         max_points: most points per row, in [1, 2^31) (evictions beyond it: module docstring).
         max_depth: depths above this are no hit, metres, in (0, 1000].
-        splat_scale: footprint half-width in voxel projections (``r = splat_scale * f *
-            voxel_size / z`` pixels), in (0, 10].
+        splat_scale: footprint half-width in projected point sizes (``r = splat_scale * f *
+            size / z`` pixels; module docstring), in (0, 10].
+        fill_scale: footprint scale of a second splat that only fills pixels the first left
+            empty, in [splat_scale, 10], or None for no filling.
         max_splat_radius: largest footprint half-width, pixels, in [0.5, 64].
         near_plane: points closer to a target camera than this (z, metres) are not drawn, in
             (0, max_depth).
@@ -101,7 +110,8 @@ class RenderedMemoryConfig:
     voxel_size: float = 0.03
     max_points: int = 1 << 20
     max_depth: float = DEFAULT_MAX_DEPTH
-    splat_scale: float = 1.0
+    splat_scale: float = 0.5
+    fill_scale: float | None = 1.0
     max_splat_radius: float = 4.0
     near_plane: float = 0.05
     surface_band: float = 0.03
@@ -119,6 +129,11 @@ class RenderedMemoryConfig:
             raise ValueError(f"{owner}.max_depth must be in (0, 1000] metres, got {self.max_depth}")
         if not 0 < self.splat_scale <= 10:
             raise ValueError(f"{owner}.splat_scale must be in (0, 10], got {self.splat_scale}")
+        if self.fill_scale is not None and not self.splat_scale <= self.fill_scale <= 10:
+            raise ValueError(
+                f"{owner}.fill_scale must be in [splat_scale = {self.splat_scale}, 10] or None, "
+                f"got {self.fill_scale}"
+            )
         if not 0.5 <= self.max_splat_radius <= 64:
             raise ValueError(
                 f"{owner}.max_splat_radius must be in [0.5, 64] pixels, got {self.max_splat_radius}"
@@ -153,6 +168,26 @@ class MemoryRender(NamedTuple):
     last_seen: Tensor
 
 
+class MapPoints(NamedTuple):
+    """The points of a :class:`RenderedMemory`, in storage order (row, then voxel key).
+
+    Attributes:
+        rows: (M,) int64 map row.
+        xyz: (M, 3) world position, metres.
+        rgb: (M, 3) colour in [0, 1].
+        observed: (M,) bool, False for points from generated frames.
+        last_seen: (M,) int64 row frame counter at the latest hit of the point's voxel.
+        size: (M,) point size, metres (module docstring).
+    """
+
+    rows: Tensor
+    xyz: Tensor
+    rgb: Tensor
+    observed: Tensor
+    last_seen: Tensor
+    size: Tensor
+
+
 class RenderedMemory(Memory):
     """Persistent coloured point map, voxel-downsampled, rendered by z-buffered splatting.
 
@@ -179,6 +214,7 @@ class RenderedMemory(Memory):
         self.keys = torch.zeros(0, dtype=torch.long, device=device)  # (M,) sorted row|voxel
         self.xyz = torch.zeros(0, 3, device=device)  # (M, 3) world points, metres
         self.rgb = torch.zeros(0, 3, device=device)  # (M, 3) in [0, 1]
+        self.size = torch.zeros(0, device=device)  # (M,) metres
         self.observed = torch.zeros(0, dtype=torch.bool, device=device)  # (M,)
         self.last_seen = torch.zeros(0, dtype=torch.long, device=device)  # (M,)
         self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
@@ -238,10 +274,13 @@ class RenderedMemory(Memory):
         points = depth_to_world_points(frames.depth, frames.intrinsics, frames.cam_to_world)
         ok = valid_depth_mask(frames.depth, self.config.max_depth)  # (Nv, H, W)
         frame_of = ok.nonzero()[:, 0]  # (P,) frame of each valid pixel, pixels row-major
+        focal = frames.intrinsics[:, [0, 1], [0, 1]].amin(-1)  # (Nv,)
+        pixel_size = (frames.depth / focal[:, None, None])[ok]  # (P,) metres
         self._insert(
             rows[frame_of],
             points[ok],  # (P, 3)
             frames.rgb.permute(0, 2, 3, 1)[ok],  # (P, 3)
+            pixel_size.clamp(min=self.config.voxel_size),
             observed[frame_of],
             time[frame_of],
         )
@@ -273,6 +312,7 @@ class RenderedMemory(Memory):
         out.keys = (new_rows << _ROW_SHIFT) | (self.keys[source] & voxel_bits)
         out.xyz = self.xyz[source].clone()
         out.rgb = self.rgb[source].clone()
+        out.size = self.size[source].clone()
         out.observed = self.observed[source].clone()
         out.last_seen = self.last_seen[source].clone()
         out.counts = take.clone()
@@ -286,20 +326,16 @@ class RenderedMemory(Memory):
         self._require_reset()
         return self.counts.clone()
 
-    def points(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """All stored points in storage order (row, then voxel key), for inspection and tests.
-
-        Returns:
-            ``(rows, xyz, rgb, observed, last_seen)``: (M,) int64, (M, 3) world metres,
-            (M, 3) in [0, 1], (M,) bool, (M,) int64 (copies).
-        """
+    def points(self) -> MapPoints:
+        """All stored points in storage order (row, then voxel key), as copies."""
         self._require_reset()
-        return (
+        return MapPoints(
             self.keys >> _ROW_SHIFT,
             self.xyz.clone(),
             self.rgb.clone(),
             self.observed.clone(),
             self.last_seen.clone(),
+            self.size.clone(),
         )
 
     def render(
@@ -329,6 +365,8 @@ class RenderedMemory(Memory):
         width_n = int(self.counts.max()) if rows.numel() else 0
         padded = torch.zeros(batch, width_n, 3, device=self.device)
         padded[rows, rank] = self.xyz  # (B, N, 3)
+        size_padded = torch.zeros(batch, width_n, device=self.device)
+        size_padded[rows, rank] = self.size  # (B, N)
         present = torch.zeros(batch, width_n, dtype=torch.bool, device=self.device)
         present[rows, rank] = True
         world_to_cam = invert_rigid(poses)  # (B, T, 4, 4)
@@ -341,40 +379,25 @@ class RenderedMemory(Memory):
         fx, fy = k[b, t, 0, 0], k[b, t, 1, 1]
         u = fx * x / z + k[b, t, 0, 2]
         v = fy * y / z + k[b, t, 1, 2]
-        extent = config.splat_scale * config.voxel_size / z
-        radius_u = (fx * extent).clamp(0.5, config.max_splat_radius)
-        radius_v = (fy * extent).clamp(0.5, config.max_splat_radius)
-        # Pixels whose centre (c + 0.5) lies within [u - r, u + r]; clamped to the image in float
-        # first so far off-screen points cannot overflow the integer conversion.
-        col0 = torch.ceil(u - radius_u - 0.5).clamp(0, width).long()
-        col1 = torch.floor(u + radius_u - 0.5).clamp(-1, width - 1).long()
-        row0 = torch.ceil(v - radius_v - 0.5).clamp(0, height).long()
-        row1 = torch.floor(v + radius_v - 0.5).clamp(-1, height - 1).long()
-        cols = (col1 - col0 + 1).clamp(min=0)
-        lines = (row1 - row0 + 1).clamp(min=0)
-        area = cols * lines  # (Q,) pixels per footprint
-
-        splat = torch.repeat_interleave(torch.arange(area.numel(), device=self.device), area)
-        local = torch.arange(splat.numel(), device=self.device) - (area.cumsum(0) - area)[splat]
-        pixel_col = col0[splat] + local % cols[splat]
-        pixel_row = row0[splat] + torch.div(local, cols[splat], rounding_mode="floor")
-        target = b[splat] * frames + t[splat]  # (S,) index into B*T
-        pixel = (target * height + pixel_row) * width + pixel_col  # (S,)
-        # Pass 1, the front surface: smallest z per pixel.
         pixels = batch * frames * height * width
-        front = torch.full((pixels,), torch.inf, device=self.device)
-        front.scatter_reduce_(0, pixel, z[splat], "amin")
-        # Pass 2: among the points within the surface band behind the front, the one whose
-        # centre is nearest the pixel centre (ties: smaller index in the row). Both parts of the
-        # key are non-negative float32, whose bits order like the values.
-        splat_z = z[splat]
-        near_front = splat_z <= front[pixel] * (1 + config.surface_band) + config.voxel_size
-        du = (pixel_col.float() + 0.5 - u[splat]) / radius_u[splat]
-        dv = (pixel_row.float() + 0.5 - v[splat]) / radius_v[splat]
-        offset_bits = (du.square() + dv.square()).float().view(torch.int32).long()
-        key = (offset_bits << _INDEX_BITS) | n[splat]  # (S,)
-        buffer = torch.full((pixels,), _EMPTY, device=self.device)
-        buffer.scatter_reduce_(0, pixel[near_front], key[near_front], "amin")
+        target = b * frames + t  # (Q,) index into B*T
+        point_size = size_padded[b, n]  # (Q,)
+        splat = functools.partial(
+            _splat,
+            u,
+            v,
+            z,
+            n,
+            point_size,
+            fx,
+            fy,
+            target,
+            (pixels // (height * width), height, width),
+            config,
+        )
+        buffer = splat(config.splat_scale)
+        if config.fill_scale is not None:  # holes only: larger footprints never cover a pixel
+            buffer = torch.where(buffer == _EMPTY, splat(config.fill_scale), buffer)
 
         mask = buffer != _EMPTY  # (B*T*H*W,)
         hit = mask.nonzero()[:, 0]
@@ -450,7 +473,13 @@ class RenderedMemory(Memory):
         return key, offset
 
     def _insert(
-        self, rows: Tensor, points: Tensor, colours: Tensor, observed: Tensor, time: Tensor
+        self,
+        rows: Tensor,
+        points: Tensor,
+        colours: Tensor,
+        size: Tensor,
+        observed: Tensor,
+        time: Tensor,
     ) -> None:
         """Put lifted points (P,) into the maps (keep rule in the module docstring)."""
         if rows.numel() == 0:
@@ -484,6 +513,7 @@ class RenderedMemory(Memory):
             at_r, candidate_r = at[replace], candidate[replace]
             self.xyz[at_r] = points[candidate_r]
             self.rgb[at_r] = colours[candidate_r]
+            self.size[at_r] = size[candidate_r]
             self.observed[at_r] = observed[candidate_r]
             self.last_seen[at] = torch.maximum(self.last_seen[at], seen[old])
         new = (~found).nonzero()[:, 0]
@@ -493,6 +523,7 @@ class RenderedMemory(Memory):
                 position[new],
                 points[first[new]],
                 colours[first[new]],
+                size[first[new]],
                 observed[first[new]],
                 seen[new],
             )
@@ -506,6 +537,7 @@ class RenderedMemory(Memory):
         position: Tensor,
         xyz: Tensor,
         rgb: Tensor,
+        size: Tensor,
         observed: Tensor,
         last_seen: Tensor,
     ) -> None:
@@ -519,6 +551,7 @@ class RenderedMemory(Memory):
             ("keys", keys),
             ("xyz", xyz),
             ("rgb", rgb),
+            ("size", size),
             ("observed", observed),
             ("last_seen", last_seen),
         ):
@@ -552,6 +585,76 @@ class RenderedMemory(Memory):
                 stacklevel=4,
             )
             self._evicted_warned = True
-        for name in ("keys", "xyz", "rgb", "observed", "last_seen"):
+        for name in ("keys", "xyz", "rgb", "size", "observed", "last_seen"):
             setattr(self, name, getattr(self, name)[keep])
         self.counts = self.counts - excess
+
+
+def _splat(
+    u: Tensor,
+    v: Tensor,
+    z: Tensor,
+    index: Tensor,
+    size: Tensor,
+    fx: Tensor,
+    fy: Tensor,
+    target: Tensor,
+    shape: tuple[int, int, int],
+    config: RenderedMemoryConfig,
+    scale: float,
+) -> Tensor:
+    """Z-buffer of square splats (rules in the module docstring).
+
+    Args:
+        u: (Q,) projected column of each point in its target, pixels.
+        v: (Q,) projected row.
+        z: (Q,) camera z-depth, metres, >= near_plane.
+        index: (Q,) the point's index in its row's storage, < 2^31.
+        size: (Q,) point size, metres.
+        fx: (Q,) horizontal focal length of the target, pixels.
+        fy: (Q,) vertical focal length.
+        target: (Q,) target image of each point, in [0, G).
+        shape: ``(G, H, W)`` target images and their size.
+        config: the memory's settings.
+        scale: footprint half-width in projected point sizes.
+
+    Returns:
+        (G * H * W,) int64 keys: the winning point's ``index`` in the low 32 bits, ``_EMPTY``
+        where no point covers the pixel.
+    """
+    images, height, width = shape
+    extent = scale * size / z
+    radius_u = (fx * extent).clamp(0.5, config.max_splat_radius)
+    radius_v = (fy * extent).clamp(0.5, config.max_splat_radius)
+    # Pixels whose centre (c + 0.5) lies within [u - r, u + r]; clamped to the image in float
+    # first so far off-screen points cannot overflow the integer conversion.
+    col0 = torch.ceil(u - radius_u - 0.5).clamp(0, width).long()
+    col1 = torch.floor(u + radius_u - 0.5).clamp(-1, width - 1).long()
+    row0 = torch.ceil(v - radius_v - 0.5).clamp(0, height).long()
+    row1 = torch.floor(v + radius_v - 0.5).clamp(-1, height - 1).long()
+    cols = (col1 - col0 + 1).clamp(min=0)
+    lines = (row1 - row0 + 1).clamp(min=0)
+    area = cols * lines  # (Q,) pixels per footprint
+
+    splat = torch.repeat_interleave(torch.arange(area.numel(), device=z.device), area)
+    local = torch.arange(splat.numel(), device=z.device) - (area.cumsum(0) - area)[splat]
+    pixel_col = col0[splat] + local % cols[splat]
+    pixel_row = row0[splat] + torch.div(local, cols[splat], rounding_mode="floor")
+    target = target[splat]  # (S,)
+    pixel = (target * height + pixel_row) * width + pixel_col  # (S,)
+    # Pass 1, the front surface: smallest z per pixel.
+    pixels = images * height * width
+    front = torch.full((pixels,), torch.inf, device=z.device)
+    front.scatter_reduce_(0, pixel, z[splat], "amin")
+    # Pass 2: among the points within the surface band behind the front, the one whose
+    # centre is nearest the pixel centre (ties: smaller index in the row). Both parts of the
+    # key are non-negative float32, whose bits order like the values.
+    splat_z = z[splat]
+    near_front = splat_z <= front[pixel] * (1 + config.surface_band) + config.voxel_size
+    du = (pixel_col.float() + 0.5 - u[splat]) / radius_u[splat]
+    dv = (pixel_row.float() + 0.5 - v[splat]) / radius_v[splat]
+    offset_bits = (du.square() + dv.square()).float().view(torch.int32).long()
+    key = (offset_bits << _INDEX_BITS) | index[splat]  # (S,)
+    buffer = torch.full((pixels,), _EMPTY, device=z.device)
+    buffer.scatter_reduce_(0, pixel[near_front], key[near_front], "amin")
+    return buffer
