@@ -354,3 +354,14 @@ def test_bad_inputs_raise_with_expected_and_given():
         memory.update(rgb, depth, k, pose, source=torch.tensor([True, False]))
     with pytest.raises(ValueError, match=r"depth must have shape \(1, 1, 1, 8, 8\)"):
         memory.update(rgb, depth[..., :4], k, pose)
+
+
+def test_splitting_updates_does_not_change_the_map(simulator):
+    position, yaw = start(simulator)
+    frames = [observe(simulator, position, yaw + math.radians(d)) for d in (0, 15, 30, 45)]
+    whole = filled(simulator, frames)
+    parts = filled(simulator, frames[:1])
+    k = torch.as_tensor(simulator.intrinsics).expand(1, 1, 3, 3)
+    for rgb, depth, pose in frames[1:]:
+        parts.update(rgb[None, None], depth[None, None], k, pose[None, None])
+    assert all(torch.equal(a, b) for a, b in zip(whole.points(), parts.points(), strict=True))
