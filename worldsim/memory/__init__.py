@@ -1,14 +1,15 @@
 """Persistent memories behind one interface: the 3D feature map and its baselines.
 
-==============  =====================  ==============================================
-name            class                  what it keeps / gives as tokens
-==============  =====================  ==============================================
-``none``        :class:`NoMemory`      nothing (Navigation World Models)
-``feature_map`` :class:`FeatureMap3D`  max-pooled features in sparse voxels (the paper)
-``image``       :class:`ImageMemory`   a few informative snapshot frames (3D-Mem)
-``bev``         :class:`BEVMap`        max-pooled features in floor cells (2D-Map)
-``frame_bank``  :class:`FrameBank`     all frames; retrieval by view overlap (WorldMem)
-==============  =====================  ==============================================
+==============  ======================  =============================================
+name            class                   what it keeps / gives as tokens
+==============  ======================  =============================================
+``none``        :class:`NoMemory`       nothing (Navigation World Models)
+``feature_map`` :class:`FeatureMap3D`   max-pooled features in sparse voxels (the paper)
+``image``       :class:`ImageMemory`    a few informative snapshot frames (3D-Mem)
+``bev``         :class:`BEVMap`         max-pooled features in floor cells (2D-Map)
+``frame_bank``  :class:`FrameBank`      all frames; retrieval by view overlap (WorldMem)
+``rendered``    :class:`RenderedMemory` coloured points; read by :meth:`~RenderedMemory.render`
+==============  ======================  =============================================
 
 :func:`build_memory` makes one from its name and config fields.
 """
@@ -24,6 +25,12 @@ from worldsim.memory.feature_map import FeatureMap3D, FeatureMapConfig
 from worldsim.memory.frame_bank import FrameBank, FrameBankConfig
 from worldsim.memory.image_memory import ImageMemory, ImageMemoryConfig
 from worldsim.memory.no_memory import NoMemory, NoMemoryConfig
+from worldsim.memory.rendered import (
+    MapPoints,
+    MemoryRender,
+    RenderedMemory,
+    RenderedMemoryConfig,
+)
 
 MEMORIES = {
     "none": (NoMemory, NoMemoryConfig),
@@ -31,6 +38,7 @@ MEMORIES = {
     "image": (ImageMemory, ImageMemoryConfig),
     "bev": (BEVMap, BEVMapConfig),
     "frame_bank": (FrameBank, FrameBankConfig),
+    "rendered": (RenderedMemory, RenderedMemoryConfig),
 }
 """Memory classes and their configs, by the name a world-model config stores."""
 
@@ -39,7 +47,7 @@ def build_memory(name: str, **config) -> Memory:
     """Make a memory from its name and config fields.
 
     Args:
-        name: ``"none" | "feature_map" | "image" | "bev" | "frame_bank"``.
+        name: ``"none" | "feature_map" | "image" | "bev" | "frame_bank" | "rendered"``.
         **config: fields of that memory's config dataclass. ``encoder`` may be an
             :class:`EncoderConfig`, a dict of its fields, an encoder name, or a ready
             :class:`~worldsim.encoders.FeatureEncoder` (used as is, e.g. shared between
@@ -85,9 +93,13 @@ __all__ = [
     "FrameBankConfig",
     "ImageMemory",
     "ImageMemoryConfig",
+    "MapPoints",
     "Memory",
+    "MemoryRender",
     "NoMemory",
     "NoMemoryConfig",
     "PositionEncoding",
+    "RenderedMemory",
+    "RenderedMemoryConfig",
     "build_memory",
 ]

@@ -292,6 +292,34 @@ def check_intrinsics(intrinsics: Tensor, name: str = "intrinsics") -> None:
         raise ValueError(f"{name} must have positive focal lengths, got min {float(focal.min())}")
 
 
+def check_principal_point(intrinsics: Tensor, size: tuple[int, int], name: str) -> None:
+    """Raise unless every ``K`` fits images of ``size``: principal point in the central half.
+
+    A ``K`` made for another image size puts the principal point elsewhere (for twice the size at
+    the image's corner, for half the size at a quarter of it), so ``|cx - W/2| < W/4`` and
+    ``|cy - H/2| < H/4`` catch the common mix-up while admitting real, slightly off-centre lenses.
+
+    Args:
+        intrinsics: (..., 3, 3) matrices, pixels.
+        size: ``(H, W)`` of the images they are used with.
+        name: what they are, for the message.
+
+    Raises:
+        ValueError: naming the expected range and the principal point given.
+    """
+    height, width = size
+    cx, cy = intrinsics[..., 0, 2].reshape(-1), intrinsics[..., 1, 2].reshape(-1)
+    bad = ((cx - width / 2).abs() >= width / 4) | ((cy - height / 2).abs() >= height / 4)
+    if bad.any():
+        index = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{name}[{index}] has its principal point at (cx, cy) = ({float(cx[index]):.2f}, "
+            f"{float(cy[index]):.2f}) px, but images of {height}x{width} (H x W) need it within "
+            f"({width / 4:g}, {3 * width / 4:g}) x ({height / 4:g}, {3 * height / 4:g}): were "
+            "these intrinsics made for another image size?"
+        )
+
+
 def valid_depth_mask(depth: Tensor, max_depth: float) -> Tensor:
     """Pixels that count as measurements: finite, > 0 and <= ``max_depth`` metres."""
     return torch.isfinite(depth) & (depth > 0) & (depth <= max_depth)
