@@ -13,6 +13,43 @@ from envs.simulator import GroundTruthSimulator, SimulatorConfig, check_action, 
 from worldsim.geometry import NUM_ACTIONS, Action
 from worldsim.task import SUCCESS_RADIUS_M, spl
 
+POSE_BOUND_M = 1000.0
+"""Largest absolute camera coordinate, metres: the bound of the ``pose`` space. Indoor scenes are
+far smaller; a scene or few-shot frames beyond it are refused rather than observed outside the
+space."""
+
+
+def pose_space() -> spaces.Box:
+    """The ``pose`` space: (4, 4) float32 rigid ``cam_to_world`` matrices.
+
+    Rotation entries lie in [-1, 1], the translation column in ``[-POSE_BOUND_M, POSE_BOUND_M]``
+    metres; the last row, always ``(0, 0, 0, 1)``, is bounded by [0, 1] (Gymnasium's checker
+    takes equal bounds for a mistake).
+    """
+    low = np.full((4, 4), -1.0, dtype=np.float32)
+    high = np.full((4, 4), 1.0, dtype=np.float32)
+    low[:3, 3], high[:3, 3] = -POSE_BOUND_M, POSE_BOUND_M
+    low[3], high[3] = 0.0, 1.0
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+def check_pose_bound(positions: np.ndarray, what: str) -> None:
+    """Raise unless every position lies within :data:`POSE_BOUND_M` of the origin (per axis).
+
+    Args:
+        positions: (..., 3) world positions, metres.
+        what: what they are, for the message.
+
+    Raises:
+        ValueError: naming the largest coordinate and the bound.
+    """
+    largest = float(np.abs(np.asarray(positions, dtype=np.float64)).max(initial=0.0))
+    if not largest <= POSE_BOUND_M:
+        raise ValueError(
+            f"{what} lie {largest:.4g} m from the origin along an axis, beyond the pose space's "
+            f"bound of {POSE_BOUND_M:g} m: move the scene or frames near the origin"
+        )
+
 
 def observation_space(config: SimulatorConfig) -> spaces.Dict:
     """The observation space shared by ``IndoorNav-v0`` and ``PersistentWorld-v0``.
@@ -22,14 +59,15 @@ def observation_space(config: SimulatorConfig) -> spaces.Dict:
 
     Returns:
         A Dict space of ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W, 1) in
-        ``[0, max_depth]`` metres and ``pose`` float32 (4, 4) ``cam_to_world``.
+        ``[0, max_depth]`` metres and ``pose`` float32 (4, 4) ``cam_to_world``
+        (:func:`pose_space`).
     """
     height, width = config.height, config.width
     return spaces.Dict(
         {
             "rgb": spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
             "depth": spaces.Box(0.0, config.max_depth, shape=(height, width, 1), dtype=np.float32),
-            "pose": spaces.Box(-np.inf, np.inf, shape=(4, 4), dtype=np.float32),
+            "pose": pose_space(),
         }
     )
 
@@ -52,8 +90,9 @@ class IndoorNavEnv(gym.Env):
     ## Observation Space
     ``Dict`` of ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W, 1) metric z-depth in metres
     (0 where nothing was hit or beyond ``max_depth``) and ``pose`` float32 (4, 4) ``cam_to_world``
-    (OpenCV camera axes, world y up; see :mod:`worldsim.geometry`). Camera intrinsics are in
-    ``info["intrinsics"]``.
+    (OpenCV camera axes, world y up; see :mod:`worldsim.geometry`), bounded: translation within
+    ``POSE_BOUND_M`` (1 km) per axis, rotation entries in [-1, 1] (a scene whose start lies
+    farther is refused). Camera intrinsics are in ``info["intrinsics"]``.
 
     ## Rewards
     The decrease of the geodesic distance to the goal in metres at each step (positive when
@@ -71,7 +110,8 @@ class IndoorNavEnv(gym.Env):
     from the registration).
 
     ## Info
-    ``intrinsics`` (3, 3) float32, ``geodesic_distance`` metres, ``collided``, ``success``,
+    The keys of ``PersistentWorld-v0``'s info, so the two envs swap: ``intrinsics`` (3, 3)
+    float32, ``distance_to_goal`` (the geodesic distance, metres), ``collided``, ``success``,
     ``spl`` (success weighted by path length, Anderson et al. 2018; 0 until the episode ends),
     ``position`` (3,), ``yaw``, ``goal`` (3,), ``scene``.
 
@@ -179,6 +219,7 @@ class IndoorNavEnv(gym.Env):
         self._distance = self._shortest
         self._path_length = 0.0
         self._last_observation = sim.observe()
+        check_pose_bound(self._last_observation["pose"][:3, 3], "the start camera's coordinates")
         return self._last_observation, self._info(collided=False, success=False, done=False)
 
     def _choose_scene(self, scene: str | Path | None) -> str:
@@ -264,7 +305,7 @@ class IndoorNavEnv(gym.Env):
         score = spl([success], [max(self._shortest, 1e-9)], [self._path_length])
         return {
             "intrinsics": self.sim.intrinsics,
-            "geodesic_distance": float(self._distance),
+            "distance_to_goal": float(self._distance),
             "collided": bool(collided),
             "success": bool(success),
             "spl": score if done else 0.0,

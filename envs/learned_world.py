@@ -20,9 +20,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from envs.indoor_nav import IndoorNavEnv
+from envs.indoor_nav import IndoorNavEnv, check_pose_bound
 from envs.simulator import SimulatorConfig
-from worldsim.checkpoints import load_world_model, resolve_memory
+from worldsim.checkpoints import load_learned_simulator
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import (
     Action,
@@ -35,6 +35,7 @@ from worldsim.memory import Memory
 from worldsim.memory.base import check_intrinsics
 from worldsim.rollout import RolloutStart
 from worldsim.sampling import generate_next_chunk, insert_frames, step_poses
+from worldsim.task import spl
 from worldsim.world_model import WorldModel
 
 RESET_OPTIONS = ("scene", "start", "goal", "frames")
@@ -64,6 +65,8 @@ class Episode:
         options: the options of the last explicit reset (reused by autoresets).
         steps: steps taken in this episode.
         done: the episode has ended (terminated or truncated).
+        start_distance: ``distance`` at the start, metres (the shortest path in free space).
+        path_length: floor distance the integrated pose has moved, metres.
     """
 
     rng: np.random.Generator
@@ -80,6 +83,8 @@ class Episode:
     options: dict[str, Any] | None
     steps: int = 0
     done: bool = False
+    start_distance: float = math.nan
+    path_length: float = 0.0
 
     @property
     def pose(self) -> Tensor:
@@ -114,7 +119,7 @@ class LearnedWorld:
         if not success_distance > 0:
             raise ValueError(f"success_distance must be > 0 metres, got {success_distance}")
         ground_truth = dict(ground_truth)
-        self.model, folder = load_world_model(checkpoint, device)
+        self.model, self.memory = load_learned_simulator(checkpoint, device, memory)
         config = self.model.config
         limit = config.num_train_timesteps
         if num_sampling_steps is not None and num_sampling_steps > limit:
@@ -129,7 +134,6 @@ class LearnedWorld:
                     f"{config.width}x{config.height} pixels (width x height); leave {name} unset "
                     "or use a checkpoint trained at that size"
                 )
-        self.memory = resolve_memory(memory, self.model, folder)
         self.num_sampling_steps = num_sampling_steps
         self.success_distance = success_distance
         self.sensor_height = sensor_height
@@ -227,7 +231,7 @@ class LearnedWorld:
             observation=observation,
             options=options,
         )
-        episode.distance = self._distance(episode, episode.pose)
+        episode.distance = episode.start_distance = self._distance(episode, episode.pose)
         return episode
 
     def _few_shot_frames(self, frames: Any) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
@@ -290,6 +294,7 @@ class LearnedWorld:
             )
         pose_tensor = torch.from_numpy(pose)
         check_rigid(pose_tensor, "frames['pose']")
+        check_pose_bound(pose[:, :3, 3], "frames['pose'] positions")
         intrinsics = frames.get("intrinsics")
         intrinsics = self.config.intrinsics if intrinsics is None else np.asarray(intrinsics)
         if intrinsics.shape != (3, 3):
@@ -364,6 +369,8 @@ class LearnedWorld:
 
     def _advance(self, episode: Episode, rgb: Tensor, depth: Tensor, pose: Tensor) -> None:
         """Append a generated frame (already in the memory) to the episode's context."""
+        moved = (pose[:3, 3] - episode.pose[:3, 3])[[0, 2]]  # floor-plane displacement
+        episode.path_length += float(torch.linalg.norm(moved))
         episode.context_rgb = torch.cat([episode.context_rgb[1:], rgb[None]])
         episode.context_depth = torch.cat([episode.context_depth[1:], depth[None]])
         episode.context_pose = torch.cat([episode.context_pose[1:], pose[None]])
@@ -382,13 +389,20 @@ class LearnedWorld:
         """The info dict of an episode's current state (see the env docstring)."""
         position, yaw = position_yaw_from_pose(episode.pose, self.sensor_height)
         success = terminated and episode.distance <= self.success_distance
+        score = 0.0
+        if terminated and not math.isnan(episode.start_distance):
+            # The free-space shortest path is the straight line; a start on the goal counts 1 nm.
+            shortest = max(episode.start_distance, 1e-9)
+            score = spl([success], [shortest], [episode.path_length])
         return {
             "intrinsics": episode.intrinsics.numpy().copy(),
+            "distance_to_goal": float(episode.distance),
+            "collided": False,  # free-space motion: nothing blocks a learned world's agent
+            "success": bool(success),
+            "spl": score,
             "position": position.numpy(),
             "yaw": float(yaw),
             "goal": episode.goal.copy(),
-            "distance_to_goal": float(episode.distance),
-            "success": bool(success),
             "scene": episode.scene,
         }
 

@@ -66,11 +66,12 @@ class PersistentWorldEnv(gym.Env):
     ## Observation Space
     ``Dict`` of ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W, 1) metric z-depth in
     ``[0, max_depth]`` metres (all 0 for an RGB-only model) and ``pose`` float32 (4, 4)
-    ``cam_to_world``, at the model's frame size (:func:`envs.indoor_nav.observation_space`).
+    ``cam_to_world`` (translation within 1 km per axis, :func:`envs.indoor_nav.pose_space`), at
+    the model's frame size (:func:`envs.indoor_nav.observation_space`).
 
     ## Rewards
-    A learned world knows no walls: the pose integrates each action's free-space motion, and
-    collisions are unknown (there is no ``collided`` in ``info``). The reward is the decrease of
+    A learned world knows no walls: the pose integrates each action's free-space motion and no
+    move is ever blocked (``info["collided"]`` is always false). The reward is the decrease of
     the Euclidean distance from the integrated floor position to the goal, metres; 0 on ``stop``
     and for episodes without a goal.
 
@@ -97,22 +98,26 @@ class PersistentWorldEnv(gym.Env):
     ``max_episode_steps`` (500 by default, from the registration).
 
     ## Info
-    ``intrinsics`` (3, 3) float32, ``position`` (3,) integrated floor position, ``yaw`` radians,
-    ``goal`` (3,) (NaN without a goal), ``distance_to_goal`` metres (NaN without a goal),
-    ``success``, ``scene`` (the ground-truth scene of a scene start, else ``None``).
+    The keys of ``IndoorNav-v0``'s info, so the two envs swap: ``intrinsics`` (3, 3) float32,
+    ``distance_to_goal`` (straight-line floor distance from the integrated position, metres; NaN
+    without a goal), ``collided`` (always false: free-space motion), ``success``, ``spl`` (with
+    the straight line as shortest path and the integrated path; 0 until the episode ends),
+    ``position`` (3,) integrated floor position, ``yaw`` radians, ``goal`` (3,) (NaN without a
+    goal), ``scene`` (the ground-truth scene of a scene start, else ``None``).
 
     ## Arguments
     ``checkpoint``: a ``WorldModel.save_pretrained`` folder or a ready ``WorldModel``; ``None``
-    loads the shipped default checkpoint (``FileNotFoundError`` saying how to train one while it
-    is not installed). ``memory``: see :func:`resolve_memory` (``"none"`` runs the model without
-    memory). ``device``: torch device of the model and the memory (default: where the model is; the
-    CPU for a loaded checkpoint).
-    ``num_sampling_steps``: DDIM steps per chunk (default: the model's). ``width``, ``height``:
-    the requested frame size, which must be the checkpoint's (``ValueError`` otherwise).
-    ``scene``, ``split``, ``num_scenes``, ``min_goal_distance``, ``backend``, ``agent_radius``,
-    ``agent_height``: the ground-truth starts, as ``IndoorNav-v0``. ``sensor_height``: camera
-    height above the floor, metres (positions in ``info``). ``success_distance`` (0.2 m).
-    ``render_mode``: ``None`` or ``"rgb_array"``.
+    loads the shipped default checkpoint; ``"tiny-untrained"`` an untrained tiny model (32x32
+    frames, a cheap memory) for smoke tests, e.g. ``gym.make("PersistentWorld-v0",
+    checkpoint="tiny-untrained", num_sampling_steps=2)``. ``memory``: see
+    :func:`worldsim.checkpoints.resolve_memory` (``"none"`` runs the model without memory).
+    ``device``: torch device of the model and the memory (default: where the model is; the CPU for a
+    loaded checkpoint). ``num_sampling_steps``: DDIM steps per chunk (default: the model's).
+    ``width``, ``height``: the requested frame size, which must be the checkpoint's (``ValueError``
+    otherwise). ``scene``, ``split``, ``num_scenes``, ``min_goal_distance``, ``backend``,
+    ``agent_radius``, ``agent_height``: the ground-truth starts, as ``IndoorNav-v0``.
+    ``sensor_height``: camera height above the floor, metres (positions in ``info``).
+    ``success_distance`` (0.2 m). ``render_mode``: ``None`` or ``"rgb_array"``.
 
     ## Version History
     * v0: initial version.

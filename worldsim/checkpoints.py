@@ -64,7 +64,7 @@ TINY_UNTRAINED_MEMORY = {"name": "feature_map", "encoder": "pooled_color", "voxe
 
 
 def load_learned_simulator(
-    checkpoint: str | Path | None,
+    checkpoint: str | Path | WorldModel | None,
     device: str | torch.device | None = None,
     memory: str | dict[str, Any] | Memory | None = None,
     turn_step_deg: float | None = None,
@@ -72,8 +72,9 @@ def load_learned_simulator(
     """A world model and the memory it reads, for planners and examples.
 
     Args:
-        checkpoint: a ``WorldModel.save_pretrained`` folder, or :data:`TINY_UNTRAINED` for an
-            untrained tiny model (32x32 frames) with :data:`TINY_UNTRAINED_MEMORY`.
+        checkpoint: a ``WorldModel.save_pretrained`` folder, a ready model, ``None`` for the
+            shipped default, or :data:`TINY_UNTRAINED` for an untrained tiny model (32x32
+            frames) with :data:`TINY_UNTRAINED_MEMORY`.
         device: where to put the model.
         memory: as :func:`resolve_memory` (``None``: the checkpoint's ``memory.json``).
         turn_step_deg: the turn step the caller acts with; a checkpoint turning by another angle

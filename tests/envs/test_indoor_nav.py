@@ -1,5 +1,7 @@
 """IndoorNav-v0: Gymnasium API, determinism, rewards, and clear errors for bad input."""
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -22,9 +24,22 @@ def env():
     environment.close()
 
 
-def test_check_env_passes():
+def test_check_env_passes_without_a_warning():
     environment = gym.make("IndoorNav-v0", **SMALL).unwrapped
-    check_env(environment, skip_render_check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as Gymnasium's own suite: any checker warning fails
+        check_env(environment, skip_render_check=False)
+
+
+def test_pose_space_is_bounded_and_holds_the_observed_poses():
+    from envs.indoor_nav import POSE_BOUND_M, pose_space
+
+    space = pose_space()
+    assert np.isfinite(space.low).all() and np.isfinite(space.high).all()
+    assert space.high[0, 3] == POSE_BOUND_M and space.low[0, 0] == -1.0
+    environment = gym.make("IndoorNav-v0", **SMALL)
+    observation, _ = environment.reset(seed=3)
+    assert space.contains(observation["pose"])
 
 
 def test_observation_dtypes_shapes_and_info(env):
@@ -34,7 +49,7 @@ def test_observation_dtypes_shapes_and_info(env):
     assert observation["pose"].dtype == np.float32 and observation["pose"].shape == (4, 4)
     assert env.observation_space.contains(observation)
     np.testing.assert_allclose(info["intrinsics"], [[16, 0, 16], [0, 16, 16], [0, 0, 1]])
-    assert {"geodesic_distance", "collided", "success", "spl", "position", "goal"} <= set(info)
+    assert {"distance_to_goal", "collided", "success", "spl", "position", "goal"} <= set(info)
     # The pose is the camera of the agent: sensor height above its floor position.
     np.testing.assert_allclose(
         observation["pose"][:3, 3], info["position"] + [0, 1.25, 0], atol=1e-5
@@ -65,7 +80,7 @@ def test_same_seed_same_rollout():
 def test_reward_is_decrease_of_geodesic_distance_and_oracle_succeeds(env):
     _, info = env.reset(seed=3)
     sim = env.unwrapped.sim
-    total, start_distance = 0.0, info["geodesic_distance"]
+    total, start_distance = 0.0, info["distance_to_goal"]
     for _ in range(400):
         action = sim.oracle_action(env.unwrapped.goal)
         _, reward, terminated, truncated, info = env.step(action)
@@ -74,7 +89,7 @@ def test_reward_is_decrease_of_geodesic_distance_and_oracle_succeeds(env):
             break
     assert terminated and info["success"]
     # Rewards telescope: their sum is the geodesic distance covered.
-    assert total == pytest.approx(start_distance - info["geodesic_distance"], abs=1e-9)
+    assert total == pytest.approx(start_distance - info["distance_to_goal"], abs=1e-9)
     assert 0.0 < info["spl"] <= 1.0
 
 

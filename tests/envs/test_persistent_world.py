@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -63,10 +64,41 @@ def _frames(count=3, size=32):
     }
 
 
-def test_check_env_passes(model):
+def test_check_env_passes_without_a_warning(model):
     env = _make(model, num_sampling_steps=None)
-    check_env(env.unwrapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as Gymnasium's own suite: any checker warning fails
+        check_env(env.unwrapped)
     assert env.spec.max_episode_steps == 500
+
+
+def test_the_two_envs_report_the_same_info_keys(model):
+    learned = _make(model)
+    truth = gym.make("IndoorNav-v0", width=32, height=32, scene=SCENE)
+    for env in (learned, truth):
+        env.reset(seed=0)
+    _, _, _, _, learned_info = learned.step(1)
+    _, _, _, _, truth_info = truth.step(1)
+    assert set(learned_info) == set(truth_info)
+    assert learned_info["collided"] is False  # free-space motion is never blocked
+    _, _, terminated, _, info = learned.step(0)
+    assert terminated and 0.0 <= info["spl"] <= 1.0
+
+
+def test_tiny_untrained_checkpoint_through_gym_make():
+    env = gym.make(
+        "PersistentWorld-v0", checkpoint="tiny-untrained", scene=SCENE, num_sampling_steps=1
+    )
+    observation, _ = env.reset(seed=0)
+    assert observation["rgb"].shape == (32, 32, 3)
+    assert env.step(1)[0]["rgb"].dtype == np.uint8
+
+
+def test_few_shot_frames_beyond_the_pose_bound_are_refused(model):
+    frames = _frames()
+    frames["pose"][:, 0, 3] += 5000.0
+    with pytest.raises(ValueError, match="beyond the pose space's bound of 1000 m"):
+        _make(model).reset(seed=0, options={"frames": frames})
 
 
 def test_spaces_are_those_of_indoor_nav(model):

@@ -18,6 +18,7 @@ SIZE = 64  # pixels per side of the simulator frames
 @pytest.fixture(scope="module")
 def simulator():
     from envs.render import egl_available
+
     from envs.simulator import SimulatorConfig, make_simulator
 
     if not egl_available():
