@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.collection import CollectionConfig, collect
 from envs.simulator import SimulatorConfig, make_simulator
+from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, frames_to_tensors, memory_frame_indices
 
 
@@ -167,4 +167,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

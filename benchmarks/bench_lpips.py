@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.lpips import LPIPS
 
 
@@ -86,4 +86,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

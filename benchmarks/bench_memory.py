@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.encoders import PooledColorEncoder
 from worldsim.geometry import intrinsics_from_hfov, invert_rigid, pose_from_position_yaw
 from worldsim.memory import FeatureMap3D, FeatureMapConfig
@@ -187,4 +187,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

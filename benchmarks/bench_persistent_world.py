@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 
 import envs  # noqa: F401  (registers PersistentWorld-v0)
+from worldsim import cli
 from worldsim.memory import build_memory
 from worldsim.world_model import WorldModel
 
@@ -139,4 +139,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -32,7 +32,6 @@ from functools import partial
 
 import numpy as np
 import torch
-import tyro
 
 from envs.persistent_world import TINY_UNTRAINED, learned_planning_rollout
 from envs.rollout import OracleRollout, episode_start, sample_image_goal_episode
@@ -41,6 +40,7 @@ from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
 from planners.nomad import UNTRAINED, load_policy
 from planners.ranking import NoMaDSampler, ranked_decision
+from worldsim import cli
 
 
 @dataclass(frozen=True)
@@ -162,4 +162,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.sampling import sample_chunk
 from worldsim.world_model import WorldModel
 
@@ -113,4 +113,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -32,7 +32,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.learned_rollout import WorldModelRollout
@@ -45,6 +44,7 @@ from planners.metrics import sim_score, success
 from planners.nomad import NoMaDPolicy, load_policy
 from planners.ranking import NoMaDSampler
 from planners.rollout import RolloutStart
+from worldsim import cli
 from worldsim.geometry import Action, position_yaw_from_pose
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 
@@ -211,4 +211,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

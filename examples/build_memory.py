@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
+from worldsim import cli
 from worldsim.encoders import EncoderConfig, build_encoder
 from worldsim.memory import MEMORIES, build_memory
 
@@ -222,4 +222,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

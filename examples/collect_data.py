@@ -25,6 +25,7 @@ from typing import Annotated
 import tyro
 
 from envs.collection import CollectionConfig, collect
+from worldsim import cli
 
 
 @dataclass(frozen=True)
@@ -44,4 +45,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

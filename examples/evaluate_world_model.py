@@ -34,10 +34,10 @@ from typing import Literal
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 
 from envs.persistent_world import resolve_memory
+from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset
 from worldsim.evaluation import (
     EvaluationConfig,
@@ -134,4 +134,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
-import tyro
 from tqdm import tqdm
 
 from envs.simulator import Simulator, SimulatorConfig
+from worldsim import cli
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories
 
@@ -112,4 +112,4 @@ def main(args: Args) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

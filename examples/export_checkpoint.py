@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.data import TrajectoryStore, read_manifest
 from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
@@ -232,4 +232,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

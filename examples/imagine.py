@@ -36,7 +36,6 @@ import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -44,6 +43,7 @@ from tqdm import tqdm
 import envs  # noqa: F401  (registers IndoorNav-v0 and PersistentWorld-v0)
 from envs.persistent_world import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 from envs.simulator import wrap_angle
+from worldsim import cli
 from worldsim.memory import build_memory
 from worldsim.metrics import lpips, psnr
 from worldsim.report import plot_metric_curves, write_report
@@ -261,4 +261,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

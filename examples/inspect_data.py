@@ -25,10 +25,10 @@ import imageio.v3 as iio
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from worldsim import cli
 from worldsim.data import (
     ClipConfig,
     ClipDataset,
@@ -163,4 +163,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

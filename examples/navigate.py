@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
@@ -44,6 +43,7 @@ from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
 from planners.rollout import RolloutModel
+from worldsim import cli
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 
 
@@ -221,4 +221,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -36,7 +36,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
@@ -46,6 +45,7 @@ from envs.simulator import SimulatorConfig
 from planners.cem import CEMConfig, MPCConfig, MPCEpisode, run_mpc
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
+from worldsim import cli
 from worldsim.report import (
     plot_metric_curves,
     plot_trajectories,
@@ -210,4 +210,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

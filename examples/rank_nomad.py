@@ -39,7 +39,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.persistent_world import planning_simulator
@@ -51,6 +50,7 @@ from planners.metrics import absolute_trajectory_error, relative_pose_error, sim
 from planners.nomad import load_policy
 from planners.ranking import NoMaDSampler, rank_candidates
 from planners.rollout import RolloutStart
+from worldsim import cli
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 
@@ -244,4 +244,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -24,11 +24,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from torch.utils.data import DataLoader
 
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy, make_scheduler
 from planners.training import NoMaDTrainingConfig, train_policy
+from worldsim import cli
 from worldsim.data import MANIFEST_NAME, ClipConfig, ClipDataset, collate_clips
 from worldsim.report import plot_metric_curves, write_report
 
@@ -140,4 +140,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch.utils.data import DataLoader
 
+from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
 from worldsim.latents import LatentCache
 from worldsim.memory import build_memory
@@ -149,4 +149,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)
