@@ -48,6 +48,8 @@ class Args:
     """Timed repetitions (median reported)."""
     tiny: bool = False
     """Small sizes, for a smoke test."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
 
 

@@ -48,8 +48,8 @@ class Args:
     """Benchmark settings."""
 
     simulators: tuple[str, ...] = ("oracle", "tiny", "shipped")
-    """What the planners imagine in: ``oracle``, ``tiny`` and / or ``shipped``."""
-    samples: tuple[int, ...] = (8, 16, 60)
+    """What the planners imagine in: oracle, tiny and / or shipped."""
+    num_samples: tuple[int, ...] = (8, 16, 60)
     """Candidates N per decision."""
     horizon: int = 8
     """CEM horizon, steps."""
@@ -113,8 +113,6 @@ def cem_decision(planner, start, goal, cost, args: Args, count: int, generator) 
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the benchmark and print a table."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cost = GoalCost(device=args.device)
     rows = []
     for name in args.simulators:
@@ -127,9 +125,9 @@ def main(args: Args) -> list[dict[str, float]]:
         generator = torch.Generator().manual_seed(args.seed)
         cem = partial(cem_decision, planner, start.select([0]), goal, cost, args)
         ranking = partial(ranked_decision, sampler, planner, start, goal, cost)
-        cem(min(args.samples), generator)  # warm-up
+        cem(min(args.num_samples), generator)  # warm-up
         baselines: dict[str, float] = {}
-        for count in args.samples:
+        for count in args.num_samples:
             for kind, decision in (
                 ("cem", partial(cem, count, generator)),
                 ("ranking", partial(ranking, count, generator)),

@@ -40,7 +40,7 @@ def test_every_example_has_a_test():
 def test_explore_scene(tmp_path):
     summary = run(
         "explore_scene",
-        ["--num-goals", "2", "--width", "32", "--height", "32", "--out", str(tmp_path)],
+        ["--num-goals", "2", "--width", "32", "--height", "32", "--output-dir", str(tmp_path)],
     )
     assert summary["goals_reached"] == 2
     frames = imageio.mimread(tmp_path / "tour.mp4")
@@ -53,7 +53,16 @@ def test_explore_scene(tmp_path):
 def test_build_memory(tmp_path):
     run(
         "build_memory",
-        ["--steps", "12", "--size", "32", "--encoder", "pooled_color", "--out-dir", str(tmp_path)],
+        [
+            "--steps",
+            "12",
+            "--size",
+            "32",
+            "--encoder",
+            "pooled_color",
+            "--output-dir",
+            str(tmp_path),
+        ],
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary  # one entry per memory
@@ -66,7 +75,7 @@ def test_build_memory(tmp_path):
 def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     argv = [
-        "--output",
+        "--output-dir",
         str(root),
         "--scene-count",
         "2",
@@ -98,12 +107,11 @@ def test_collect_data(tiny_dataset):
 
 
 def test_inspect_data(tiny_dataset, tmp_path):
-    sheet = tmp_path / "sheet.png"
     argv = [
-        "--root",
+        "--data-dir",
         str(tiny_dataset),
-        "--output",
-        str(sheet),
+        "--output-dir",
+        str(tmp_path),
         "--clips",
         "2",
         "--n-context",
@@ -114,7 +122,7 @@ def test_inspect_data(tiny_dataset, tmp_path):
         "2",
     ]
     run("inspect_data", argv)
-    image = imageio.imread(sheet)
+    image = imageio.imread(tmp_path / "contact_sheet.png")
     assert image.ndim == 3 and image.std() > 10
 
 
@@ -127,11 +135,11 @@ def test_train_world_model(tmp_path, tiny_dataset):
         "tiny",
         "--output-dir",
         str(tmp_path),
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
         "--revisit-fraction",
         "0",
-        "--num-workers",
+        "--workers",
         "0",
         "--memory-encoder",
         "pooled_color",
@@ -174,7 +182,7 @@ def test_train_world_model(tmp_path, tiny_dataset):
 
 def test_plan_cem(tmp_path):
     argv = [
-        "--out",
+        "--output-dir",
         str(tmp_path),
         "--episodes",
         "1",
@@ -198,7 +206,14 @@ def test_plan_cem(tmp_path):
 
 
 def test_plan_cem_with_the_learned_simulator(tmp_path):
-    argv = ["--out", str(tmp_path), "--planner", "world-model", "--checkpoint", "tiny-untrained"]
+    argv = [
+        "--output-dir",
+        str(tmp_path),
+        "--planner",
+        "world-model",
+        "--checkpoint",
+        "tiny-untrained",
+    ]
     argv += ["--episodes", "1", "--iterations", "1", "--num-samples", "4", "--horizon", "3"]
     argv += ["--max-steps", "3", "--sampling-steps", "2"]
     rows = run("plan_cem", argv)
@@ -211,14 +226,23 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
     with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg"):
         run(
             "plan_cem",
-            ["--out", str(tmp_path), "--planner", "world-model", "--turn-step-deg", "30"],
+            ["--output-dir", str(tmp_path), "--planner", "world-model", "--turn-step-deg", "30"],
         )
     with pytest.raises(ValueError, match="differs from the world model's frames"):
         run("plan_cem", [*argv, "--size", "64"])
 
 
 def test_rank_nomad_with_the_learned_simulator(tmp_path):
-    argv = ["--out", str(tmp_path), "--policy", "untrained", "--preset", "tiny", "--episodes", "1"]
+    argv = [
+        "--output-dir",
+        str(tmp_path),
+        "--policy",
+        "untrained",
+        "--preset",
+        "tiny",
+        "--episodes",
+        "1",
+    ]
     argv += ["--num-samples", "2"]
     argv += ["--planner", "world-model", "--checkpoint", "tiny-untrained", "--sampling-steps", "2"]
     rows = run("rank_nomad", argv)
@@ -230,7 +254,7 @@ def test_rank_nomad_with_the_learned_simulator(tmp_path):
 
 def test_adapt_policy(tmp_path):
     argv = ["--checkpoint", "tiny-untrained", "--policy", "untrained", "--preset", "tiny"]
-    argv += ["--out", str(tmp_path)]
+    argv += ["--output-dir", str(tmp_path)]
     argv += ["--episodes", "1", "--eval-steps", "4", "--sampling-steps", "2"]
     argv += ["--hindsight.rounds", "1", "--hindsight.rollouts", "1"]
     argv += ["--hindsight.rollout-steps", "6", "--hindsight.training.max-goal-distance", "2"]
@@ -247,7 +271,7 @@ def test_adapt_policy(tmp_path):
 
 def test_rank_nomad(tmp_path):
     argv = [
-        "--out",
+        "--output-dir",
         str(tmp_path),
         "--policy",
         "untrained",
@@ -271,9 +295,9 @@ def test_train_nomad(tmp_path, tiny_dataset):
     from planners.nomad import NoMaDPolicy
 
     argv = [
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
-        "--out",
+        "--output-dir",
         str(tmp_path / "policy"),
         "--preset",
         "tiny",
@@ -299,9 +323,9 @@ def test_imagine(tmp_path):
         "house-train-0000",
         "--out-steps",
         "1",
-        "--num-sampling-steps",
+        "--sampling-steps",
         "1",
-        "--out-dir",
+        "--output-dir",
         str(tmp_path),
         "--scale",
         "2",
@@ -325,11 +349,11 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "memory.json").write_text(json.dumps(spec))
     argv = [
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
         "--checkpoint",
         str(tmp_path / "model"),
-        "--out-dir",
+        "--output-dir",
         str(tmp_path / "out"),
         "--max-clips",
         "2",
@@ -337,7 +361,7 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
         "2",
         "--memory-frames",
         "2",
-        "--num-inference-steps",
+        "--sampling-steps",
         "1",
         "--device",
         "cpu",
@@ -362,7 +386,7 @@ def test_export_checkpoint(tmp_path):
     argv = [
         "--run-dir",
         str(tmp_path / "run"),
-        "--output",
+        "--output-dir",
         str(tmp_path / "ckpt"),
         "--machine",
         "test CPU",
@@ -381,7 +405,7 @@ def test_explore_scene_cli_help(flag, capsys):
 
 
 def test_navigate(tmp_path):
-    argv = ["--checkpoint", "tiny-untrained", "--out", str(tmp_path), "--episodes", "1"]
+    argv = ["--checkpoint", "tiny-untrained", "--output-dir", str(tmp_path), "--episodes", "1"]
     argv += ["--num-samples", "4", "--horizon", "4", "--max-steps", "4", "--sampling-steps", "2"]
     rows = run("navigate", argv)
     assert [(row["planner"], row["episode"]) for row in rows] == [
