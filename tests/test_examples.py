@@ -1,14 +1,21 @@
 """Every example runs end to end with its tiny setting, parsed from the command line."""
 
+import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 import tyro
+
+from worldsim import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -423,3 +430,84 @@ def test_navigate(tmp_path):
     assert len(video) == rows[0]["actions"] + 1  # the start view, then one frame per action
     assert video[0].shape[:2] == (14 + 256, 3 * 256)  # goal | imagined | executed
     assert imageio.imread(tmp_path / "topdown.png").std() > 10
+
+
+SCRIPTS = sorted(EXAMPLES.glob("*.py")) + sorted((EXAMPLES.parent / "benchmarks").glob("*.py"))
+RETIRED_NAMES = {
+    "out": "output_dir",
+    "out_dir": "output_dir",
+    "output": "output_dir",
+    "root": "data_dir",
+    "data": "data_dir",
+    "num_sampling_steps": "sampling_steps",
+    "num_inference_steps": "sampling_steps",
+    "inference_steps": "sampling_steps",
+    "num_workers": "workers",
+}
+
+
+def flag_fields(args_type, prefix=""):
+    """Every (dotted name, default) of a dataclass and the dataclasses nested in it."""
+    hints = typing.get_type_hints(args_type)
+    for field in dataclasses.fields(args_type):
+        name = prefix + field.name
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from flag_fields(hints[field.name], name + ".")
+        else:
+            yield name, field.default
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_one_flag_name_per_concept(path):
+    module = load_example(path.stem) if path.parent == EXAMPLES else load_script(path)
+    fields = dict(flag_fields(module.Args))
+    leaves = {name.rsplit(".", 1)[-1] for name in fields}
+    assert {name: RETIRED_NAMES[name] for name in leaves & RETIRED_NAMES.keys()} == {}
+    source = path.read_text()
+    if "import torch" in source:
+        assert "threads" in fields, "a script that runs torch takes --threads"
+    assert "seed" in leaves or path.stem == "export_checkpoint"  # export draws nothing at random
+    assert "cli.run(main, Args)" in source  # user errors in one line, --threads applied
+    if path.parent == EXAMPLES:  # every example writes files, into --output-dir
+        [output_dir] = [name for name in fields if name.rsplit(".", 1)[-1] == "output_dir"]
+        default = fields[output_dir]
+        if path.stem == "export_checkpoint":  # its output is the embedded checkpoint itself
+            from worldsim.world_model import DEFAULT_CHECKPOINT
+
+            assert default == DEFAULT_CHECKPOINT
+        elif default is not dataclasses.MISSING:
+            assert default == Path("outputs") / path.stem
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_command(script: str, argv: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != cli.TRACEBACK_VARIABLE}
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES.parent), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, str(EXAMPLES.parent / script), *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_bad_inputs_end_in_one_line_without_a_traceback(tmp_path):
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    missing = tmp_path / "no-such-checkpoint"
+    cases = [
+        ("examples/navigate.py", ["--threads", "-3"], "--threads must be >= 0"),
+        ("examples/navigate.py", ["--device", device], f"--device '{device}'"),
+        ("examples/plan_cem.py", ["--planner", "world-model", "--checkpoint", str(missing)],
+         f"no world model checkpoint at '{missing}'"),
+        ("examples/explore_scene.py", ["--scene", "house-nowhere"], "unknown scene id 'house-nowhere'"),
+    ]  # fmt: skip
+    for script, argv, message in cases:
+        result = run_command(script, [*argv, "--output-dir", str(tmp_path / "out")])
+        assert result.returncode == 2, (script, argv, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -27,8 +27,12 @@ example scripts of the source checkout this package is installed from (``pip ins
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import runpy
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +48,52 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsErro
 
 TRACEBACK_VARIABLE = "PERSISTENT_WORLD_TRACEBACK"
 """Environment variable: set to 1 to print the traceback of user errors too."""
+
+
+SPHINX_ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc):`~?([^`]+)`")
+"""A Sphinx cross-reference such as :class:`envs.scenes.SceneSpec`; group 1 is the target."""
+
+
+def plain_text(text: str) -> str:
+    """Strip the Sphinx markup of docstrings (roles and double backticks) for a terminal.
+
+    Args:
+        text: help text built from docstrings.
+
+    Returns:
+        The text with ``:role:`target``` replaced by ``target`` and double backticks removed.
+    """
+    return SPHINX_ROLE.sub(r"\1", text).replace("``", "")
+
+
+def parse(args_type: type[ArgsT], argv: Sequence[str] | None = None) -> ArgsT:
+    """Parse the command line into ``args_type`` with tyro; ``--help`` prints plain text.
+
+    The help of nested settings comes from the library's docstrings, which are written for
+    Sphinx; the help text is captured and printed without that markup (and without colour).
+
+    Args:
+        args_type: the script's ``Args`` dataclass.
+        argv: the arguments, without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The parsed arguments.
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    if not {"-h", "--help"} & set(words):
+        return tyro.cli(args_type, args=argv)
+    buffer = io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(shutil.get_terminal_size().columns)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            return tyro.cli(args_type, args=argv)
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+        sys.stdout.write(plain_text(buffer.getvalue()))
 
 
 class DeviceUnavailableError(ValueError):
@@ -134,7 +184,7 @@ def run(
             (see :data:`USER_ERRORS`); tyro's own exit for ``--help`` and unknown flags.
     """
     try:
-        args = tyro.cli(args_type, args=argv)
+        args = parse(args_type, argv)
         configure(args)
         return main(args)
     except USER_ERRORS as error:
