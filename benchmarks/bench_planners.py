@@ -20,7 +20,7 @@ simulator, measured in the same run.
 Run::
 
     python benchmarks/bench_planners.py                       # about 8 minutes on 2 CPU cores
-    python benchmarks/bench_planners.py --simulators oracle tiny --samples 8 16   # quick
+    python benchmarks/bench_planners.py --simulators oracle tiny --num-samples 8 16   # quick
 """
 
 from __future__ import annotations

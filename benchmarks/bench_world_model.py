@@ -5,7 +5,7 @@
 For each configuration and batch size it prints the time of one denoiser forward pass without
 memory (the baseline of the row), with memory blocks reading N random map tokens for several N
 (as a ratio to the baseline), and the frames per second of generating one chunk
-(``--inference-steps`` denoising steps plus VAE decoding), all measured in the same run.
+(``--sampling-steps`` denoising steps plus VAE decoding), all measured in the same run.
 Freshly initialised weights: speed does not depend on training.
 """
 

@@ -91,3 +91,19 @@ def test_help_is_plain_text(capsys):
     assert "--threads" in capsys.readouterr().out
     sphinx = "see :class:`~envs.scenes.SceneSpec`, ``None``"
     assert cli.plain_text(sphinx) == "see envs.scenes.SceneSpec, None"
+
+
+def test_every_console_command_runs_an_example(monkeypatch, capsys):
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((cli.examples_folder().parent / "pyproject.toml").read_text())
+    commands = pyproject["project"]["scripts"]
+    for command, target in commands.items():
+        module, name = target.split(":")
+        assert module == "worldsim.cli" and command == "pw-" + name.replace("_", "-")
+        assert (cli.examples_folder() / f"{name}.py").is_file()
+        assert callable(getattr(cli, name))
+    monkeypatch.setattr("sys.argv", ["pw-explore-scene", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.explore_scene()
+    assert exit_info.value.code == 0
+    assert "--num-goals" in capsys.readouterr().out
