@@ -503,7 +503,8 @@ def test_bad_inputs_end_in_one_line_without_a_traceback(tmp_path):
         ("examples/navigate.py", ["--device", device], f"--device '{device}'"),
         ("examples/plan_cem.py", ["--planner", "world-model", "--checkpoint", str(missing)],
          f"no world model checkpoint at '{missing}'"),
-        ("examples/explore_scene.py", ["--scene", "house-nowhere"], "unknown scene id 'house-nowhere'"),
+        ("examples/explore_scene.py", ["--scene", "house-nowhere"],
+         "unknown scene id 'house-nowhere'"),
     ]  # fmt: skip
     for script, argv, message in cases:
         result = run_command(script, [*argv, "--output-dir", str(tmp_path / "out")])
