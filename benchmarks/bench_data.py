@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.collection import CollectionConfig, collect
 from envs.simulator import SimulatorConfig, make_simulator
+from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, frames_to_tensors, memory_frame_indices
 
 
@@ -40,6 +39,8 @@ class Args:
     """Frames per episode at most."""
     clips: int = 300
     """Clips read per measurement."""
+    threads: int = 1
+    """CPU threads of torch (1: as one collection worker; 0: torch's default)."""
     seed: int = 0
     """Seed of the clip order."""
 
@@ -104,7 +105,6 @@ def read_clips_in_memory(dataset: ClipDataset, order: np.ndarray) -> Timer:
 
 
 def main(args: Args) -> None:
-    torch.set_num_threads(1)  # one core, as one collection worker
     rng = np.random.default_rng(args.seed)
     simulator = SimulatorConfig(width=args.resolution, height=args.resolution)
     settings = [("lzf", "float16"), ("none", "float16"), ("gzip", "float16"), ("lzf", "float32")]
@@ -112,7 +112,7 @@ def main(args: Args) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         base = CollectionConfig(
-            output=Path(folder),
+            output_dir=Path(folder),
             scene_count=1,
             episodes_per_scene=args.episodes,
             episodes_per_shard=args.episodes,
@@ -123,13 +123,13 @@ def main(args: Args) -> None:
         for compression, depth_dtype in tqdm(settings, desc="storage settings"):
             config = dataclasses.replace(
                 base,
-                output=Path(folder) / f"{compression}-{depth_dtype}",
+                output_dir=Path(folder) / f"{compression}-{depth_dtype}",
                 compression=compression,
                 depth_dtype=depth_dtype,
             )
             with Timer() as collecting:
                 summary = collect(config, progress=False)
-            dataset = ClipDataset(config.output, clip_config)
+            dataset = ClipDataset(config.output_dir, clip_config)
             order = rng.permutation(len(dataset))[: args.clips]
             read_clips(dataset, order[:10])  # open files, warm caches
             rows.append(
@@ -167,4 +167,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.lpips import LPIPS
 
 
@@ -34,8 +34,8 @@ class Args:
     """Seed of the random images."""
     cpu_only: bool = False
     """Skip CUDA even where it is available."""
-    threads: int | None = None
-    """CPU threads for torch (default: torch's choice); 1 is steadier on a loaded machine."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default); 1 is steadier on a loaded machine."""
 
 
 def best_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -55,8 +55,6 @@ def best_seconds(fn, repeats: int, device: torch.device) -> float:
 @torch.no_grad()
 def main(args: Args) -> None:
     generator = torch.Generator().manual_seed(args.seed)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
@@ -86,4 +84,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

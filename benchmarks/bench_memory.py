@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.encoders import PooledColorEncoder
 from worldsim.geometry import intrinsics_from_hfov, invert_rigid, pose_from_position_yaw
 from worldsim.memory import FeatureMap3D, FeatureMapConfig
@@ -48,6 +48,8 @@ class Args:
     """Timed repetitions (median reported)."""
     tiny: bool = False
     """Small sizes, for a smoke test."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
 
 
@@ -187,4 +189,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 
 import envs  # noqa: F401  (registers PersistentWorld-v0)
+from worldsim import cli
 from worldsim.memory import build_memory
 from worldsim.world_model import WorldModel
 
@@ -43,15 +43,17 @@ class Args:
     steps: int = 3
     """Timed steps per setting, after one warm-up step."""
     memory_encoder: str = "vgg16"
-    """Image encoder of the 3D feature map (``pooled_color`` times the model alone)."""
+    """Image encoder of the 3D feature map (pooled_color times the model alone)."""
     split_batch: int = 8
     """Also time vector envs of more rows than this in calls of this many rows."""
-    num_sampling_steps: int | None = None
+    sampling_steps: int | None = None
     """DDIM steps per frame; default: each configuration's own."""
     scene: str = "house-train-0000"
     """Ground-truth scene of the start views."""
     device: str = "cpu"
     """Torch device of the model and the memory."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
 
 
@@ -68,7 +70,7 @@ def settings(model: WorldModel, memory: dict, args: Args) -> dict:
         checkpoint=model,
         memory=memory,
         device=args.device,
-        num_sampling_steps=args.num_sampling_steps,
+        num_sampling_steps=args.sampling_steps,
         scene=args.scene,
     )
 
@@ -139,4 +141,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

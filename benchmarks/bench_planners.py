@@ -20,7 +20,7 @@ simulator, measured in the same run.
 Run::
 
     python benchmarks/bench_planners.py                       # about 8 minutes on 2 CPU cores
-    python benchmarks/bench_planners.py --simulators oracle tiny --samples 8 16   # quick
+    python benchmarks/bench_planners.py --simulators oracle tiny --num-samples 8 16   # quick
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from functools import partial
 
 import numpy as np
 import torch
-import tyro
 
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
@@ -41,6 +40,7 @@ from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
 from planners.nomad import UNTRAINED, load_policy
 from planners.ranking import NoMaDSampler, ranked_decision
+from worldsim import cli
 from worldsim.checkpoints import TINY_UNTRAINED, learned_planning_rollout
 
 
@@ -49,8 +49,8 @@ class Args:
     """Benchmark settings."""
 
     simulators: tuple[str, ...] = ("oracle", "tiny", "shipped")
-    """What the planners imagine in: ``oracle``, ``tiny`` and / or ``shipped``."""
-    samples: tuple[int, ...] = (8, 16, 60)
+    """What the planners imagine in: oracle, tiny and / or shipped."""
+    num_samples: tuple[int, ...] = (8, 16, 60)
     """Candidates N per decision."""
     horizon: int = 8
     """CEM horizon, steps."""
@@ -114,8 +114,6 @@ def cem_decision(planner, start, goal, cost, args: Args, count: int, generator) 
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the benchmark and print a table."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cost = GoalCost(device=args.device)
     rows = []
     for name in args.simulators:
@@ -128,9 +126,9 @@ def main(args: Args) -> list[dict[str, float]]:
         generator = torch.Generator().manual_seed(args.seed)
         cem = partial(cem_decision, planner, start.select([0]), goal, cost, args)
         ranking = partial(ranked_decision, sampler, planner, start, goal, cost)
-        cem(min(args.samples), generator)  # warm-up
+        cem(min(args.num_samples), generator)  # warm-up
         baselines: dict[str, float] = {}
-        for count in args.samples:
+        for count in args.num_samples:
             for kind, decision in (
                 ("cem", partial(cem, count, generator)),
                 ("ranking", partial(ranking, count, generator)),
@@ -163,4 +161,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import tyro
 
 import envs  # noqa: F401  (registers IndoorNav-v0)
+from worldsim import cli
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,4 @@ def main(args: Args) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

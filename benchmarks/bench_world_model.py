@@ -5,7 +5,7 @@
 For each configuration and batch size it prints the time of one denoiser forward pass without
 memory (the baseline of the row), with memory blocks reading N random map tokens for several N
 (as a ratio to the baseline), and the frames per second of generating one chunk
-(``--inference-steps`` denoising steps plus VAE decoding), all measured in the same run.
+(``--sampling-steps`` denoising steps plus VAE decoding), all measured in the same run.
 Freshly initialised weights: speed does not depend on training.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.sampling import sample_chunk
 from worldsim.world_model import WorldModel
 
@@ -32,12 +32,14 @@ class Args:
     """Batch sizes B."""
     memory_tokens: list[int] = field(default_factory=lambda: [256, 1024, 4096])
     """Numbers of map tokens N to time against the no-memory baseline."""
-    inference_steps: int = 4
+    sampling_steps: int = 4
     """Denoising steps per generated chunk."""
     repeats: int = 3
     """Timed repetitions (the median is reported) after one warm-up."""
     device: str = "cpu"
     """torch device."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
     """Seed of the weights and inputs."""
 
@@ -90,16 +92,16 @@ def bench(args: Args, name: str, batch: int, device: torch.device) -> None:
 
     def generate() -> None:
         latents = sample_chunk(
-            model, context, rays, num_inference_steps=args.inference_steps, generator=generator
+            model, context, rays, num_inference_steps=args.sampling_steps, generator=generator
         )
         model.decode(latents)
 
     seconds = median_seconds(generate, max(1, args.repeats // 2), device)
     frames = batch * model.config.n_future
     print(
-        f"{'':>6} {'':<5} generate one chunk ({args.inference_steps} steps + decode): "
+        f"{'':>6} {'':<5} generate one chunk ({args.sampling_steps} steps + decode): "
         f"{seconds:.2f} s, {frames / seconds:.1f} frames/s "
-        f"({seconds / (args.inference_steps * baseline):.2f}x the steps' forward time)"
+        f"({seconds / (args.sampling_steps * baseline):.2f}x the steps' forward time)"
     )
 
 
@@ -113,4 +115,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -63,7 +63,7 @@ class CollectionConfig:
     """What to collect, and how to split the work.
 
     Attributes:
-        output: dataset folder (created if missing).
+        output_dir: dataset folder (created if missing).
         split: scene split, one of :data:`envs.embedded.scenes.SPLITS`.
         scene_start: index of the first scene of the split this run covers, >= 0.
         scene_count: number of consecutive scenes this run covers, >= 1.
@@ -82,7 +82,7 @@ class CollectionConfig:
         revisit: the revisit rule of the summary's revisit fraction.
     """
 
-    output: Path
+    output_dir: Path
     split: str = "train"
     scene_start: int = 0
     scene_count: int = 20
@@ -299,7 +299,7 @@ def collect_shard(
         record_episode(sim, task.scene_id, index, config)
         for index in range(task.episode_start, task.episode_stop)
     ]
-    path = config.output / SHARD_DIR / task.name
+    path = config.output_dir / SHARD_DIR / task.name
     write_shard(
         path,
         episodes,
@@ -421,7 +421,7 @@ def summarise(
     frames = sum(s.frames for s in stats)
     revisit_frames = sum(t[2] for t in totals.values())
     return CollectionSummary(
-        output=str(config.output),
+        output=str(config.output_dir),
         shards=len(stats),
         resumed_shards=sum(not s.collected for s in stats),
         episodes=sum(s.episodes for s in stats),
@@ -440,7 +440,7 @@ def summarise(
 
 
 def collect(config: CollectionConfig, progress: bool = True) -> CollectionSummary:
-    """Collect (or resume collecting) a scene range into ``config.output``.
+    """Collect (or resume collecting) a scene range into ``config.output_dir``.
 
     Args:
         config: what to collect and how.
@@ -454,7 +454,7 @@ def collect(config: CollectionConfig, progress: bool = True) -> CollectionSummar
             unreadable (the message names it; delete it and rerun).
     """
     begin = time.perf_counter()
-    output = Path(config.output)
+    output = Path(config.output_dir)
     write_manifest(output, config.settings())
     tasks = plan_shards(config)
     write_plan(output, config.plan_name, [task.name for task in tasks])

@@ -13,12 +13,12 @@ ground truth, after adaptation).
 
 Run (the embedded world model and policy unless ``--checkpoint`` / ``--policy`` name others)::
 
-    python examples/adapt_policy.py --out runs/adapt_policy
+    python examples/adapt_policy.py
 
 Tiny setting (as the tests; untrained tiny models)::
 
     python examples/adapt_policy.py --checkpoint tiny-untrained --policy untrained --preset tiny \
-        --out /tmp/adapt \
+        --output-dir /tmp/adapt \
         --episodes 1 --eval-steps 4 --hindsight.rounds 1 --hindsight.rollouts 1 \
         --hindsight.rollout-steps 6 --hindsight.training.max-goal-distance 2 \
         --hindsight.training.min-action-distance 1 --hindsight.training.steps 2 --sampling-steps 2
@@ -32,7 +32,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.embedded.scenes import scene_ids
@@ -43,6 +42,7 @@ from planners.hindsight import HindsightConfig, ImaginedTrajectory, adapt, imagi
 from planners.metrics import sim_score, success
 from planners.nomad import NoMaDPolicy, load_policy
 from planners.ranking import NoMaDSampler
+from worldsim import cli
 from worldsim.checkpoints import learned_planning_rollout
 from worldsim.geometry import Action, position_yaw_from_pose
 from worldsim.learned_rollout import WorldModelRollout
@@ -55,17 +55,17 @@ class Args:
     """Settings of the adaptation experiment."""
 
     checkpoint: str | None = None
-    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (smoke test), or
-    ``None``: the embedded default checkpoint."""
-    out: Path = Path("runs/adapt_policy")
+    """World-model folder (WorldModel.save_pretrained), tiny-untrained (smoke test), or
+    None: the embedded default checkpoint."""
+    output_dir: Path = Path("outputs/adapt_policy")
     """Output folder."""
     policy: str | None = None
-    """Policy folder (``NoMaDPolicy.save_pretrained``), ``untrained`` (an untrained ``--preset``
-    policy, for smoke tests), or ``None``: the embedded policy."""
+    """Policy folder (NoMaDPolicy.save_pretrained), untrained (an untrained --preset
+    policy, for smoke tests), or None: the embedded policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
-    """Size of the ``untrained`` policy."""
+    """Size of the untrained policy."""
     split: str = "test"
-    """Scene split (``test``: scenes unseen in training)."""
+    """Scene split (test: scenes unseen in training)."""
     scene_index: int = 0
     """Which scene of the split."""
     few_images: int = 6
@@ -79,7 +79,7 @@ class Args:
     hindsight: HindsightConfig = field(default_factory=HindsightConfig)
     """Rounds, rollouts and fine-tuning settings."""
     turn_step_deg: float | None = None
-    """Turn step of the discrete actions, degrees; ``None``: the world model's own (10° for the
+    """Turn step of the discrete actions, degrees; None: the world model's own (10° for the
     embedded checkpoint)."""
     min_goal_m: float = 1.0
     """Smallest start-to-goal geodesic distance, metres."""
@@ -88,7 +88,7 @@ class Args:
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the model's default)."""
     seed: int = 0
     """Seed of everything."""
     device: str = "cpu"
@@ -152,10 +152,8 @@ def evaluate(
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # initialisation of untrained models
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     world = world_model_rollout(args)
     size = world.image_size[0]
     policy = load_policy(args.policy, args.preset, size, args.device)
@@ -188,11 +186,11 @@ def main(args: Args) -> list[dict[str, float]]:
             "loss_last": history[-1]["loss_last"],
         },
     ]
-    write_report(rows, args.out, "adapt_policy")
+    write_report(rows, args.output_dir, "adapt_policy")
     oracle.sim.load_scene(scene)
     plot_trajectories(
         {"before": runs_before[0][1].cam_to_world, "after": runs_after[0][1].cam_to_world},
-        args.out / "topdown.png",
+        args.output_dir / "topdown.png",
         occupancy=oracle.sim.navigation.navigable,
         extent=oracle.sim.navigation.extent,
         goal=episodes[0].goal_position,
@@ -205,11 +203,11 @@ def main(args: Args) -> list[dict[str, float]]:
     real = executed.rgb[count - 1 :]
     write_panel_video(
         {"goal": goal, "imagined": imagined, "executed": real},
-        args.out / "imagined_vs_executed.mp4",
+        args.output_dir / "imagined_vs_executed.mp4",
     )
-    print((args.out / "adapt_policy.md").read_text())
+    print((args.output_dir / "adapt_policy.md").read_text())
     return rows
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

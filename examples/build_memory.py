@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
+from worldsim import cli
 from worldsim.encoders import EncoderConfig, build_encoder
 from worldsim.memory import MEMORIES, build_memory
 
@@ -36,7 +36,7 @@ from worldsim.memory import MEMORIES, build_memory
 class Args:
     """Example settings."""
 
-    out_dir: Path = Path("outputs/build_memory")
+    output_dir: Path = Path("outputs/build_memory")
     """Where the pictures and the summary go."""
     steps: int = 80
     """Steps of the trajectory (out to the goal, then back)."""
@@ -46,6 +46,8 @@ class Args:
     """Image encoder: vgg16 (ImageNet weights), dinov2 (local checkpoint) or pooled_color."""
     voxel_size: float = 0.1
     """Voxel / floor cell edge, metres."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
     """Seeds the episode (scene, start and goal)."""
     device: str = "cpu"
@@ -152,7 +154,7 @@ def draw_retrieval(path: Path, rgb: np.ndarray, target: int, rows: dict[str, lis
 def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     frames = collect(args)
     rgb, depth, k, pose = to_tensors(frames, device)
     encoder = build_encoder(EncoderConfig(name=args.encoder))
@@ -194,7 +196,7 @@ def main(args: Args) -> None:
         else:
             xz = centres.numpy()
         draw_topdown(
-            args.out_dir / f"{name}_topdown.png",
+            args.output_dir / f"{name}_topdown.png",
             xz,
             pca_colours(features.cpu()),
             positions,
@@ -209,17 +211,17 @@ def main(args: Args) -> None:
     snapshot_time, filled = images.snapshot_times()
     snapshot_steps = sorted(int(t) for t in snapshot_time[0][filled[0]].tolist())
     draw_retrieval(
-        args.out_dir / "retrieval.png",
+        args.output_dir / "retrieval.png",
         frames["rgb"],
         target,
         {"frame bank": bank_steps, "image memory": snapshot_steps},
     )
     summary["frame_bank"]["retrieved_steps"] = bank_steps
     summary["image"]["snapshot_steps"] = snapshot_steps
-    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"pictures in {args.out_dir}")
+    print(f"pictures in {args.output_dir}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

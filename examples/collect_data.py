@@ -2,11 +2,11 @@
 
 The default run (20 training scenes x 10 episodes of up to 500 frames at 64x64, all cores)::
 
-    .venv/bin/python examples/collect_data.py --output data/train-64
+    .venv/bin/python examples/collect_data.py --output-dir data/train-64
 
 A tiny run (what the tests use)::
 
-    .venv/bin/python examples/collect_data.py --output /tmp/tiny --scene-count 2 \
+    .venv/bin/python examples/collect_data.py --output-dir /tmp/tiny --scene-count 2 \
         --episodes-per-scene 3 --episodes-per-shard 1 --max-steps 20 --width 32 --height 32 \
         --workers 1
 
@@ -25,6 +25,7 @@ from typing import Annotated
 import tyro
 
 from envs.collection import CollectionConfig, collect
+from worldsim import cli
 
 
 @dataclass(frozen=True)
@@ -44,4 +45,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -3,10 +3,10 @@
 Make a held-out set once (unseen validation scenes, at the model's frame size), then evaluate a
 trained model on it::
 
-    .venv/bin/python examples/collect_data.py --output data/val-64 --split val --scene-count 4 \
+    .venv/bin/python examples/collect_data.py --output-dir data/val-64 --split val --scene-count 4 \
         --episodes-per-scene 4
-    .venv/bin/python examples/evaluate_world_model.py --checkpoint runs/world_model/memory/model \
-        --data data/val-64 --out-dir outputs/validation
+    .venv/bin/python examples/evaluate_world_model.py \
+        --checkpoint outputs/train_world_model/memory/model --data-dir data/val-64
 
 Without ``--checkpoint`` the embedded default checkpoint is evaluated. The tiny setting the tests
 use: ``--max-clips 2 --batch-size 2 --memory-frames 2`` on a 32x32 dataset and a tiny model.
@@ -15,7 +15,7 @@ For each chosen clip (up to ``--max-clips`` revisit clips and up to ``--max-clip
 kind) the model generates the clip's future chunk from its context frames along the recorded
 camera motion, once with the checkpoint's memory (``memory.json``; the 3D feature map by default)
 built from the clip's earlier frames and once with ``"none"`` (the same model without map tokens),
-from the same noise (:mod:`worldsim.evaluation`). Writes to ``--out-dir``:
+from the same noise (:mod:`worldsim.evaluation`). Writes to ``--output-dir``:
 
 - ``validation.json`` / ``validation.md``: PSNR, SSIM, LPIPS and depth L1 (metres) per subset
   (revisit clips, all clips) and variant: with memory, without, and the ``last frame`` baseline
@@ -34,9 +34,9 @@ from typing import Literal
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 
+from worldsim import cli
 from worldsim.checkpoints import resolve_memory
 from worldsim.data import ClipConfig, ClipDataset
 from worldsim.evaluation import (
@@ -57,11 +57,11 @@ REPORT_NAME = "validation"
 class Args:
     """Command-line arguments."""
 
-    data: Path
-    """Held-out dataset folder (``examples/collect_data.py --split val`` or ``test``)."""
+    data_dir: Path
+    """Held-out dataset folder (examples/collect_data.py --split val or test)."""
     checkpoint: Path | None = None
-    """Model folder (``WorldModel.save_pretrained``); the embedded default if None."""
-    out_dir: Path = Path("outputs/validation")
+    """Model folder (WorldModel.save_pretrained); the embedded default if None."""
+    output_dir: Path = Path("outputs/evaluate_world_model")
     """Where the report and the picture go."""
     memory_frames: int = 8
     """Earlier frames per clip that build the memory (as in training)."""
@@ -69,16 +69,18 @@ class Args:
     """Most clips per subset (revisit clips, all clips)."""
     batch_size: int = 8
     """Clips per model call."""
-    num_inference_steps: int | None = None
+    sampling_steps: int | None = None
     """DDIM steps per chunk; the model's default if None."""
     insert_context_frames: bool = False
     """Also unproject the context frames into the memory."""
     picture_clips: int = 4
-    """Clips shown in ``validation.png``."""
+    """Clips shown in validation.png."""
     device: Literal["auto", "cpu"] = "auto"
-    """``auto`` uses a GPU where there is one."""
+    """auto uses a GPU where there is one."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
-    """Seeds the sampling noise (clip ``i`` uses ``seed + i``)."""
+    """Seeds the sampling noise (clip i uses seed + i)."""
 
 
 def picture(predictions: Predictions, count: int) -> np.ndarray:
@@ -106,7 +108,7 @@ def main(args: Args) -> None:
             "with the no-memory variant"
         )
     clips = ClipDataset(
-        args.data,
+        args.data_dir,
         ClipConfig(
             n_context=model.config.n_context,
             n_future=model.config.n_future,
@@ -116,7 +118,7 @@ def main(args: Args) -> None:
     config = EvaluationConfig(
         max_clips=args.max_clips,
         batch_size=args.batch_size,
-        num_inference_steps=args.num_inference_steps,
+        num_inference_steps=args.sampling_steps,
         insert_context_frames=args.insert_context_frames,
         seed=args.seed,
     )
@@ -127,11 +129,13 @@ def main(args: Args) -> None:
     )
     predictions = with_last_frame_baseline(predictions, clips)
     rows = evaluation_rows(predictions)
-    json_path, md_path = write_report(rows, args.out_dir, REPORT_NAME)
-    imageio.imwrite(args.out_dir / f"{REPORT_NAME}.png", picture(predictions, args.picture_clips))
+    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME)
+    imageio.imwrite(
+        args.output_dir / f"{REPORT_NAME}.png", picture(predictions, args.picture_clips)
+    )
     print(md_path.read_text())
-    print(f"wrote {json_path}, {md_path} and {args.out_dir / f'{REPORT_NAME}.png'}")
+    print(f"wrote {json_path}, {md_path} and {args.output_dir / f'{REPORT_NAME}.png'}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

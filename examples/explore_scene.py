@@ -1,7 +1,7 @@
 """Tour a procedural house with the shortest-path oracle and record what the agent sees.
 
 Writes ``tour.mp4`` (RGB | depth side by side), ``top_down.png`` (the navigable floor with the
-path and the goals) and ``first_frame.png`` to ``--out``::
+path and the goals) and ``first_frame.png`` to ``--output-dir``::
 
     python examples/explore_scene.py
     python examples/explore_scene.py --scene house-val-0002 --num-goals 6 --width 256 --height 256
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
-import tyro
 from tqdm import tqdm
 
 from envs.embedded.simulator import Simulator
 from envs.simulator import SimulatorConfig
+from worldsim import cli
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories
 
@@ -29,7 +29,7 @@ class Args:
     """Scene tour settings."""
 
     scene: str = "house-train-0000"
-    """Scene id (``house-{train,val,test}-NNNN``) or path to a ``.glb``."""
+    """Scene id (house-{train,val,test}-NNNN) or path to a .glb."""
     num_goals: int = 4
     """How many random goals the oracle visits in turn."""
     min_goal_distance: float = 3.0
@@ -39,7 +39,7 @@ class Args:
     width: int = 256
     height: int = 256
     seed: int = 0
-    out: Path = Path("outputs/explore_scene")
+    output_dir: Path = Path("outputs/explore_scene")
     fps: int = 15
 
 
@@ -55,7 +55,7 @@ def depth_to_rgb(depth: np.ndarray, max_depth: float) -> np.ndarray:
 
 def main(args: Args) -> dict[str, float]:
     rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sim = Simulator(SimulatorConfig(width=args.width, height=args.height))
     sim.load_scene(args.scene)
@@ -64,7 +64,7 @@ def main(args: Args) -> dict[str, float]:
 
     frames, positions, goals, reached = [], [sim.position], [], 0
     observation = sim.observe()
-    imageio.imwrite(args.out / "first_frame.png", observation["rgb"])
+    imageio.imwrite(args.output_dir / "first_frame.png", observation["rgb"])
     progress = tqdm(total=args.num_goals, desc="goals", unit="goal")
     for _ in range(args.num_goals):
         goal = sim.sample_navigable_point(rng)
@@ -90,11 +90,11 @@ def main(args: Args) -> dict[str, float]:
         progress.update()
     progress.close()
 
-    imageio.mimwrite(args.out / "tour.mp4", frames, fps=args.fps, macro_block_size=1)
+    imageio.mimwrite(args.output_dir / "tour.mp4", frames, fps=args.fps, macro_block_size=1)
     x_min, x_max, z_max, z_min = sim.navigation.extent
     plot_trajectories(
         {"oracle tour": np.asarray(positions)},
-        args.out / "top_down.png",
+        args.output_dir / "top_down.png",
         occupancy=sim.navigation.navigable,
         extent=(x_min, x_max, z_min, z_max),
         goal=np.asarray(goals),
@@ -108,9 +108,9 @@ def main(args: Args) -> dict[str, float]:
         "total_s": round(time.perf_counter() - started, 2),
     }
     print(", ".join(f"{key}: {value}" for key, value in summary.items()))
-    print(f"wrote {args.out / 'tour.mp4'}, {args.out / 'top_down.png'}")
+    print(f"wrote {args.output_dir / 'tour.mp4'}, {args.output_dir / 'top_down.png'}")
     return summary
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

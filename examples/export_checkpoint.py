@@ -4,11 +4,11 @@ After training (``examples/train_world_model.py``) and validation
 (``examples/evaluate_world_model.py``), write the folder that ``WorldModel.from_pretrained()``
 loads with no argument::
 
-    .venv/bin/python examples/export_checkpoint.py --run-dir runs/world_model \
-        --data data/train-64 --validation outputs/validation/validation.json \
+    .venv/bin/python examples/export_checkpoint.py --run-dir outputs/train_world_model \
+        --data-dir data/train-64 --validation outputs/evaluate_world_model/validation.json \
         --machine "1x NVIDIA H100 80GB, 16 CPU cores" \
-        --train-command "python examples/train_world_model.py --data data/train-64 ..." \
-        --eval-command "python examples/evaluate_world_model.py --data data/val-64 ..." \
+        --train-command "python examples/train_world_model.py --data-dir data/train-64 ..." \
+        --eval-command "python examples/evaluate_world_model.py --data-dir data/val-64 ..." \
         --overwrite
 
 The folder (``worldsim/checkpoints/world_model_small`` by default) holds:
@@ -24,7 +24,7 @@ The folder (``worldsim/checkpoints/world_model_small`` by default) holds:
 
 The folder is written beside the target and renamed into place, so an interrupted export never
 leaves half a checkpoint. A tiny run for the tests: a ``--run-dir`` holding a tiny model in
-``memory/model``, ``--output`` in a temporary folder.
+``memory/model``, ``--output-dir`` in a temporary folder.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
+from worldsim import cli
 from worldsim.data import TrajectoryStore, read_manifest
 from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
@@ -50,20 +50,20 @@ FLOAT16_MAX = torch.finfo(torch.float16).max
 class Args:
     """Command-line arguments."""
 
-    run_dir: Path = Path("runs/world_model")
-    """The ``--output-dir`` of ``train_world_model.py``: one folder per stage."""
+    run_dir: Path = Path("outputs/train_world_model")
+    """The --output-dir of train_world_model.py: one folder per stage."""
     stage: Literal["vae", "backbone", "memory"] = "memory"
-    """The stage whose ``model/`` is shipped (the last one trained)."""
-    output: Path = DEFAULT_CHECKPOINT
+    """The stage whose model/ is shipped (the last one trained)."""
+    output_dir: Path = DEFAULT_CHECKPOINT
     """Checkpoint folder to write."""
     overwrite: bool = False
     """Replace an existing checkpoint folder."""
-    data: Path | None = None
+    data_dir: Path | None = None
     """Training dataset folder, described in the model card from its manifest."""
     validation: Path | None = None
-    """``validation.json`` written by ``evaluate_world_model.py`` (its ``.md`` is embedded)."""
+    """validation.json written by evaluate_world_model.py (its .md is embedded)."""
     machine: str = "not recorded"
-    """What the model was trained on, e.g. ``1x NVIDIA H100 80GB``."""
+    """What the model was trained on, e.g. 1x NVIDIA H100 80GB."""
     train_command: str = ""
     """The command that trained the model."""
     eval_command: str = ""
@@ -74,6 +74,8 @@ class Args:
     """Largest relative L2 error of a tensor's float16 copy for it to be stored in float16."""
     max_shard_mb: int = 30
     """Largest safetensors shard, MB (the package limit is 40 MB per file)."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
 
 
 def half_where_safe(model: WorldModel, tolerance: float) -> list[str]:
@@ -154,14 +156,14 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
         "",
         f"- machine: {args.machine}",
     ]
-    if args.data is not None:
-        settings = read_manifest(args.data)
-        store = TrajectoryStore(args.data)
+    if args.data_dir is not None:
+        settings = read_manifest(args.data_dir)
+        store = TrajectoryStore(args.data_dir)
         scenes = sorted({info.scene_id for info in store.episodes})
         simulator = settings.get("simulator", {})
         lines.append(
-            f"- data: `{args.data.name}`: split {settings.get('split')!r}, {len(scenes)} scenes "
-            f"({scenes[0]} .. {scenes[-1]}), {len(store.episodes)} episodes, "
+            f"- data: `{args.data_dir.name}`: split {settings.get('split')!r}, "
+            f"{len(scenes)} scenes ({scenes[0]} .. {scenes[-1]}), {len(store.episodes)} episodes, "
             f"{store.num_frames} frames of {simulator.get('width')}x{simulator.get('height')}, "
             f"policies {settings.get('policy_mix')}"
         )
@@ -201,8 +203,8 @@ def export(args: Args) -> Path:
             f"no trained model at {str(source)!r}: pass the --output-dir of train_world_model.py "
             "as --run-dir and the stage that wrote model/ as --stage"
         )
-    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{str(args.output)!r} exists; pass --overwrite to replace it")
+    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{str(args.output_dir)!r} exists; pass --overwrite to replace it")
     if args.validation is not None and not args.validation.with_suffix(".md").is_file():
         raise FileNotFoundError(
             f"no validation report at {str(args.validation.with_suffix('.md'))!r}: run "
@@ -212,17 +214,17 @@ def export(args: Args) -> Path:
         raise ValueError(f"max_shard_mb must be >= 1, got {args.max_shard_mb}")
     model = WorldModel.from_pretrained(source)
     kept = half_where_safe(model, args.half_tolerance) if args.half_precision else []
-    staging = args.output.with_name(args.output.name + ".partial")
+    staging = args.output_dir.with_name(args.output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, max_shard_size=f"{args.max_shard_mb}MB")
     if (source / MEMORY_FILE).is_file():
         shutil.copyfile(source / MEMORY_FILE, staging / MEMORY_FILE)
     files = sorted(staging.iterdir())
     (staging / "README.md").write_text(model_card(args, model, kept, files))
-    if args.output.exists():
-        shutil.rmtree(args.output)
-    staging.rename(args.output)
-    return args.output
+    if args.output_dir.exists():
+        shutil.rmtree(args.output_dir)
+    staging.rename(args.output_dir)
+    return args.output_dir
 
 
 def main(args: Args) -> None:
@@ -232,4 +234,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

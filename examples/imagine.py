@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/imagine.py                        # the embedded checkpoint
     .venv/bin/python examples/imagine.py --checkpoint tiny-untrained --scene house-train-0000 \
-        --out-steps 2 --out-dir outputs/imagine_smoke                       # smoke test
+        --out-steps 2 --output-dir outputs/imagine_smoke                       # smoke test
 
 The ground-truth simulator's shortest-path follower walks from a start pose towards a goal in
 another part of the house (at most ``--out-steps`` steps), turns around, walks back to the start
@@ -11,7 +11,7 @@ simulators, ``PersistentWorld-v0`` with the model's memory and with ``memory="no
 started from the ground-truth start view. On the way back the memory holds what was seen on the
 way out; the model without memory can only guess.
 
-Writes to ``--out-dir``:
+Writes to ``--output-dir``:
 
 - ``imagine.mp4``: ground truth | with memory | without memory, with per-frame PSNR (higher is
   better) and LPIPS (lower is better) against the ground truth plotted below, a cursor on the
@@ -36,13 +36,13 @@ import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import envs  # noqa: F401  (registers IndoorNav-v0 and PersistentWorld-v0)
 from envs.simulator import wrap_angle
+from worldsim import cli
 from worldsim.checkpoints import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 from worldsim.memory import build_memory
 from worldsim.metrics import lpips, psnr
@@ -57,25 +57,27 @@ class Args:
     """Example settings."""
 
     checkpoint: str | None = None
-    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (smoke test), or
-    ``None``: the embedded default checkpoint."""
+    """World-model folder (WorldModel.save_pretrained), tiny-untrained (smoke test), or
+    None: the embedded default checkpoint."""
     memory: str | None = None
-    """Memory name for ``worldsim.memory.build_memory``; default: the checkpoint's."""
+    """Memory name for worldsim.memory.build_memory; default: the checkpoint's."""
     memory_encoder: str | None = None
     """Image encoder of that memory (vgg16, dinov2, pooled_color); default: the memory's."""
     scene: str = "house-val-0000"
-    """Ground-truth scene id (a held-out house by default) or ``.glb`` path."""
+    """Ground-truth scene id (a held-out house by default) or .glb path."""
     out_steps: int = 40
     """Most steps of the way out (and of the way back)."""
     min_goal_distance: float = 3.0
     """Geodesic distance from the start to the far point, metres."""
-    num_sampling_steps: int | None = None
+    sampling_steps: int | None = None
     """DDIM steps per generated frame; default: the model's."""
     device: str = "cpu"
     """Torch device of the world model."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
     """Seeds the start, the far point, the untrained model and the sampling noise."""
-    out_dir: Path = Path("outputs/imagine")
+    output_dir: Path = Path("outputs/imagine")
     """Where the video, the plot and the report go."""
     scale: int = 4
     """Each frame is shown this many times larger (nearest neighbour)."""
@@ -193,7 +195,7 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     checkpoint, memory = load_model(args)
     settings = dict(checkpoint=checkpoint, device=args.device, scene=args.scene)
-    settings["num_sampling_steps"] = args.num_sampling_steps
+    settings["num_sampling_steps"] = args.sampling_steps
     with_memory = gym.make("PersistentWorld-v0", memory=memory, **settings)
     without_memory = gym.make("PersistentWorld-v0", memory="none", **settings)
     model = with_memory.unwrapped.model
@@ -231,17 +233,17 @@ def main(args: Args) -> dict:
             row[f"{metric} all"] = float(np.mean(result.per_item))
             row[f"{metric} way back"] = float(np.mean(result.per_item[back]))
         rows.append(row)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     plot_metric_curves(
         {metric: {k: v[1:] for k, v in series.items()} for metric, series in curves.items()},
-        args.out_dir / "metrics.png",
+        args.output_dir / "metrics.png",
         title=f"{args.scene}: imagined vs true frames",
     )
-    write_report(rows, args.out_dir, "metrics")
+    write_report(rows, args.output_dir, "metrics")
 
     width = 3 * config.width * args.scale
     strip, columns = metric_strip(curves, width, walk["out_length"] + 1)
-    video = args.out_dir / "imagine.mp4"
+    video = args.output_dir / "imagine.mp4"
     with imageio.get_writer(video, fps=args.fps, macro_block_size=1) as writer:
         for step in range(len(true_frames)):
             frames = [true_frames[step]["rgb"]]
@@ -261,4 +263,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

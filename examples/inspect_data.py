@@ -2,13 +2,14 @@
 
 Inspect a collected dataset (see ``examples/collect_data.py``)::
 
-    .venv/bin/python examples/inspect_data.py --root data/train-64 --output outputs/inspect.png
+    .venv/bin/python examples/inspect_data.py --data-dir data/train-64
 
 Each row of the sheet is one clip: a few of its memory frames, its context frames and the
 future frames to predict (colour above, depth below), next to a top-down view of the whole
 trajectory with the memory (grey), context (blue) and future (orange) camera positions. Add
 ``--revisit-only`` to draw only clips whose future revisits earlier views, ``--video`` to also
-write an MP4, and ``--verify`` to re-hash every stored episode.
+write an MP4, and ``--verify`` to re-hash every stored episode. Writes ``contact_sheet.png`` (and
+``contact_sheet.mp4``) to ``--output-dir`` (``outputs/inspect_data``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import imageio.v3 as iio
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import tyro
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from worldsim import cli
 from worldsim.data import (
     ClipConfig,
     ClipDataset,
@@ -45,10 +46,10 @@ SHOWN_MEMORY_FRAMES = 4
 class Args:
     """Command-line arguments."""
 
-    root: Path
+    data_dir: Path
     """Dataset folder."""
-    output: Path = Path("outputs/inspect.png")
-    """Contact sheet to write (PNG); the video goes beside it with the suffix .mp4."""
+    output_dir: Path = Path("outputs/inspect_data")
+    """Folder of the contact sheet (contact_sheet.png) and the video (contact_sheet.mp4)."""
     clips: int = 6
     """Random clips to draw."""
     n_context: int = 4
@@ -65,6 +66,8 @@ class Args:
     """Re-hash every episode (reads the whole dataset)."""
     allow_incomplete: bool = False
     """Inspect a dataset whose collection has not finished."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
     """Seed of the clip choice."""
 
@@ -92,7 +95,7 @@ def clip_strip(item: dict, max_depth: float) -> np.ndarray:
 
 
 def main(args: Args) -> None:
-    store = TrajectoryStore(args.root, allow_incomplete=args.allow_incomplete)
+    store = TrajectoryStore(args.data_dir, allow_incomplete=args.allow_incomplete)
     print("settings:", json.dumps(store.settings, indent=1, sort_keys=True))
     stats = dataset_statistics(store)
     print(json.dumps(stats, indent=1))
@@ -150,11 +153,12 @@ def main(args: Args) -> None:
             shaded = depth_to_rgb(item["depth"][:, 0].numpy(), max_depth)
             video_frames.extend(np.concatenate([colour, shaded], axis=2))
     figure.tight_layout()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.output, dpi=120)
-    print(f"contact sheet: {args.output}")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    sheet = args.output_dir / "contact_sheet.png"
+    figure.savefig(sheet, dpi=120)
+    print(f"contact sheet: {sheet}")
     if args.video and video_frames:
-        path = args.output.with_suffix(".mp4")
+        path = sheet.with_suffix(".mp4")
         frames = np.stack(video_frames)
         scale = max(1, 256 // frames.shape[1])  # upscale small frames so players show them
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -163,4 +167,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

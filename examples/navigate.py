@@ -8,7 +8,7 @@ LPIPS, refit, repeat), executes the first actions of the best plan in the ground
 simulator, and replans from what it sees, until it believes it has arrived. The same planner
 with the ground truth as its imagination (the oracle) runs the same episodes for reference.
 
-Writes to ``--out`` (``outputs/navigate``):
+Writes to ``--output-dir`` (``outputs/navigate``):
 
 - ``navigate.md`` / ``.json``: per planner and episode, success (within 0.5 m of the goal),
   final distance, SIM (paper §4.3), actions, wall time; and a summary;
@@ -22,7 +22,7 @@ Run (about 2.5 minutes on a 2-core CPU)::
 
 Tiny setting (as the tests: an untrained tiny world model, a few actions)::
 
-    python examples/navigate.py --checkpoint tiny-untrained --out /tmp/navigate \
+    python examples/navigate.py --checkpoint tiny-untrained --output-dir /tmp/navigate \
         --num-samples 4 --horizon 4 --max-steps 4 --sampling-steps 2
 """
 
@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.oracle import OracleRollout
@@ -49,6 +48,7 @@ from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
+from worldsim import cli
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 from worldsim.rollout import RolloutModel
 
@@ -57,13 +57,13 @@ from worldsim.rollout import RolloutModel
 class Args:
     """Settings of the navigation job."""
 
-    out: Path = Path("outputs/navigate")
+    output_dir: Path = Path("outputs/navigate")
     """Output folder."""
     checkpoint: str | None = None
-    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
-    smoke-test model), or ``None``: the embedded checkpoint."""
+    """World-model folder (WorldModel.save_pretrained), tiny-untrained (an untrained
+    smoke-test model), or None: the embedded checkpoint."""
     scene: str = "house-test-0000"
-    """House of the episodes: an id of :mod:`envs.embedded.scenes` or a ``.glb`` path."""
+    """House of the episodes: an id of envs.embedded.scenes or a .glb path."""
     episodes: int = 1
     """Image-goal episodes, each with its own start and goal."""
     min_goal_m: float = 1.5
@@ -83,7 +83,7 @@ class Args:
     max_steps: int = 24
     """Most actions per episode."""
     sampling_steps: int | None = 10
-    """DDIM steps per imagined chunk (``None``: the model's default, 20)."""
+    """DDIM steps per imagined chunk (None: the model's default, 20)."""
     oracle: bool = True
     """Also run the planner with the ground truth as its imagination, for reference."""
     success_radius_m: float = 0.5
@@ -139,8 +139,6 @@ def score(
 
 def main(args: Args) -> list[dict]:
     """Run the job; returns the metrics table's rows (per episode, then a summary per planner)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     learned, size, turn = planning_simulator(
         "world-model", args.checkpoint, args.device, num_inference_steps=args.sampling_steps
     )
@@ -204,27 +202,27 @@ def main(args: Args) -> list[dict]:
         for name in planners
     ]
     rows += summary
-    write_report(rows, args.out, "navigate")
+    write_report(rows, args.output_dir, "navigate")
     run, goal = showcase
     write_panel_video(
         {"goal": goal, "imagined": run.imagined, "executed": run.frames},
-        args.out / "navigate.mp4",
+        args.output_dir / "navigate.mp4",
     )
     episode = episodes[0]
     truth.sim.load_scene(episode.scene)
     plot_trajectories(
         paths,
-        args.out / "topdown.png",
+        args.output_dir / "topdown.png",
         occupancy=truth.sim.navigation.navigable,
         extent=truth.sim.navigation.extent,
         goal=episode.goal_position,
         title=f"CEM to an image goal in {episode.scene} (episode 0)",
     )
     print()
-    print((args.out / "navigate.md").read_text())
-    print(f"video: {args.out / 'navigate.mp4'}   map: {args.out / 'topdown.png'}")
+    print((args.output_dir / "navigate.md").read_text())
+    print(f"video: {args.output_dir / 'navigate.mp4'}   map: {args.output_dir / 'topdown.png'}")
     return rows
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

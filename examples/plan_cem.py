@@ -16,16 +16,16 @@ world model the frame size is the model's.
 
 Run (a few minutes on a CPU)::
 
-    python examples/plan_cem.py --out runs/plan_cem
+    python examples/plan_cem.py
 
 Tiny setting (as the tests)::
 
-    python examples/plan_cem.py --out /tmp/plan_cem --episodes 1 --iterations 1 \
+    python examples/plan_cem.py --output-dir /tmp/plan_cem --episodes 1 --iterations 1 \
         --num-samples 8 --horizon 4 --max-steps 4 --size 32
 
 With the learned simulator (the embedded checkpoint unless ``--checkpoint`` names another)::
 
-    python examples/plan_cem.py --out runs/plan_cem_wm --planner world-model
+    python examples/plan_cem.py --output-dir outputs/plan_cem_wm --planner world-model
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.embedded.scenes import scene_ids
@@ -47,6 +46,7 @@ from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
+from worldsim import cli
 from worldsim.report import (
     plot_metric_curves,
     plot_trajectories,
@@ -59,15 +59,15 @@ from worldsim.report import (
 class Args:
     """Settings of the CEM navigation experiment."""
 
-    out: Path = Path("runs/plan_cem")
+    output_dir: Path = Path("outputs/plan_cem")
     """Output folder."""
     planner: Literal["oracle", "world-model"] = "oracle"
     """Simulator plans are imagined in: the ground truth, or the learned world model."""
     checkpoint: str | None = None
-    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
-    smoke-test model), or ``None``: the embedded default checkpoint."""
+    """World-model folder (WorldModel.save_pretrained), tiny-untrained (an untrained
+    smoke-test model), or None: the embedded default checkpoint."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the model's default)."""
     split: str = "train"
     """Scene split the episodes come from."""
     num_scenes: int = 5
@@ -75,10 +75,10 @@ class Args:
     episodes: int = 10
     """Episodes per iteration count."""
     size: int | None = None
-    """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
+    """Frame height and width, pixels; None: 64 for the oracle, the world model's own."""
     turn_step_deg: float | None = None
-    """Turn step of the discrete actions, degrees; ``None``: the world model's own with
-    ``--planner world-model`` (10° for the embedded checkpoint), 30° with the oracle."""
+    """Turn step of the discrete actions, degrees; None: the world model's own with
+    --planner world-model (10° for the embedded checkpoint), 30° with the oracle."""
     kind: Literal["discrete", "continuous"] = "discrete"
     """CEM distribution."""
     num_samples: int = 60
@@ -115,9 +115,7 @@ def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     learned, size, turn_step_deg = planning_simulator(
         args.planner,
         args.checkpoint,
@@ -186,10 +184,10 @@ def main(args: Args) -> list[dict[str, float]]:
                 "mean_steps": float(np.mean(steps)),
             }
         )
-    write_report(rows, args.out, "plan_cem")
+    write_report(rows, args.output_dir, "plan_cem")
     plot_metric_curves(
         {"SIM": [row["sim"] for row in rows], "success": [row["success"] for row in rows]},
-        args.out / "sim_vs_iterations.png",
+        args.output_dir / "sim_vs_iterations.png",
         title="CEM: SIM against iterations",
         xlabel=f"CEM iterations {list(args.iterations)} (index)",
     )
@@ -198,17 +196,17 @@ def main(args: Args) -> list[dict[str, float]]:
     navigation = oracle.sim.navigation
     plot_trajectories(
         {"executed": run.poses},
-        args.out / "topdown.png",
+        args.output_dir / "topdown.png",
         occupancy=navigation.navigable,
         extent=navigation.extent,
         goal=episode.goal_position,
         title=f"CEM in {episode.scene}",
     )
-    episode_video(run, args.out / "imagined_vs_executed.mp4", goal)
-    print(f"wrote {args.out}/plan_cem.md")
-    print((args.out / "plan_cem.md").read_text())
+    episode_video(run, args.output_dir / "imagined_vs_executed.mp4", goal)
+    print(f"wrote {args.output_dir}/plan_cem.md")
+    print((args.output_dir / "plan_cem.md").read_text())
     return rows
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

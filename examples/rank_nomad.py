@@ -20,14 +20,15 @@ smoke test. With a world model the frame size is the model's.
 
 Run (the embedded policy unless ``--policy`` names another)::
 
-    python examples/rank_nomad.py --out runs/rank_nomad
-    python examples/rank_nomad.py --planner world-model --split test --out runs/rank_nomad_wm
+    python examples/rank_nomad.py
+    python examples/rank_nomad.py --planner world-model --split test \
+        --output-dir outputs/rank_nomad_wm
 
 Tiny setting (as the tests; an untrained tiny policy)::
 
-    python examples/rank_nomad.py --out /tmp/rank --policy untrained --preset tiny \
+    python examples/rank_nomad.py --output-dir /tmp/rank --policy untrained --preset tiny \
         --episodes 1 --num-samples 2 --size 32
-    python examples/rank_nomad.py --out /tmp/rank_wm --policy untrained --preset tiny \
+    python examples/rank_nomad.py --output-dir /tmp/rank_wm --policy untrained --preset tiny \
         --episodes 1 --num-samples 2 --planner world-model --checkpoint tiny-untrained
 """
 
@@ -39,7 +40,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
 from envs.embedded.scenes import scene_ids
@@ -50,6 +50,7 @@ from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
 from planners.nomad import load_policy
 from planners.ranking import NoMaDSampler, rank_candidates
+from worldsim import cli
 from worldsim.geometry import Action
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 from worldsim.rollout import RolloutStart
@@ -62,22 +63,22 @@ TRAJECTORY_POSES = 8
 class Args:
     """Settings of the ranking experiment."""
 
-    out: Path = Path("runs/rank_nomad")
+    output_dir: Path = Path("outputs/rank_nomad")
     """Output folder."""
     policy: str | None = None
-    """Policy folder (``NoMaDPolicy.save_pretrained``), ``untrained`` (an untrained ``--preset``
-    policy, for smoke tests), or ``None``: the embedded policy."""
+    """Policy folder (NoMaDPolicy.save_pretrained), untrained (an untrained --preset
+    policy, for smoke tests), or None: the embedded policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
-    """Size of the ``untrained`` policy."""
+    """Size of the untrained policy."""
     planner: Literal["oracle", "world-model"] = "oracle"
     """Simulator candidates are imagined in: the ground truth, or the learned world model."""
     checkpoint: str | None = None
-    """World-model folder (``WorldModel.save_pretrained``), ``tiny-untrained`` (an untrained
-    smoke-test model), or ``None``: the embedded default checkpoint."""
+    """World-model folder (WorldModel.save_pretrained), tiny-untrained (an untrained
+    smoke-test model), or None: the embedded default checkpoint."""
     memory: str | None = None
-    """World-model memory (a ``build_memory`` name, or ``none``); default: the checkpoint's."""
+    """World-model memory (a build_memory name, or none); default: the checkpoint's."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (``None``: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the model's default)."""
     split: str = "train"
     """Scene split of the episodes."""
     num_scenes: int = 5
@@ -87,10 +88,10 @@ class Args:
     num_samples: tuple[int, ...] = (8, 16)
     """Candidates N ranked per decision."""
     size: int | None = None
-    """Frame height and width, pixels; ``None``: 64 for the oracle, the world model's own."""
+    """Frame height and width, pixels; None: 64 for the oracle, the world model's own."""
     turn_step_deg: float | None = None
-    """Turn step of the discrete actions, degrees; ``None``: the world model's own with
-    ``--planner world-model`` (10° for the embedded checkpoint), 30° with the oracle."""
+    """Turn step of the discrete actions, degrees; None: the world model's own with
+    --planner world-model (10° for the embedded checkpoint), 30° with the oracle."""
     min_goal_m: float = 1.0
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 2.0
@@ -156,9 +157,7 @@ def score(
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)  # initialisation of an untrained policy
     policy = load_policy(args.policy, args.preset, device=args.device)
     learned, size, turn_step_deg = planning_simulator(
@@ -224,12 +223,12 @@ def main(args: Args) -> list[dict[str, float]]:
         }
         for method, values in scores.items()
     ]
-    write_report(rows, args.out, "rank_nomad")
+    write_report(rows, args.output_dir, "rank_nomad")
     episode, reference, first_poses, best_poses, imagined, frames, goal = showcase
     oracle.sim.load_scene(episode.scene)
     plot_trajectories(
         {"ground truth": reference, "policy alone": first_poses, "ranked": best_poses},
-        args.out / "topdown.png",
+        args.output_dir / "topdown.png",
         occupancy=oracle.sim.navigation.navigable,
         extent=oracle.sim.navigation.extent,
         goal=episode.goal_position,
@@ -237,11 +236,11 @@ def main(args: Args) -> list[dict[str, float]]:
     )
     write_panel_video(
         {"goal": goal, "imagined": imagined, "executed": frames},
-        args.out / "imagined_vs_executed.mp4",
+        args.output_dir / "imagined_vs_executed.mp4",
     )
-    print((args.out / "rank_nomad.md").read_text())
+    print((args.output_dir / "rank_nomad.md").read_text())
     return rows
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -8,12 +8,12 @@ normalised waypoint deltas + temporal distance, goal masking). Saves the policy 
 
 Run::
 
-    python examples/train_nomad.py --data data/trajectories --out checkpoints/nomad-small
+    python examples/train_nomad.py --data-dir data/train-64
 
-Tiny setting (as the tests; collects a one-scene data set first if ``--data`` is empty)::
+Tiny setting (as the tests; collects a one-scene data set first if ``--data-dir`` is empty)::
 
-    python examples/train_nomad.py --data /tmp/nomad-data --out /tmp/nomad --preset tiny \
-        --steps 2 --batch-size 2 --collect-scenes 1
+    python examples/train_nomad.py --data-dir /tmp/nomad-data --output-dir /tmp/nomad \
+        --preset tiny --steps 2 --batch-size 2 --collect-scenes 1
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from torch.utils.data import DataLoader
 
 from planners.nomad import POLICY_PRESETS, NoMaDPolicy, make_scheduler
 from planners.nomad.training import NoMaDTrainingConfig, train_policy
+from worldsim import cli
 from worldsim.data import MANIFEST_NAME, ClipConfig, ClipDataset, collate_clips
 from worldsim.report import plot_metric_curves, write_report
 
@@ -37,9 +37,9 @@ from worldsim.report import plot_metric_curves, write_report
 class Args:
     """Settings of policy training."""
 
-    data: Path = Path("data/trajectories")
+    data_dir: Path = Path("data/train-64")
     """Trajectory data set folder."""
-    out: Path = Path("checkpoints/nomad-small")
+    output_dir: Path = Path("outputs/train_nomad")
     """Output folder of the trained policy."""
     preset: Literal["tiny", "small", "upstream"] = "small"
     """Policy size."""
@@ -48,11 +48,11 @@ class Args:
     )
     """Training settings."""
     steps: int | None = None
-    """Shortcut for ``training.steps``."""
+    """Shortcut for training.steps."""
     batch_size: int | None = None
-    """Shortcut for ``training.batch_size``."""
+    """Shortcut for training.batch_size."""
     collect_scenes: int = 0
-    """If > 0 and ``data`` holds no data set, first collect this many training scenes into it."""
+    """If > 0 and data holds no data set, first collect this many training scenes into it."""
     seed: int = 0
     """Seed of initialisation, data order and noise."""
     device: str = "cpu"
@@ -70,7 +70,7 @@ def collect_small_dataset(root: Path, scenes: int, size: int, seed: int) -> None
 
     collect(
         CollectionConfig(
-            output=root,
+            output_dir=root,
             scene_count=scenes,
             episodes_per_scene=2,
             episodes_per_shard=2,
@@ -91,8 +91,6 @@ def tail_mean(values: list[float], fraction: float = 0.1) -> float:
 
 def main(args: Args) -> list[dict[str, float]]:
     """Train and save the policy; returns the loss history."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     training = args.training
     if args.steps is not None:
         training = replace(training, steps=args.steps)
@@ -100,13 +98,13 @@ def main(args: Args) -> list[dict[str, float]]:
         training = replace(training, batch_size=args.batch_size)
     torch.manual_seed(args.seed)  # parameter initialisation (the only global draw)
     policy = NoMaDPolicy(**POLICY_PRESETS[args.preset]).to(args.device)
-    if args.collect_scenes > 0 and not (args.data / MANIFEST_NAME).exists():
+    if args.collect_scenes > 0 and not (args.data_dir / MANIFEST_NAME).exists():
         size = policy.config.image_size[0]
-        collect_small_dataset(args.data, args.collect_scenes, size, args.seed)
+        collect_small_dataset(args.data_dir, args.collect_scenes, size, args.seed)
     context = policy.config.context_size + 1
     future = max(training.max_goal_distance, policy.config.len_traj_pred)
     dataset = ClipDataset(
-        args.data, ClipConfig(n_context=context, n_future=future, max_memory_frames=0)
+        args.data_dir, ClipConfig(n_context=context, n_future=future, max_memory_frames=0)
     )
     generator = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(
@@ -119,9 +117,9 @@ def main(args: Args) -> list[dict[str, float]]:
         num_workers=args.workers,
     )
     history = train_policy(policy, make_scheduler(policy), loader, training, generator)
-    policy.save_pretrained(args.out)
+    policy.save_pretrained(args.output_dir)
     curves = {name: [h[name] for h in history] for name in ("loss", "diffusion", "distance")}
-    plot_metric_curves(curves, args.out / "loss.png", title="NoMaD training", xlabel="step")
+    plot_metric_curves(curves, args.output_dir / "loss.png", title="NoMaD training", xlabel="step")
     write_report(
         {
             "preset": args.preset,
@@ -132,12 +130,12 @@ def main(args: Args) -> list[dict[str, float]]:
             "final_diffusion": tail_mean(curves["diffusion"]),
             "final_distance": tail_mean(curves["distance"]),
         },
-        args.out,
+        args.output_dir,
         "train_nomad",
     )
-    print((args.out / "train_nomad.md").read_text())
+    print((args.output_dir / "train_nomad.md").read_text())
     return history
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

@@ -2,18 +2,17 @@
 
 Run every stage of the small configuration on synthetic box-room clips:
 
-    python examples/train_world_model.py --stage all --config small --data synthetic \
-        --output-dir runs/world_model
+    python examples/train_world_model.py --stage all --config small --data-dir synthetic
 
 or one stage, starting from the previous stage's exported model:
 
-    python examples/train_world_model.py --stage memory --init runs/world_model/backbone/model \
-        --output-dir runs/world_model
+    python examples/train_world_model.py --stage memory \
+        --init outputs/train_world_model/backbone/model
 
 Each stage writes ``<output-dir>/<stage>/`` with resumable checkpoints (re-running the same
 command continues a killed run), ``metrics.jsonl``, sample GIFs (true | generated RGB, true |
-generated depth) and the final EMA model in ``model/``. ``--data`` takes a dataset folder made by
-``examples/collect_data.py`` at the model's frame size, or ``synthetic`` (random walks in a
+generated depth) and the final EMA model in ``model/``. ``--data-dir`` takes a dataset folder
+made by ``examples/collect_data.py`` at the model's frame size, or ``synthetic`` (random walks in a
 ray-cast box room) for smoke tests.
 """
 
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch.utils.data import DataLoader
 
+from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
 from worldsim.data.latents import LatentCache
 from worldsim.data.synthetic import SyntheticRoomClips
@@ -42,50 +41,52 @@ class Args:
     """Command-line arguments."""
 
     stage: Literal["all", "vae", "backbone", "memory"] = "all"
-    """Which stage to run; ``all`` runs vae, backbone and memory in turn."""
+    """Which stage to run; all runs vae, backbone and memory in turn."""
     config: Literal["tiny", "small"] = "small"
     """Model configuration for a fresh model (ignored with --init)."""
     init: Path | None = None
-    """Model folder to start from (a previous stage's ``model/``); a fresh model if None."""
-    data: str = "synthetic"
-    """Training data: a dataset folder made by ``examples/collect_data.py``, or ``synthetic``
+    """Model folder to start from (a previous stage's model/); a fresh model if None."""
+    data_dir: str = "synthetic"
+    """Training data: a dataset folder made by examples/collect_data.py, or synthetic
     (random walks in a ray-cast box room, for smoke tests)."""
     revisit_fraction: float = 0.5
     """With a dataset, the share of clips drawn from revisits (future views seen long before)."""
-    num_workers: int = 2
+    workers: int = 2
     """DataLoader worker processes reading a dataset."""
-    output_dir: Path = Path("runs/world_model")
+    output_dir: Path = Path("outputs/train_world_model")
     """Where each stage writes its folder."""
     memory: str = "feature_map"
     """Memory for stage 2 (a name of worldsim.memory.build_memory)."""
     memory_encoder: str = "vgg16"
-    """Image encoder of the memory (``pooled_color`` is a cheap one)."""
+    """Image encoder of the memory (pooled_color is a cheap one)."""
     batch_size: int = 8
     """Clips per batch."""
     memory_frames: int = 8
     """Earlier frames per clip used to build the memory."""
     cache_latents: bool = True
     """With a dataset, encode every frame once before the backbone and memory stages and train
-    on the cached latents (``<output-dir>/latents.safetensors``, re-encoded when the VAE
+    on the cached latents (<output-dir>/latents.safetensors, re-encoded when the VAE
     changes); needs a VAE that codes frames one by one."""
     device: Literal["auto", "cpu"] = "auto"
-    """``auto`` uses a GPU where there is one."""
+    """auto uses a GPU where there is one."""
+    threads: int = 0
+    """CPU threads of torch (0: torch's default)."""
     seed: int = 0
     """Seeds the model initialisation, the data and the training noise."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Settings shared by the stages (``stage`` is set by --stage)."""
+    """Settings shared by the stages (stage is set by --stage)."""
 
 
 def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
     """Batches of the chosen data source, with the model's context and chunk lengths."""
-    if args.data == "synthetic":
+    if args.data_dir == "synthetic":
         return SyntheticRoomClips(
             model.config,
             batch_size=args.batch_size,
             memory_frames=args.memory_frames,
             seed=args.seed,
         )
-    store = TrajectoryStore(args.data)
+    store = TrajectoryStore(args.data_dir)
     latents = None
     if args.cache_latents and stage != "vae" and model.vae.per_frame:
         latents = LatentCache.load_or_build(args.output_dir / "latents.safetensors", model, store)
@@ -102,7 +103,7 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
     first = clips[0]["rgb"]
     if tuple(first.shape[-2:]) != (model.config.height, model.config.width):
         raise ValueError(
-            f"dataset {args.data} has {first.shape[-2]}x{first.shape[-1]} frames but the model "
+            f"dataset {args.data_dir} has {first.shape[-2]}x{first.shape[-1]} frames but the model "
             f"takes {model.config.height}x{model.config.width}; collect at the model's size"
         )
     generator = torch.Generator().manual_seed(args.seed)
@@ -113,8 +114,8 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
         batch_size=args.batch_size,
         sampler=sampler,
         collate_fn=collate_clips,
-        num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
         drop_last=True,
     )
 
@@ -150,4 +151,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli.run(main, Args)

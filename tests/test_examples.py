@@ -1,14 +1,21 @@
 """Every example runs end to end with its tiny setting, parsed from the command line."""
 
+import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 import tyro
+
+from worldsim import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -40,7 +47,7 @@ def test_every_example_has_a_test():
 def test_explore_scene(tmp_path):
     summary = run(
         "explore_scene",
-        ["--num-goals", "2", "--width", "32", "--height", "32", "--out", str(tmp_path)],
+        ["--num-goals", "2", "--width", "32", "--height", "32", "--output-dir", str(tmp_path)],
     )
     assert summary["goals_reached"] == 2
     frames = imageio.mimread(tmp_path / "tour.mp4")
@@ -53,7 +60,16 @@ def test_explore_scene(tmp_path):
 def test_build_memory(tmp_path):
     run(
         "build_memory",
-        ["--steps", "12", "--size", "32", "--encoder", "pooled_color", "--out-dir", str(tmp_path)],
+        [
+            "--steps",
+            "12",
+            "--size",
+            "32",
+            "--encoder",
+            "pooled_color",
+            "--output-dir",
+            str(tmp_path),
+        ],
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary  # one entry per memory
@@ -66,7 +82,7 @@ def test_build_memory(tmp_path):
 def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     argv = [
-        "--output",
+        "--output-dir",
         str(root),
         "--scene-count",
         "2",
@@ -98,12 +114,11 @@ def test_collect_data(tiny_dataset):
 
 
 def test_inspect_data(tiny_dataset, tmp_path):
-    sheet = tmp_path / "sheet.png"
     argv = [
-        "--root",
+        "--data-dir",
         str(tiny_dataset),
-        "--output",
-        str(sheet),
+        "--output-dir",
+        str(tmp_path),
         "--clips",
         "2",
         "--n-context",
@@ -114,7 +129,7 @@ def test_inspect_data(tiny_dataset, tmp_path):
         "2",
     ]
     run("inspect_data", argv)
-    image = imageio.imread(sheet)
+    image = imageio.imread(tmp_path / "contact_sheet.png")
     assert image.ndim == 3 and image.std() > 10
 
 
@@ -127,11 +142,11 @@ def test_train_world_model(tmp_path, tiny_dataset):
         "tiny",
         "--output-dir",
         str(tmp_path),
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
         "--revisit-fraction",
         "0",
-        "--num-workers",
+        "--workers",
         "0",
         "--memory-encoder",
         "pooled_color",
@@ -174,7 +189,7 @@ def test_train_world_model(tmp_path, tiny_dataset):
 
 def test_plan_cem(tmp_path):
     argv = [
-        "--out",
+        "--output-dir",
         str(tmp_path),
         "--episodes",
         "1",
@@ -198,7 +213,14 @@ def test_plan_cem(tmp_path):
 
 
 def test_plan_cem_with_the_learned_simulator(tmp_path):
-    argv = ["--out", str(tmp_path), "--planner", "world-model", "--checkpoint", "tiny-untrained"]
+    argv = [
+        "--output-dir",
+        str(tmp_path),
+        "--planner",
+        "world-model",
+        "--checkpoint",
+        "tiny-untrained",
+    ]
     argv += ["--episodes", "1", "--iterations", "1", "--num-samples", "4", "--horizon", "3"]
     argv += ["--max-steps", "3", "--sampling-steps", "2"]
     rows = run("plan_cem", argv)
@@ -211,14 +233,23 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
     with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg"):
         run(
             "plan_cem",
-            ["--out", str(tmp_path), "--planner", "world-model", "--turn-step-deg", "30"],
+            ["--output-dir", str(tmp_path), "--planner", "world-model", "--turn-step-deg", "30"],
         )
     with pytest.raises(ValueError, match="differs from the world model's frames"):
         run("plan_cem", [*argv, "--size", "64"])
 
 
 def test_rank_nomad_with_the_learned_simulator(tmp_path):
-    argv = ["--out", str(tmp_path), "--policy", "untrained", "--preset", "tiny", "--episodes", "1"]
+    argv = [
+        "--output-dir",
+        str(tmp_path),
+        "--policy",
+        "untrained",
+        "--preset",
+        "tiny",
+        "--episodes",
+        "1",
+    ]
     argv += ["--num-samples", "2"]
     argv += ["--planner", "world-model", "--checkpoint", "tiny-untrained", "--sampling-steps", "2"]
     rows = run("rank_nomad", argv)
@@ -230,7 +261,7 @@ def test_rank_nomad_with_the_learned_simulator(tmp_path):
 
 def test_adapt_policy(tmp_path):
     argv = ["--checkpoint", "tiny-untrained", "--policy", "untrained", "--preset", "tiny"]
-    argv += ["--out", str(tmp_path)]
+    argv += ["--output-dir", str(tmp_path)]
     argv += ["--episodes", "1", "--eval-steps", "4", "--sampling-steps", "2"]
     argv += ["--hindsight.rounds", "1", "--hindsight.rollouts", "1"]
     argv += ["--hindsight.rollout-steps", "6", "--hindsight.training.max-goal-distance", "2"]
@@ -247,7 +278,7 @@ def test_adapt_policy(tmp_path):
 
 def test_rank_nomad(tmp_path):
     argv = [
-        "--out",
+        "--output-dir",
         str(tmp_path),
         "--policy",
         "untrained",
@@ -271,9 +302,9 @@ def test_train_nomad(tmp_path, tiny_dataset):
     from planners.nomad import NoMaDPolicy
 
     argv = [
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
-        "--out",
+        "--output-dir",
         str(tmp_path / "policy"),
         "--preset",
         "tiny",
@@ -299,9 +330,9 @@ def test_imagine(tmp_path):
         "house-train-0000",
         "--out-steps",
         "1",
-        "--num-sampling-steps",
+        "--sampling-steps",
         "1",
-        "--out-dir",
+        "--output-dir",
         str(tmp_path),
         "--scale",
         "2",
@@ -325,11 +356,11 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "memory.json").write_text(json.dumps(spec))
     argv = [
-        "--data",
+        "--data-dir",
         str(tiny_dataset),
         "--checkpoint",
         str(tmp_path / "model"),
-        "--out-dir",
+        "--output-dir",
         str(tmp_path / "out"),
         "--max-clips",
         "2",
@@ -337,7 +368,7 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
         "2",
         "--memory-frames",
         "2",
-        "--num-inference-steps",
+        "--sampling-steps",
         "1",
         "--device",
         "cpu",
@@ -362,7 +393,7 @@ def test_export_checkpoint(tmp_path):
     argv = [
         "--run-dir",
         str(tmp_path / "run"),
-        "--output",
+        "--output-dir",
         str(tmp_path / "ckpt"),
         "--machine",
         "test CPU",
@@ -381,7 +412,7 @@ def test_explore_scene_cli_help(flag, capsys):
 
 
 def test_navigate(tmp_path):
-    argv = ["--checkpoint", "tiny-untrained", "--out", str(tmp_path), "--episodes", "1"]
+    argv = ["--checkpoint", "tiny-untrained", "--output-dir", str(tmp_path), "--episodes", "1"]
     argv += ["--num-samples", "4", "--horizon", "4", "--max-steps", "4", "--sampling-steps", "2"]
     rows = run("navigate", argv)
     assert [(row["planner"], row["episode"]) for row in rows] == [
@@ -399,3 +430,85 @@ def test_navigate(tmp_path):
     assert len(video) == rows[0]["actions"] + 1  # the start view, then one frame per action
     assert video[0].shape[:2] == (14 + 256, 3 * 256)  # goal | imagined | executed
     assert imageio.imread(tmp_path / "topdown.png").std() > 10
+
+
+SCRIPTS = sorted(EXAMPLES.glob("*.py")) + sorted((EXAMPLES.parent / "benchmarks").glob("*.py"))
+RETIRED_NAMES = {
+    "out": "output_dir",
+    "out_dir": "output_dir",
+    "output": "output_dir",
+    "root": "data_dir",
+    "data": "data_dir",
+    "num_sampling_steps": "sampling_steps",
+    "num_inference_steps": "sampling_steps",
+    "inference_steps": "sampling_steps",
+    "num_workers": "workers",
+}
+
+
+def flag_fields(args_type, prefix=""):
+    """Every (dotted name, default) of a dataclass and the dataclasses nested in it."""
+    hints = typing.get_type_hints(args_type)
+    for field in dataclasses.fields(args_type):
+        name = prefix + field.name
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from flag_fields(hints[field.name], name + ".")
+        else:
+            yield name, field.default
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_one_flag_name_per_concept(path):
+    module = load_example(path.stem) if path.parent == EXAMPLES else load_script(path)
+    fields = dict(flag_fields(module.Args))
+    leaves = {name.rsplit(".", 1)[-1] for name in fields}
+    assert {name: RETIRED_NAMES[name] for name in leaves & RETIRED_NAMES.keys()} == {}
+    source = path.read_text()
+    if "import torch" in source:
+        assert "threads" in fields, "a script that runs torch takes --threads"
+    assert "seed" in leaves or path.stem == "export_checkpoint"  # export draws nothing at random
+    assert "cli.run(main, Args)" in source  # user errors in one line, --threads applied
+    if path.parent == EXAMPLES:  # every example writes files, into --output-dir
+        [output_dir] = [name for name in fields if name.rsplit(".", 1)[-1] == "output_dir"]
+        default = fields[output_dir]
+        if path.stem == "export_checkpoint":  # its output is the embedded checkpoint itself
+            from worldsim.world_model import DEFAULT_CHECKPOINT
+
+            assert default == DEFAULT_CHECKPOINT
+        elif default is not dataclasses.MISSING:
+            assert default == Path("outputs") / path.stem
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_command(script: str, argv: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != cli.TRACEBACK_VARIABLE}
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES.parent), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, str(EXAMPLES.parent / script), *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_bad_inputs_end_in_one_line_without_a_traceback(tmp_path):
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    missing = tmp_path / "no-such-checkpoint"
+    cases = [
+        ("examples/navigate.py", ["--threads", "-3"], "--threads must be >= 0"),
+        ("examples/navigate.py", ["--device", device], f"--device '{device}'"),
+        ("examples/plan_cem.py", ["--planner", "world-model", "--checkpoint", str(missing)],
+         f"no world model checkpoint at '{missing}'"),
+        ("examples/explore_scene.py", ["--scene", "house-nowhere"],
+         "unknown scene id 'house-nowhere'"),
+    ]  # fmt: skip
+    for script, argv, message in cases:
+        result = run_command(script, [*argv, "--output-dir", str(tmp_path / "out")])
+        assert result.returncode == 2, (script, argv, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

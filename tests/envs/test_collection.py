@@ -42,7 +42,7 @@ TINY_ARGS = [
 
 def tiny_config(output, **changes):
     config = CollectionConfig(
-        output=output,
+        output_dir=output,
         scene_count=2,
         episodes_per_scene=3,
         episodes_per_shard=1,
@@ -158,7 +158,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert len(expected) == 6
 
     output = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "examples" / "collect_data.py"), "--output", str(output)]
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "collect_data.py"),
+        "--output-dir",
+        str(output),
+    ]
     process = subprocess.Popen([*command, *TINY_ARGS], cwd=REPO)
     shard_dir = output / SHARD_DIR
     deadline = time.monotonic() + 120

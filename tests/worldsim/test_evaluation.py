@@ -32,7 +32,7 @@ def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("val")
     collect(
         CollectionConfig(
-            output=root,
+            output_dir=root,
             split="val",
             scene_count=1,
             episodes_per_scene=2,

@@ -49,7 +49,7 @@ def test_export_loads_back_equal_in_small_shards(run_dir, tmp_path):
     example = _example()
     args = example.Args(
         run_dir=run,
-        output=tmp_path / "checkpoint",
+        output_dir=tmp_path / "checkpoint",
         validation=tmp_path / "eval" / "validation.json",
         machine="test CPU",
         train_command="python examples/train_world_model.py --config tiny",
@@ -86,15 +86,17 @@ def test_export_refuses_to_overwrite_and_names_missing_runs(run_dir, tmp_path):
     run, _ = run_dir
     example = _example()
     output = tmp_path / "checkpoint"
-    example.export(example.Args(run_dir=run, output=output))
+    example.export(example.Args(run_dir=run, output_dir=output))
     with pytest.raises(FileExistsError, match="pass --overwrite"):
-        example.export(example.Args(run_dir=run, output=output))
-    example.export(example.Args(run_dir=run, output=output, overwrite=True, half_precision=False))
+        example.export(example.Args(run_dir=run, output_dir=output))
+    example.export(
+        example.Args(run_dir=run, output_dir=output, overwrite=True, half_precision=False)
+    )
     loaded = WorldModel.from_pretrained(output)
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, run_dir[1].state_dict()[name]), name  # float32: exact
     with pytest.raises(FileNotFoundError, match="no trained model at"):
-        example.export(example.Args(run_dir=tmp_path / "nothing", output=tmp_path / "x"))
+        example.export(example.Args(run_dir=tmp_path / "nothing", output_dir=tmp_path / "x"))
 
 
 def test_half_where_safe_keeps_what_float16_cannot_hold():

@@ -17,8 +17,7 @@ SIZE = 64  # pixels per side of the simulator frames
 
 @pytest.fixture(scope="module")
 def simulator():
-    from envs.render import egl_available
-
+    from envs.embedded.render import egl_available
     from envs.simulator import SimulatorConfig, make_simulator
 
     if not egl_available():

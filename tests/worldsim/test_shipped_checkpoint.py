@@ -43,7 +43,7 @@ def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model,
     # Two held-out houses the model never saw, recorded at the model's size and action steps.
     collect(
         CollectionConfig(
-            output=tmp_path,
+            output_dir=tmp_path,
             split="test",
             scene_count=2,
             episodes_per_scene=1,

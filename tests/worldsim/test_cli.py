@@ -1,0 +1,109 @@
+"""The shared command-line plumbing: user errors in one line, bugs with their traceback."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from worldsim import cli
+
+
+@dataclass(frozen=True)
+class Args:
+    """Settings of a test script."""
+
+    threads: int = 0
+    """CPU threads of torch."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def test_run_returns_what_main_returns():
+    assert cli.run(lambda args: (args.threads, args.device), Args, []) == (0, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ValueError("horizon must be >= 1, got 0"), "error: horizon must be >= 1, got 0\n"),
+        (FileNotFoundError("no checkpoint at 'x'"), "error: no checkpoint at 'x'\n"),
+        (NotADirectoryError("'x' is a file"), "error: 'x' is a file\n"),
+    ],
+)  # fmt: skip
+def test_user_error_is_one_line_and_exit_status_2(error, message, capsys, monkeypatch):
+    monkeypatch.delenv(cli.TRACEBACK_VARIABLE, raising=False)
+
+    def main(args):
+        raise error
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, Args, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), AssertionError("a bug"), KeyError("x")])
+def test_a_bug_keeps_its_traceback(error):
+    def main(args):
+        raise error
+
+    with pytest.raises(type(error)):
+        cli.run(main, Args, [])
+
+
+def test_the_traceback_variable_shows_user_errors_too(monkeypatch):
+    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+
+    def main(args):
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        cli.run(main, Args, [])
+
+
+def test_negative_threads_are_refused_before_torch_sees_them(capsys):
+    before = torch.get_num_threads()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda args: None, Args, ["--threads", "-3"])
+    assert exit_info.value.code == 2
+    expected = "error: --threads must be >= 0 (0 keeps torch's default), got -3\n"
+    assert capsys.readouterr().err == expected
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "gpu", "mps:7"])
+def test_an_unavailable_device_is_a_user_error(device):
+    if device == "mps:7" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(cli.DeviceUnavailableError, match=f"--device '{device}'"):
+        cli.check_device(device)
+
+
+def test_cpu_and_auto_are_accepted():
+    cli.check_device("cpu")
+    cli.check_device("auto")
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda args: None, Args, ["--help"])
+    assert exit_info.value.code == 0
+    assert "--threads" in capsys.readouterr().out
+    sphinx = "see :class:`~envs.embedded.scenes.SceneSpec`, ``None``"
+    assert cli.plain_text(sphinx) == "see envs.embedded.scenes.SceneSpec, None"
+
+
+def test_every_console_command_runs_an_example(monkeypatch, capsys):
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((cli.examples_folder().parent / "pyproject.toml").read_text())
+    commands = pyproject["project"]["scripts"]
+    for command, target in commands.items():
+        module, name = target.split(":")
+        assert module == "worldsim.cli" and command == "pw-" + name.replace("_", "-")
+        assert (cli.examples_folder() / f"{name}.py").is_file()
+        assert callable(getattr(cli, name))
+    monkeypatch.setattr("sys.argv", ["pw-explore-scene", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.explore_scene()
+    assert exit_info.value.code == 0
+    assert "--num-goals" in capsys.readouterr().out
