@@ -151,6 +151,25 @@ def draw_retrieval(path: Path, rgb: np.ndarray, target: int, rows: dict[str, lis
     plt.close(figure)
 
 
+def draw_render(path: Path, truth: torch.Tensor, render) -> None:
+    """The true last view beside the rendered memory's view of the same camera and its mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    images = (truth, render.rgb[0, 0], render.mask[0, 0].float().expand(3, -1, -1))
+    titles = ("true view", "rendered memory", "covered")
+    for axis, image, title in zip(axes, images, titles, strict=True):
+        axis.imshow(image.permute(1, 2, 0).cpu().numpy())
+        axis.set_title(title)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -161,7 +180,7 @@ def main(args: Args) -> None:
     grid = {"voxel_size": args.voxel_size}
     memories = {
         name: build_memory(name)
-        if name == "none"
+        if name in ("none", "rendered")  # neither encodes features
         else build_memory(name, encoder=encoder, **(grid if name in ("feature_map", "bev") else {}))
         for name in MEMORIES
     }
@@ -216,6 +235,10 @@ def main(args: Args) -> None:
         target,
         {"frame bank": bank_steps, "image memory": snapshot_steps},
     )
+    render = memories["rendered"].render(target_pose, target_k, (args.size, args.size))
+    draw_render(args.output_dir / "rendered.png", rgb[0, target], render)
+    summary["rendered"]["points"] = int(memories["rendered"].num_points()[0])
+    summary["rendered"]["covered"] = float(render.mask.float().mean())
     summary["frame_bank"]["retrieved_steps"] = bank_steps
     summary["image"]["snapshot_steps"] = snapshot_steps
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -14,7 +14,7 @@ imagined vs. executed views of the ranked choice (``imagined_vs_executed.mp4``).
 
 The planning simulator is the ground-truth oracle (``--planner oracle``) or a learned world model
 (``--planner world-model --checkpoint PATH``; ``--memory none`` gives the no-memory comparison of
-Table 2) through the same rollout interface (``planners.rollout``); ``--checkpoint
+Table 2) through the same rollout interface (``worldsim.rollout``); ``--checkpoint
 tiny-untrained`` builds an untrained tiny world model (32x32 frames, colour-feature memory) as a
 smoke test. With a world model the frame size is the model's.
 

@@ -51,7 +51,7 @@ TRACEBACK_VARIABLE = "PERSISTENT_WORLD_TRACEBACK"
 
 
 SPHINX_ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc):`~?([^`]+)`")
-"""A Sphinx cross-reference such as :class:`envs.scenes.SceneSpec`; group 1 is the target."""
+"""A Sphinx cross-reference such as :class:`worldsim.WorldModel`; group 1 is the target."""
 
 
 def plain_text(text: str) -> str:

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from worldsim.geometry import action_to_relative_pose, check_rigid, waypoint_to_relative_pose
-from worldsim.memory import Memory
+from worldsim.memory import Memory, RenderedMemory
+from worldsim.memory.rendered import MemoryRender
 
 if TYPE_CHECKING:
     from worldsim.world_model import WorldModel
@@ -111,6 +112,7 @@ def sample_chunk(
     memory_mask: Tensor | None = None,
     num_inference_steps: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    render: Tensor | None = None,
 ) -> Tensor:
     """Denoise the latents of one future chunk.
 
@@ -122,6 +124,8 @@ def sample_chunk(
         memory_mask: (B, N) bool, True for real tokens.
         num_inference_steps: DDIM steps; the model's default if ``None``.
         generator: draws the initial noise (one generator, or one per batch row).
+        render: (B, F, Cm, h, w) encoded memory render (:meth:`WorldModel.encode_render`), or
+            ``None``.
 
     Returns:
         (B, F, C, h, w) denoised latents.
@@ -143,7 +147,13 @@ def sample_chunk(
     latents = latents * scheduler.init_noise_sigma
     for timestep in scheduler.timesteps:
         prediction = model.predict(
-            latents, timestep.expand(batch), context_latents, rays, memory_tokens, memory_mask
+            latents,
+            timestep.expand(batch),
+            context_latents,
+            rays,
+            memory_tokens,
+            memory_mask,
+            render,
         )
         latents = scheduler.step(prediction, timestep, latents).prev_sample
     return latents
@@ -160,6 +170,7 @@ def generate_chunk(
     memory_mask: Tensor | None,
     generators: torch.Generator | list[torch.Generator] | None,
     num_inference_steps: int | None = None,
+    render: MemoryRender | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Generate the frames of one chunk for B rows in one model call.
 
@@ -175,6 +186,8 @@ def generate_chunk(
         memory_mask: (B, N) bool, True for real tokens.
         generators: noise generator(s): one, or one per row.
         num_inference_steps: DDIM steps; the model's default if ``None``.
+        render: the memory rendered into the chunk's cameras (a model with
+            ``memory_render``), or ``None`` for no memory.
 
     Returns:
         ``(rgb, depth)``: (B, n_future, 3, H, W) float32 in [0, 1] and (B, n_future, 1, H, W)
@@ -189,8 +202,20 @@ def generate_chunk(
     if memory_tokens is not None:
         memory_tokens = memory_tokens.to(device, dtype)
         memory_mask = memory_mask.to(device)
+    encoded = None
+    if render is not None:
+        encoded = model.encode_render(
+            render.rgb.to(device, dtype), render.depth.to(device, dtype), render.mask.to(device)
+        )
     latents = sample_chunk(
-        model, context_latents, rays, memory_tokens, memory_mask, num_inference_steps, generators
+        model,
+        context_latents,
+        rays,
+        memory_tokens,
+        memory_mask,
+        num_inference_steps,
+        generators,
+        encoded,
     )
     rgb, new_depth = model.decode(latents)
     return rgb.float(), None if new_depth is None else new_depth.float()
@@ -259,6 +284,14 @@ def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
         raise TypeError(
             f"memory must be a worldsim.memory.Memory or None, got {type(memory).__name__}"
         )
+    if model.transformer.reads_render or isinstance(memory, RenderedMemory):
+        if not (model.transformer.reads_render and isinstance(memory, RenderedMemory)):
+            raise ValueError(
+                "a model that reads its memory as a render (memory_render=True) needs a "
+                "RenderedMemory ('rendered'), and a RenderedMemory needs such a model: got "
+                f"memory_render={model.config.memory_render} and {type(memory).__name__}"
+            )
+        return
     if not model.transformer.has_memory:
         raise ValueError(
             "this world model has no memory branch (memory_token_dim=0): use no memory"
@@ -285,6 +318,7 @@ def insert_frames(
     cam_to_world: Tensor,
     valid: Tensor | None = None,
     batch_size: int | None = None,
+    generated: bool = False,
 ) -> None:
     """Unproject frames into a memory of B rows: the one way frames enter a memory.
 
@@ -297,14 +331,18 @@ def insert_frames(
         valid: (B, T) bool, which frames to write (``None`` = all).
         batch_size: most rows per memory update (``None`` = all B); rows without a frame to
             write are skipped.
+        generated: the frames were generated, not observed (a :class:`RenderedMemory` keeps
+            observed points over generated ones; other memories do not tell them apart).
     """
     rows, frames = rgb.shape[:2]
     device = memory.device
+    source = {"source": "generated" if generated else "observed"}
+    source = source if isinstance(memory, RenderedMemory) else {}
     if intrinsics.dim() == 3:
         intrinsics = intrinsics[:, None].expand(rows, frames, 3, 3)
     arrays = [x.to(device) for x in (rgb, depth, intrinsics, cam_to_world.float())]
     if valid is None and (batch_size is None or batch_size >= rows):
-        memory.update(*arrays)
+        memory.update(*arrays, **source)
         return
     valid = torch.ones(rows, frames, dtype=torch.bool) if valid is None else valid
     valid = valid.to(device)
@@ -313,7 +351,7 @@ def insert_frames(
         part = torch.zeros_like(valid)
         part[first : first + size] = valid[first : first + size]
         if part.any():  # rows with nothing to write are skipped, not read
-            memory.update(*arrays, valid=part)
+            memory.update(*arrays, valid=part, **source)
 
 
 def memory_tokens(
@@ -383,6 +421,37 @@ def insert_clip_memory(
     return memory
 
 
+def render_memory(
+    memory: Memory | Sequence[Memory] | None,
+    targets: Tensor,
+    intrinsics: Tensor,
+    image_size: tuple[int, int],
+) -> MemoryRender | None:
+    """The memory rendered into B rows of target cameras (:meth:`RenderedMemory.render`).
+
+    Args:
+        memory: one :class:`RenderedMemory` of B rows, B one-row ones, or ``None``.
+        targets: (B, F, 4, 4) ``cam_to_world`` of the cameras about to be generated.
+        intrinsics: (B, F, 3, 3) their ``K``.
+        image_size: ``(H, W)`` of the frames.
+
+    Returns:
+        The render (each field (B, F, C, H, W)), or ``None`` without memory.
+    """
+    if memory is None:
+        return None
+    rows = [memory] if not isinstance(memory, Sequence) else memory
+    parts = []
+    for index, row in enumerate(rows):
+        part = slice(None) if not isinstance(memory, Sequence) else slice(index, index + 1)
+        parts.append(
+            row.render(
+                targets[part].float().to(row.device), intrinsics[part].to(row.device), image_size
+            )
+        )
+    return MemoryRender(*(torch.cat(fields) for fields in zip(*parts, strict=True)))
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One generated chunk of B rows (:func:`generate_next_chunk`).
@@ -442,7 +511,11 @@ def generate_next_chunk(
     targets = reference.to(device).double()[:, None] @ cam_to_ref  # (B, F, 4, 4) cam_to_world
     intrinsics = intrinsics.to(device).float()
     chunk_k = intrinsics[:, None].expand(batch, frames, 3, 3)
-    tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
+    render = tokens = mask = None
+    if model.transformer.reads_render:
+        render = render_memory(memory, targets, chunk_k, image_size)
+    else:
+        tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
     parts_rgb, parts_depth = [], []
     for first in range(0, batch, size):
         part = slice(first, first + size)
@@ -456,6 +529,7 @@ def generate_next_chunk(
             None if mask is None else mask[part],
             generator[part] if isinstance(generator, list) else generator,
             num_inference_steps,
+            None if render is None else MemoryRender(*(field[part] for field in render)),
         )
         parts_rgb.append(new_rgb)
         parts_depth.append(new_depth)
@@ -474,12 +548,15 @@ def generate_next_chunk(
                         intrinsics[row : row + 1],
                         poses[row : row + 1],
                         valid=keep,
+                        generated=True,
                     )
         else:
             keep = memory_frames
             if keep is None:
                 keep = torch.ones(batch, frames, dtype=torch.bool)
-            insert_frames(memory, rgb, depth, intrinsics, poses, valid=keep, batch_size=size)
+            insert_frames(
+                memory, rgb, depth, intrinsics, poses, valid=keep, batch_size=size, generated=True
+            )
     return Chunk(rgb=rgb, depth=depth, cam_to_world=targets)
 
 

@@ -13,7 +13,17 @@ Stages
     ``memory`` (paper eq. 4): the same loss with the map tokens of a
     :class:`~worldsim.memory.Memory` built from the clip's earlier frames; only the memory
     branch (memory blocks, token projection, camera embedding) is trained, everything else is
-    frozen.
+    frozen. A model that reads its memory as a render (``memory_render``) gets the
+    :class:`~worldsim.memory.RenderedMemory` of the clip's earlier and context frames rendered
+    into the chunk's cameras instead, and trains its whole transformer in this stage: the render
+    enters with the input tokens, so the backbone itself has to learn to carry what it shows to
+    the output ("warp what is known, inpaint what is not"). The render's cameras are jittered by
+    ``render_pose_noise_m`` / ``render_pose_noise_deg`` so the model tolerates the drift of its
+    own poses.
+
+Context noise (``context_noise``): the conditioning latents get Gaussian noise of a standard
+deviation drawn uniformly from ``[0, context_noise]`` per clip, so that a model conditioned on
+its own imperfect frames in long rollouts has seen such frames in training (DIAMOND, GameNGen).
 
 Camera poses of the chunk come from its actions (free-space motion, as at sampling time), or
 from the recorded poses with ``pose_source="recorded"``.
@@ -30,6 +40,7 @@ so a killed run resumes from the last complete one. At the end the EMA weights a
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -45,8 +56,14 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.geometry import relative_pose
-from worldsim.sampling import chain_poses, insert_clip_memory, rollout, step_poses
+from worldsim.geometry import relative_pose, waypoint_to_relative_pose
+from worldsim.sampling import (
+    chain_poses,
+    insert_clip_memory,
+    insert_frames,
+    rollout,
+    step_poses,
+)
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
@@ -79,6 +96,11 @@ class TrainConfig:
         log_every: steps between lines of ``metrics.jsonl``, >= 1.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (accelerate).
         seed: seed of the noise / timestep / posterior generator, >= 0.
+        context_noise: largest standard deviation of the noise added to the conditioning
+            latents, >= 0 (module docstring; 0 = none).
+        render_pose_noise_m: standard deviation of the translation jitter of the render's
+            cameras, metres, >= 0.
+        render_pose_noise_deg: standard deviation of their yaw jitter, degrees, >= 0.
     """
 
     stage: str = "backbone"
@@ -97,6 +119,9 @@ class TrainConfig:
     log_every: int = 10
     mixed_precision: str = "no"
     seed: int = 0
+    context_noise: float = 0.0
+    render_pose_noise_m: float = 0.02
+    render_pose_noise_deg: float = 1.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -120,6 +145,19 @@ class TrainConfig:
             ("sample_every", self.sample_every, self.sample_every >= 0, ">= 0"),
             ("log_every", self.log_every, self.log_every >= 1, ">= 1"),
             ("seed", self.seed, self.seed >= 0, ">= 0"),
+            ("context_noise", self.context_noise, self.context_noise >= 0, ">= 0"),
+            (
+                "render_pose_noise_m",
+                self.render_pose_noise_m,
+                self.render_pose_noise_m >= 0,
+                ">= 0",
+            ),
+            (
+                "render_pose_noise_deg",
+                self.render_pose_noise_deg,
+                self.render_pose_noise_deg >= 0,
+                ">= 0",
+            ),
         )
         for name, value, ok, allowed in checks:
             if not ok:
@@ -136,8 +174,12 @@ def trainable_parameters(model: WorldModel, stage: str) -> list[torch.nn.Paramet
     if stage == "backbone":
         return model.transformer.backbone_parameters()
     if stage == "memory":
+        if model.transformer.reads_render:  # the render enters at the input: see the docstring
+            return list(model.transformer.parameters())
         if not model.transformer.has_memory:
-            raise ValueError("stage 'memory' needs a model with memory_token_dim > 0")
+            raise ValueError(
+                "stage 'memory' needs a model with memory_token_dim > 0 or memory_render=True"
+            )
         return model.transformer.memory_parameters()
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
@@ -221,6 +263,51 @@ def memory_tokens_for_batch(
     return memory.tokens(targets, batch["intrinsics"][:, n_context:], image_size)
 
 
+def render_for_batch(
+    model: WorldModel,
+    memory: Memory,
+    batch: dict[str, Tensor],
+    targets: Tensor,
+    generator: torch.Generator,
+    pose_noise: tuple[float, float] = (0.0, 0.0),
+) -> Tensor:
+    """Render the clips' memory into their future cameras, encoded for the transformer.
+
+    The memory holds the clips' earlier frames and their context frames (observed).
+
+    Args:
+        model: a world model with ``memory_render``.
+        memory: a :class:`~worldsim.memory.RenderedMemory` (reset here to B rows).
+        batch: a training batch (see :func:`diffusion_loss`).
+        targets: (B, F, 4, 4) ``cam_to_world`` of the future frames.
+        generator: draws the camera jitter (CPU).
+        pose_noise: standard deviations of the jitter: translation metres, yaw degrees.
+
+    Returns:
+        (B, F', Cm, h, w) :meth:`WorldModel.encode_render` of the render.
+    """
+    n_context = model.config.n_context
+    device = batch["rgb"].device
+    insert_clip_memory(memory, batch, device)
+    insert_frames(
+        memory,
+        batch["rgb"][:, :n_context],
+        batch["depth"][:, :n_context],
+        batch["intrinsics"][:, :n_context],
+        batch["cam_to_world"][:, :n_context],
+    )
+    cameras = targets.float()
+    metres, degrees = pose_noise
+    if metres > 0 or degrees > 0:
+        rows, frames = cameras.shape[:2]
+        waypoints = torch.randn(rows, frames, 3, generator=generator)  # (dx, dz, dyaw)
+        waypoints *= torch.tensor([metres, metres, math.radians(degrees)])
+        cameras = cameras @ waypoint_to_relative_pose(waypoints).to(cameras)
+    size = (model.config.height, model.config.width)
+    render = memory.render(cameras, batch["intrinsics"][:, n_context:].float(), size)
+    return model.encode_render(render.rgb, render.depth, render.mask)
+
+
 def diffusion_loss(
     model: WorldModel,
     batch: dict[str, Tensor],
@@ -228,6 +315,8 @@ def diffusion_loss(
     memory: Memory | None = None,
     pose_source: str = "actions",
     network: torch.nn.Module | None = None,
+    context_noise: float = 0.0,
+    render_pose_noise: tuple[float, float] = (0.0, 0.0),
 ) -> Tensor:
     """Diffusion loss of a clip (paper eq. 3 without memory, eq. 4 with).
 
@@ -245,6 +334,8 @@ def diffusion_loss(
         pose_source: ``"actions"`` or ``"recorded"``.
         network: the callable that runs ``model.predict`` (e.g. the model wrapped for
             distributed training); ``model`` itself if ``None``.
+        context_noise: largest standard deviation of the conditioning-latent noise, >= 0.
+        render_pose_noise: camera jitter of a memory render (:func:`render_for_batch`).
 
     Returns:
         Scalar mean squared error between predicted and true ``v``.
@@ -267,11 +358,20 @@ def diffusion_loss(
             target = model.encode(rgb[:, n_context:], depth[:, n_context:])  # (B, F, C, h, w)
     cam_to_ref, targets = chunk_targets(model, batch, pose_source)
     rays = model.chunk_rays(batch["intrinsics"][:, n_context:], cam_to_ref).to(target.dtype)
-    tokens = mask = None
-    if memory is not None:
+    tokens = mask = render = None
+    if memory is not None and model.transformer.reads_render:
+        with torch.no_grad():
+            render = render_for_batch(
+                model, memory, batch, targets, generator, render_pose_noise
+            ).to(target.dtype)
+    elif memory is not None:
         with torch.no_grad():
             tokens, mask = memory_tokens_for_batch(model, memory, batch, targets)
         tokens = tokens.to(target.dtype)
+    if context_noise > 0:
+        level = torch.rand(context.shape[0], generator=generator) * context_noise  # (B,)
+        noise = torch.randn(context.shape, generator=generator) * level[:, None, None, None, None]
+        context = context + noise.to(context)
     scheduler = model.scheduler
     size = target.shape[0]
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator)
@@ -280,7 +380,7 @@ def diffusion_loss(
     noisy = scheduler.add_noise(target, noise, timesteps)
     velocity = scheduler.get_velocity(target, noise, timesteps)
     network = network if network is not None else model
-    prediction = network(noisy, timesteps, context, rays, tokens, mask)
+    prediction = network(noisy, timesteps, context, rays, tokens, mask, render)
     return torch.mean((prediction.float() - velocity.float()) ** 2)
 
 
@@ -481,13 +581,16 @@ class Trainer:
             return vae_loss(
                 self.world_model, batch, self.generator, self.config.kl_weight, self.network
             )
+        config = self.config
         loss = diffusion_loss(
             self.world_model,
             batch,
             self.generator,
             self.memory,
-            self.config.pose_source,
+            config.pose_source,
             self.network,
+            config.context_noise,
+            (config.render_pose_noise_m, config.render_pose_noise_deg),
         )
         return loss, {}
 

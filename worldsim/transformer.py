@@ -8,10 +8,15 @@ Inputs of one denoising call, all on the latent grid of the future chunk (``F`` 
   stacked along channels and repeated for every future latent frame, so each future cell sees
   the context at the same image location;
 - the Plücker ray images of the chunk's cameras relative to the last context frame,
-  pixel-unshuffled to the latent grid (paper eq. 1), ``(B, F, Cr, h, w)``.
+  pixel-unshuffled to the latent grid (paper eq. 1), ``(B, F, Cr, h, w)``;
+- optionally the memory *rendered* into each future camera, pixel-aligned on the latent grid,
+  ``(B, F, Cm, h, w)`` (:meth:`worldsim.world_model.WorldModel.encode_render`: the VAE latents
+  of the rendered RGB-D and the share of each cell the render covers).
 
-The three are concatenated along channels and patch-embedded by one widened patch embedding
-(the CogVideoX image-to-video recipe, widened further for the rays). CogVideoX blocks (joint
+The first three are concatenated along channels and patch-embedded by one widened patch
+embedding (the CogVideoX image-to-video recipe, widened further for the rays); the render has a
+patch embedding of its own, added to those tokens and zero-initialised, so a render branch added
+to a trained backbone leaves its output unchanged until it is trained. CogVideoX blocks (joint
 expert-adaLN attention over the video tokens; the text stream is empty) follow, each optionally
 followed by a :class:`MemoryBlock` that lets the video tokens read the 3D map tokens (eq. 2).
 
@@ -164,8 +169,10 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         num_layers: CogVideoX blocks.
         time_embed_dim: width of the timestep embedding.
         patch_size: latent cells per token along each axis.
-        memory_token_dim: width of the memory's tokens; ``0`` builds no memory branch (the NWM
-            baseline).
+        memory_token_dim: width of the memory's tokens; ``0`` builds no memory blocks (the NWM
+            baseline, or a model that reads its memory only as a render).
+        render_channels: channels ``Cm`` of the pixel-aligned memory render per latent frame;
+            ``0`` builds no render input.
         activation_fn: feed-forward activation.
         norm_eps: layer-norm epsilon.
         flip_sin_to_cos: timestep-embedding layout (CogVideoX: True).
@@ -189,6 +196,7 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         time_embed_dim: int = 128,
         patch_size: int = 2,
         memory_token_dim: int = 0,
+        render_channels: int = 0,
         activation_fn: str = "gelu-approximate",
         norm_eps: float = 1e-5,
         flip_sin_to_cos: bool = True,
@@ -208,6 +216,7 @@ class WorldTransformer(ModelMixin, ConfigMixin):
             ("time_embed_dim", time_embed_dim, 1),
             ("patch_size", patch_size, 1),
             ("memory_token_dim", memory_token_dim, 0),
+            ("render_channels", render_channels, 0),
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -261,18 +270,29 @@ class WorldTransformer(ModelMixin, ConfigMixin):
                     for _ in range(num_layers)
                 ]
             )
+        if render_channels:
+            self.render_embed = nn.Conv2d(render_channels, dim, patch_size, stride=patch_size)
+            nn.init.zeros_(self.render_embed.weight)  # a new render branch starts switched off
+            nn.init.zeros_(self.render_embed.bias)
         self.gradient_checkpointing = False
 
     @property
     def has_memory(self) -> bool:
-        """Whether the model has a memory branch (``memory_token_dim > 0``)."""
+        """Whether the model has memory blocks that read map tokens (``memory_token_dim > 0``)."""
         return self.config.memory_token_dim > 0
+
+    @property
+    def reads_render(self) -> bool:
+        """Whether the model reads a pixel-aligned memory render (``render_channels > 0``)."""
+        return self.config.render_channels > 0
 
     def memory_parameters(self) -> list[nn.Parameter]:
         """Parameters of the memory branch (trained in stage 2); empty without one."""
-        if not self.has_memory:
-            return []
-        modules = (self.memory_proj, self.camera_embed, self.memory_blocks)
+        modules: list[nn.Module] = []
+        if self.has_memory:
+            modules += [self.memory_proj, self.camera_embed, self.memory_blocks]
+        if self.reads_render:
+            modules.append(self.render_embed)
         return [p for module in modules for p in module.parameters()]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
@@ -293,6 +313,7 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         rays: Tensor,
         memory_tokens: Tensor | None,
         memory_mask: Tensor | None,
+        render: Tensor | None = None,
     ) -> None:
         config = self.config
         batch, frames, channels, height, width = noisy.shape
@@ -313,6 +334,16 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         expected = (batch, frames, config.ray_channels, height, width)
         if tuple(rays.shape) != expected:
             raise ValueError(f"ray images must have shape {expected}, got {tuple(rays.shape)}")
+        if render is not None:
+            if not self.reads_render:
+                raise ValueError(
+                    "this transformer reads no memory render (render_channels=0); pass render=None"
+                )
+            expected = (batch, frames, config.render_channels, height, width)
+            if tuple(render.shape) != expected:
+                raise ValueError(
+                    f"the memory render must have shape {expected}, got {tuple(render.shape)}"
+                )
         if memory_tokens is None:
             return
         if not self.has_memory:
@@ -344,6 +375,7 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         rays: Tensor,
         memory_tokens: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        render: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target of the future chunk.
 
@@ -354,11 +386,13 @@ class WorldTransformer(ModelMixin, ConfigMixin):
             rays: (B, F, Cr, h, w) pixel-unshuffled Plücker rays of the chunk's cameras.
             memory_tokens: (B, N, D_mem) map tokens, or ``None`` for no memory (N may be 0).
             memory_mask: (B, N) bool, True for real tokens; required with ``memory_tokens``.
+            render: (B, F, Cm, h, w) the memory rendered into the chunk's cameras, or ``None``
+                (no memory: the render branch adds nothing).
 
         Returns:
             (B, F, C, h, w) prediction (``v`` under v-prediction).
         """
-        self._check_inputs(noisy, context, rays, memory_tokens, memory_mask)
+        self._check_inputs(noisy, context, rays, memory_tokens, memory_mask, render)
         batch, frames, channels, height, width = noisy.shape
         patch = self.config.patch_size
         grid_h, grid_w = height // patch, width // patch
@@ -369,6 +403,8 @@ class WorldTransformer(ModelMixin, ConfigMixin):
         context_stack = repeat(context, "b fc c h w -> b f (fc c) h w", f=frames)
         inputs = torch.cat([noisy, context_stack, rays], dim=2)  # (B, F, C_in, h, w)
         hidden = self._patchify(self.patch_embed.proj, inputs)  # (B, F*gh*gw, D)
+        if render is not None:
+            hidden = hidden + self._patchify(self.render_embed, render)  # (B, F*gh*gw, D)
         position = get_3d_sincos_pos_embed(
             hidden.shape[-1],
             (grid_w, grid_h),

@@ -16,9 +16,13 @@ Configurations (:func:`world_model_config`)
     the 16-channel 8x spatial / 4x temporal VAE, 480x720 frames) for users with GPUs and the real
     weights (:meth:`WorldModel.from_cogvideox`).
 
-The memory is not part of the model: any :class:`worldsim.memory.Memory` whose ``token_dim``
-equals ``memory_token_dim`` supplies map tokens; ``memory_token_dim=0`` is the no-memory (NWM)
-baseline, ``use_depth=False`` the "w/o depth" ablation (RGB latents only).
+The memory is not part of the model. It reaches the model in one of two ways: as map tokens
+that memory blocks cross-attend to (the paper's variant: any :class:`worldsim.memory.Memory`
+whose ``token_dim`` equals ``memory_token_dim``), or, with ``memory_render=True``, as the
+:class:`~worldsim.memory.RenderedMemory` rendered into every future camera and read
+pixel-aligned (:meth:`WorldModel.encode_render`): generating a chunk becomes "warp what is known,
+inpaint what is not". ``memory_token_dim=0`` without a render is the no-memory (NWM) baseline,
+``use_depth=False`` the "w/o depth" ablation (RGB latents only).
 """
 
 from __future__ import annotations
@@ -162,7 +166,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         attention_head_dim: width per head.
         time_embed_dim: timestep-embedding width.
         patch_size: latent cells per token along each axis.
-        memory_token_dim: width of the memory's map tokens; 0 for no memory branch (NWM).
+        memory_token_dim: width of the memory's map tokens; 0 for no memory blocks.
+        memory_render: read the memory as a pixel-aligned render of every future camera
+            (:meth:`encode_render`); needs ``use_depth`` (the render comes from RGB-D).
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
@@ -194,6 +200,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         time_embed_dim: int = 128,
         patch_size: int = 2,
         memory_token_dim: int = 128,
+        memory_render: bool = False,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
@@ -223,6 +230,11 @@ class WorldModel(ModelMixin, ConfigMixin):
                 self.vae.num_latent_frames(frames)
             except ValueError as error:
                 raise ValueError(f"{name}={frames}: {error}") from None
+        if memory_render and not use_depth:
+            raise ValueError(
+                "memory_render=True needs use_depth=True: the render is RGB-D, lifted from "
+                "generated depth"
+            )
         cell = self.vae.spatial_compression * patch_size
         if height % cell or width % cell or height < cell or width < cell:
             raise ValueError(
@@ -239,6 +251,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             time_embed_dim=time_embed_dim,
             patch_size=patch_size,
             memory_token_dim=memory_token_dim,
+            render_channels=(2 * vae_latent_channels + 1) if memory_render else 0,
             spatial_interpolation_scale=spatial_interpolation_scale,
         )
         self.scheduler = self.make_scheduler()
@@ -510,9 +523,39 @@ class WorldModel(ModelMixin, ConfigMixin):
         rays: Tensor,
         memory_tokens: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        render: Tensor | None = None,
     ) -> Tensor:
         """Run the transformer; see :meth:`WorldTransformer.forward` for shapes."""
-        return self.transformer(noisy, timestep, context_latents, rays, memory_tokens, memory_mask)
+        return self.transformer(
+            noisy, timestep, context_latents, rays, memory_tokens, memory_mask, render
+        )
+
+    def encode_render(self, rgb: Tensor, depth: Tensor, mask: Tensor) -> Tensor:
+        """The memory rendered into a chunk's cameras, as the transformer reads it.
+
+        The rendered RGB-D is encoded by the model's own VAE (uncovered pixels are mid-grey with
+        no depth), so a covered cell arrives in the very space of the latents to generate; one
+        more channel gives the share of each latent cell's pixels the render covers.
+
+        Args:
+            rgb: (B, F, 3, H, W) rendered colour in [0, 1].
+            depth: (B, F, 1, H, W) rendered depth, metres.
+            mask: (B, F, 1, H, W) bool, True where the render covers a pixel.
+
+        Returns:
+            (B, F', 2C + 1, h, w) with F' latent frames: the render's latents and its coverage.
+        """
+        covered = mask.to(rgb.dtype)
+        rgb = rgb * covered + 0.5 * (1 - covered)
+        latents = self.encode(rgb, depth * covered)  # (B, F', 2C, h, w)
+        factor = self.vae.spatial_compression
+        coverage = torch.nn.functional.avg_pool2d(
+            rearrange(covered, "b f c h w -> (b f) c h w"), factor
+        )  # (B*F, 1, h, w)
+        coverage = rearrange(coverage, "(b f) c h w -> b f c h w", b=rgb.shape[0])
+        if coverage.shape[1] != latents.shape[1]:  # temporal compression: a frame per latent
+            coverage = coverage[:, -latents.shape[1] :]
+        return torch.cat([latents, coverage.to(latents.dtype)], dim=2)
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Alias of :meth:`predict` (so wrappers such as DDP see the transformer call)."""

@@ -1,0 +1,159 @@
+"""The world model reading its memory as a pixel-aligned render (memory_render=True)."""
+
+import pytest
+import torch
+
+from tests.worldsim.conftest import make_tiny
+from worldsim.memory import build_memory
+from worldsim.sampling import check_memory_fits, rollout
+from worldsim.training import diffusion_loss, freeze_for_stage
+from worldsim.transformer import WorldTransformer
+
+
+def _transformer(render_channels=5, seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WorldTransformer(
+            latent_channels=4,
+            num_context_latent_frames=2,
+            ray_channels=6,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=2,
+            time_embed_dim=16,
+            render_channels=render_channels,
+        ).eval()
+
+
+def _inputs(batch=2, frames=2, render_channels=5):
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(batch, frames, 4, 4, 6, generator=g)
+    context = torch.randn(batch, 2, 4, 4, 6, generator=g)
+    rays = torch.randn(batch, frames, 6, 4, 6, generator=g)
+    render = torch.randn(batch, frames, render_channels, 4, 6, generator=g)
+    return noisy, torch.tensor([3, 700])[:batch], context, rays, render
+
+
+def _rendered_memory():
+    return build_memory("rendered", voxel_size=0.05)
+
+
+def test_a_fresh_render_branch_leaves_the_backbone_unchanged_until_trained():
+    model = _transformer()
+    backbone = _transformer(render_channels=0)
+    backbone.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("render_embed")}
+    )
+    noisy, t, context, rays, render = _inputs()
+    with torch.no_grad():
+        reference = backbone(noisy, t, context, rays)
+        assert torch.equal(model(noisy, t, context, rays, render=render), reference)
+        model.render_embed.weight.normal_(generator=torch.Generator().manual_seed(1))
+        changed = model(noisy, t, context, rays, render=render)
+        assert (changed - reference).abs().mean() > 1e-3  # the render now reaches the output
+        other = model(noisy, t, context, rays, render=render.roll(1, 0))
+        assert (other - changed).abs().mean() > 1e-3  # and its content matters
+
+
+def test_render_shapes_are_checked():
+    model = _transformer()
+    noisy, t, context, rays, render = _inputs()
+    with pytest.raises(ValueError, match=r"memory render must have shape \(2, 2, 5, 4, 6\)"):
+        model(noisy, t, context, rays, render=render[:, :, :3])
+    with pytest.raises(ValueError, match="reads no memory render"):
+        _transformer(render_channels=0)(noisy, t, context, rays, render=render)
+    assert model.memory_parameters() == list(model.render_embed.parameters())
+
+
+def test_encode_render_gives_latents_and_cell_coverage():
+    model = make_tiny(memory_token_dim=0, memory_render=True)
+    rgb = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    depth = torch.full((2, 3, 1, 32, 32), 2.0)
+    mask = torch.zeros(2, 3, 1, 32, 32, dtype=torch.bool)
+    mask[..., :16] = True  # the left half is covered
+    encoded = model.encode_render(rgb, depth, mask)
+    channels = model.latent_channels
+    assert encoded.shape == (2, 3, channels + 1, *model.latent_size)
+    coverage = encoded[:, :, -1]
+    half = model.latent_size[1] // 2
+    assert torch.equal(coverage[..., :half], torch.ones_like(coverage[..., :half]))
+    assert torch.equal(coverage[..., half:], torch.zeros_like(coverage[..., half:]))
+    # Uncovered pixels are mid-grey without depth, whatever the render held there.
+    noisy_rgb = rgb.clone()
+    noisy_rgb[..., 16:] = 0.0
+    assert torch.equal(model.encode_render(noisy_rgb, depth, mask), encoded)
+
+
+def test_memory_kinds_must_match_the_model():
+    render_model = make_tiny(memory_token_dim=0, memory_render=True)
+    token_memory = build_memory("feature_map", encoder="pooled_color", voxel_size=0.25)
+    token_model = make_tiny(memory_token_dim=token_memory.token_dim)
+    check_memory_fits(render_model, _rendered_memory())
+    with pytest.raises(ValueError, match="needs a RenderedMemory"):
+        check_memory_fits(render_model, token_memory)
+    with pytest.raises(ValueError, match="needs a RenderedMemory"):
+        check_memory_fits(token_model, _rendered_memory())
+    with pytest.raises(ValueError, match="needs use_depth=True"):
+        make_tiny(memory_token_dim=0, memory_render=True, use_depth=False)
+
+
+def test_rollout_renders_the_memory_and_writes_generated_points(tiny_batch):
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
+    with torch.no_grad():  # open the render branch, as after training
+        model.transformer.render_embed.weight.normal_(generator=torch.Generator().manual_seed(0))
+    n_context = model.config.n_context
+    rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
+    poses = tiny_batch["cam_to_world"][:, :n_context]
+    actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)  # turn left
+
+    def run(memory):
+        memory.reset(2)
+        result = rollout(
+            model,
+            rgb,
+            depth,
+            poses,
+            actions,
+            tiny_batch["intrinsics"][:, 0],
+            memory=memory,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return result, memory.points()
+
+    result, points = run(_rendered_memory())
+    assert points.observed.any() and (~points.observed).any()  # start frames, generated frames
+    # The render is read: other start frames in the map change the generated chunk.
+    other = _rendered_memory()
+    other.reset(2)
+    other.update(rgb.roll(1, 0), depth.roll(1, 0), tiny_batch["intrinsics"][:, :n_context], poses)
+    shuffled = rollout(
+        model,
+        rgb,
+        depth,
+        poses,
+        actions,
+        tiny_batch["intrinsics"][:, 0],
+        memory=other,
+        insert_start_frames=False,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (shuffled.rgb - result.rgb).abs().mean() > 1e-4
+
+
+def test_memory_stage_of_a_render_model_trains_the_transformer(tiny_batch):
+    model = make_tiny(memory_token_dim=0, memory_render=True).train()
+    trained = freeze_for_stage(model, "memory")
+    assert {id(p) for p in trained} == {id(p) for p in model.transformer.parameters()}
+    loss = diffusion_loss(
+        model,
+        tiny_batch,
+        torch.Generator().manual_seed(0),
+        memory=_rendered_memory(),
+        context_noise=0.1,
+        render_pose_noise=(0.02, 1.0),
+    )
+    loss.backward()
+    assert model.transformer.render_embed.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vae.parameters())
