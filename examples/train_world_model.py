@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from worldsim import cli
+from worldsim.checkpoints import with_render_memory
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
 from worldsim.data.latents import LatentCache
 from worldsim.data.synthetic import SyntheticRoomClips
@@ -56,7 +57,8 @@ class Args:
     output_dir: Path = Path("outputs/train_world_model")
     """Where each stage writes its folder."""
     memory: str = "feature_map"
-    """Memory for stage 2 (a name of worldsim.memory.build_memory)."""
+    """Memory for stage 2 (a name of worldsim.memory.build_memory); rendered builds a model
+    that reads the memory as a pixel-aligned render (with --init: that model's backbone)."""
     memory_encoder: str = "vgg16"
     """Image encoder of the memory (pooled_color is a cheap one)."""
     batch_size: int = 8
@@ -120,10 +122,17 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
     )
 
 
+def memory_spec(args: Args) -> dict[str, str]:
+    """The build_memory arguments of --memory (a rendered memory encodes no features)."""
+    if args.memory == "rendered":
+        return {"name": "rendered"}
+    return {"name": args.memory, "encoder": args.memory_encoder}
+
+
 def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
     memory = None
     if stage == "memory":
-        memory = build_memory(args.memory, encoder=args.memory_encoder)
+        memory = build_memory(**memory_spec(args))
     data = training_batches(args, model, stage)
     config = replace(args.train, stage=stage, seed=args.seed)
     trainer = Trainer(
@@ -132,18 +141,22 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
     history = trainer.fit(data)
     print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     # The memory the model reads travels with it, so PersistentWorld-v0 rebuilds the same one.
-    spec = {"name": args.memory, "encoder": args.memory_encoder}
-    (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(spec))
+    (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(memory_spec(args)))
     print(f"  model: {args.output_dir / stage / 'model'}")
     return WorldModel.from_pretrained(args.output_dir / stage / "model")
 
 
 def main(args: Args) -> None:
     torch.manual_seed(args.seed)
+    render = args.memory == "rendered"
     if args.init is not None:
         model = WorldModel.from_pretrained(args.init)
+        if render and not model.config.memory_render:
+            model = with_render_memory(model)  # the backbone, with a fresh render branch
+    elif render:
+        model = WorldModel.from_config_name(args.config, memory_token_dim=0, memory_render=True)
     else:
-        token_dim = build_memory(args.memory, encoder=args.memory_encoder).token_dim
+        token_dim = build_memory(**memory_spec(args)).token_dim
         model = WorldModel.from_config_name(args.config, memory_token_dim=token_dim)
     stages = STAGES if args.stage == "all" else (args.stage,)
     for stage in stages:

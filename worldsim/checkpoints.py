@@ -193,3 +193,30 @@ def resolve_memory(
     if memory is not None:
         memory.reset(1, model.device)
     return memory
+
+
+def with_render_memory(model: WorldModel) -> WorldModel:
+    """A copy of ``model`` that reads its memory as a pixel-aligned render.
+
+    The VAE and the backbone transformer are copied; memory blocks are left out and the new
+    render branch starts switched off (zero-initialised), so the copy generates what ``model``
+    generates without memory until its memory stage is trained.
+
+    Args:
+        model: a trained world model (any memory kind).
+
+    Returns:
+        A new model with ``memory_render=True`` and ``memory_token_dim=0``, in eval mode.
+    """
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config.update(memory_render=True, memory_token_dim=0)
+    converted = WorldModel(**config)
+    state = model.state_dict()
+    target = converted.state_dict()
+    copied = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    missing = sorted(set(target) - set(copied))
+    if any(not key.startswith("transformer.render_embed") for key in missing):
+        raise ValueError(f"cannot copy {missing} from the model; is it a WorldModel of this kind?")
+    converted.load_state_dict(copied, strict=False)
+    converted.set_latent_scaling_factor(model.vae.scaling_factor)
+    return converted.to(model.device).eval()

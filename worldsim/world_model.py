@@ -540,12 +540,14 @@ class WorldModel(ModelMixin, ConfigMixin):
         Args:
             rgb: (B, F, 3, H, W) rendered colour in [0, 1].
             depth: (B, F, 1, H, W) rendered depth, metres.
-            mask: (B, F, 1, H, W) bool, True where the render covers a pixel.
+            mask: (B, F, 1, H, W) bool, True where the render covers a pixel (within the
+                sensor's range ``max_depth_m``).
 
         Returns:
             (B, F', 2C + 1, h, w) with F' latent frames: the render's latents and its coverage.
         """
-        covered = mask.to(rgb.dtype)
+        # A point seen from farther than the sensor's range reads as no hit, as the sensor would.
+        covered = (mask & (depth <= self.config.max_depth_m)).to(rgb.dtype)
         rgb = rgb * covered + 0.5 * (1 - covered)
         latents = self.encode(rgb, depth * covered)  # (B, F', 2C, h, w)
         factor = self.vae.spatial_compression
