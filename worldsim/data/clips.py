@@ -309,10 +309,10 @@ class ClipDataset(Dataset):
         latents: a :class:`~worldsim.data.latents.LatentCache` of this data set, or None.
         coverage_cache: file of the cached memory coverage; None =
             ``ROOT/coverage/clips-<digest of the clip settings>.npz``. It is measured on first
-            use (about 3.5 ms per frame on one CPU core, 4 min for 73k 64x64 frames; a progress bar
-            shows in a terminal) and
-            rebuilt when the data set's episodes change. Touch :attr:`memory_coverage` before
-            starting ``DataLoader`` workers so they do not each measure it.
+            use (about 3.5 ms per frame on one CPU core: 4 min for 73k 64x64 frames; a progress
+            bar shows in a terminal) and rebuilt when the data set's episodes change. Touch
+            :attr:`memory_coverage` before starting ``DataLoader`` workers so they do not each
+            measure it.
 
     Raises:
         DataFormatError: a bad dataset (see :class:`TrajectoryStore`).
