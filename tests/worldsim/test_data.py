@@ -336,7 +336,9 @@ def test_memory_frame_indices_hand_cases():
 
 def test_clip_items_match_the_stored_episodes(tmp_path, rng):
     written = make_dataset(tmp_path, rng, steps=20)
-    config = ClipConfig(n_context=2, n_future=3, clip_stride=4, max_memory_frames=3)
+    config = ClipConfig(
+        n_context=2, n_future=3, clip_stride=4, max_memory_frames=3, memory_selection="even"
+    )
     dataset = ClipDataset(tmp_path, config)
     assert len(dataset) == 4 * 5  # 4 episodes x starts 0, 4, 8, 12, 16 of 21 frames
     for index in range(len(dataset)):

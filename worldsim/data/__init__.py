@@ -6,8 +6,8 @@ module             what it holds
 ``format``         episodes, ids, manifest and plans, atomic file writes
 ``shards``         HDF5 shards: one file per scene and episode range
 ``store``          a data set folder as one store of episodes
-``revisits``       view overlap: which earlier frames a frame revisits
-``clips``          the torch ``Dataset`` of clips and its collate function
+``revisits``       view overlap: revisits by pose; clip memory coverage by visibility
+``clips``          the torch ``Dataset`` of clips, its sampler and collate function
 ``latents``        every frame's VAE latents, encoded once (:class:`LatentCache`)
 =================  ================================================================
 
@@ -19,12 +19,17 @@ own: ``from worldsim.data.latents import LatentCache``.
 from __future__ import annotations
 
 from worldsim.data.clips import (
+    COVERAGE_DIR,
+    MEMORY_SELECTIONS,
     ClipConfig,
     ClipDataset,
+    ClipDraw,
+    ClipSampler,
     collate_clips,
     episode_keys,
     frames_to_tensors,
     memory_frame_indices,
+    overlap_memory_indices,
 )
 from worldsim.data.format import (
     COMPRESSIONS,
@@ -53,11 +58,14 @@ from worldsim.data.format import (
     write_plan,
 )
 from worldsim.data.revisits import (
+    CoverageConfig,
     RevisitConfig,
+    clip_coverage,
     frustum_overlap,
     frustum_samples,
     revisit_fraction,
     revisit_sources,
+    subsample_depth,
 )
 from worldsim.data.shards import (
     EpisodeInfo,
@@ -71,10 +79,12 @@ from worldsim.data.store import (
 
 __all__ = [
     "COMPRESSIONS",
+    "COVERAGE_DIR",
     "DEPTH_DTYPES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MEMORY_SELECTIONS",
     "NO_ACTION",
     "PLAN_DIR",
     "SHARD_DIR",
@@ -82,6 +92,9 @@ __all__ = [
     "TEMP_SUFFIX",
     "ClipConfig",
     "ClipDataset",
+    "ClipDraw",
+    "ClipSampler",
+    "CoverageConfig",
     "DataFormatError",
     "Episode",
     "EpisodeInfo",
@@ -90,6 +103,7 @@ __all__ = [
     "TrajectoryStore",
     "check_choice",
     "check_scene_id",
+    "clip_coverage",
     "collate_clips",
     "commit_file",
     "complete_plan",
@@ -99,12 +113,14 @@ __all__ = [
     "frustum_overlap",
     "frustum_samples",
     "memory_frame_indices",
+    "overlap_memory_indices",
     "parse_shard_name",
     "read_manifest",
     "read_plans",
     "revisit_fraction",
     "revisit_sources",
     "shard_name",
+    "subsample_depth",
     "temporary_path",
     "write_json_atomic",
     "write_manifest",
