@@ -113,7 +113,9 @@ def test_out_and_back_episodes_end_with_stop(tmp_path, sim):
 def test_replayed_actions_reproduce_the_clips(tmp_path):
     config = tiny_config(tmp_path, scene_count=1, episodes_per_scene=2, max_steps=40)
     collect(config, progress=False)
-    dataset = ClipDataset(tmp_path, ClipConfig(n_context=3, n_future=5, max_memory_frames=4))
+    dataset = ClipDataset(
+        tmp_path, ClipConfig(n_context=3, n_future=5, max_memory_frames=4, memory_selection="even")
+    )
     replay = Simulator(TINY)
     checked = set()
     for index in range(0, len(dataset), 7):
