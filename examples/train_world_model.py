@@ -51,7 +51,14 @@ class Args:
     """Training data: a dataset folder made by examples/collect_data.py, or synthetic
     (random walks in a ray-cast box room, for smoke tests)."""
     revisit_fraction: float = 0.5
-    """With a dataset, the share of clips drawn from revisits (future views seen long before)."""
+    """With a dataset, the backbone stage's share of clips drawn from revisits (future views
+    seen long before)."""
+    memory_dependent_fraction: float = 0.5
+    """With a dataset, the memory stage's share of clips whose future the memory sees and the
+    context does not (memory-only coverage at least 0.1, by depth-consistent visibility)."""
+    empty_memory_fraction: float = 0.15
+    """With a dataset, the memory stage's share of clips whose memory is dropped, so the model
+    still imagines unseen space."""
     workers: int = 2
     """DataLoader worker processes reading a dataset."""
     output_dir: Path = Path("outputs/train_world_model")
@@ -63,8 +70,8 @@ class Args:
     """Image encoder of the memory (pooled_color is a cheap one)."""
     batch_size: int = 8
     """Clips per batch."""
-    memory_frames: int = 8
-    """Earlier frames per clip used to build the memory."""
+    memory_frames: int = 16
+    """Most earlier frames per clip in its memory: those that see most of its future."""
     cache_latents: bool = True
     """With a dataset, encode every frame once before the backbone and memory stages and train
     on the cached latents (<output-dir>/latents.safetensors, re-encoded when the VAE
@@ -99,6 +106,8 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
             n_future=model.config.n_future,
             # The VAE stage reconstructs the clip's frames only.
             max_memory_frames=args.memory_frames if stage != "vae" else 0,
+            memory_dependent_fraction=args.memory_dependent_fraction,
+            empty_memory_fraction=args.empty_memory_fraction,
         ),
         latents=latents,
     )
@@ -110,7 +119,10 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
         )
     generator = torch.Generator().manual_seed(args.seed)
     num_samples = args.batch_size * args.train.steps
-    sampler = clips.revisit_sampler(args.revisit_fraction, num_samples, generator)
+    if stage == "memory":  # clips that need the memory, and some with none
+        sampler = clips.clip_sampler(num_samples, generator)
+    else:
+        sampler = clips.revisit_sampler(args.revisit_fraction, num_samples, generator)
     return DataLoader(
         clips,
         batch_size=args.batch_size,

@@ -56,6 +56,18 @@ class ModelMixin(DiffusersModelMixin):
         """Load as diffusers does, then :func:`rehome_tensors` (see the module docstring)."""
         return rehome_tensors(super().from_pretrained(pretrained_model_name_or_path, **kwargs))
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save as diffusers does, without the machine-local ``_name_or_path`` in the config.
+
+        diffusers records the folder a model was loaded from; a shipped checkpoint would then
+        carry the absolute path of the machine that exported it.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        config_file = Path(save_directory) / "config.json"
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
 
 def check_pretrained_folder(
     folder: Path, class_name: str, label: str, missing_hint: str, other_hint: str = ""

@@ -32,6 +32,8 @@ def test_the_checkpoint_ships_as_small_safetensors_with_its_card_and_memory(mode
     weights = [path for path in files if path.suffix == ".safetensors"]
     assert weights and all(path.stat().st_size < MAX_FILE_MB * 1e6 for path in weights)
     assert not any(path.suffix in (".bin", ".pt", ".pth") for path in files)
+    config = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    assert "_name_or_path" not in config  # no path of the machine that exported it
     spec = json.loads((DEFAULT_CHECKPOINT / MEMORY_FILE).read_text())
     memory = resolve_memory(None, model, DEFAULT_CHECKPOINT)
     assert memory.token_dim == model.config.memory_token_dim, spec

@@ -85,6 +85,9 @@ def test_save_load_equality_and_errors(tmp_path, tiny_model, tiny_batch):
     with torch.no_grad():
         latents = tiny_model.encode(tiny_batch["rgb"], tiny_batch["depth"])
         assert torch.equal(latents, loaded.encode(tiny_batch["rgb"], tiny_batch["depth"]))
+    # A re-saved loaded model does not record the folder it came from (machine-local path).
+    loaded.save_pretrained(tmp_path / "again")
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no world model checkpoint"):
         WorldModel.from_pretrained(tmp_path / "missing")
     RGBDAutoencoder(block_out_channels=(8,), norm_num_groups=4).save_pretrained(tmp_path / "vae")
