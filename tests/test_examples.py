@@ -423,7 +423,7 @@ def test_navigate(tmp_path):
     ]
     for row in rows:
         assert 0.0 < row["sim"] <= 100.0 and row["actions"] <= 4
-        assert row["final_distance_m"] >= 0 and 1.5 <= row["start_distance_m"] <= 2.5
+        assert row["final_straight_line_m"] >= 0 and 1.5 <= row["start_geodesic_m"] <= 2.5
     table = json.loads((tmp_path / "navigate.json").read_text())["rows"]
     assert len(table) == 4
     video = imageio.mimread(tmp_path / "navigate.mp4")
