@@ -1,32 +1,46 @@
-"""Validate a world model on held-out scenes: the future chunk with memory vs. without memory.
+"""Evaluate world models on multi-chunk rollouts where memory matters, in unseen houses.
 
-Make a held-out set once (unseen validation scenes, at the model's frame size), then evaluate a
-trained model on it::
+Make a held-out set once (unseen test scenes, at the model's frame size), then evaluate the
+shipped checkpoint (or ``--checkpoint``, optionally against ``--compare-checkpoint``) on it::
 
-    .venv/bin/python examples/collect_data.py --output-dir data/val-64 --split val --scene-count 4 \
-        --episodes-per-scene 4
-    .venv/bin/python examples/evaluate_world_model.py \
-        --checkpoint outputs/train_world_model/memory/model --data-dir data/val-64
+    .venv/bin/python examples/collect_data.py --output-dir data/test-64 --split test \
+        --scene-count 4 --episodes-per-scene 4
+    .venv/bin/python examples/evaluate_world_model.py --data-dir data/test-64
 
-Without ``--checkpoint`` the embedded default checkpoint is evaluated. The tiny setting the tests
-use: ``--max-clips 2 --batch-size 2 --memory-frames 2`` on a 32x32 dataset and a tiny model.
+The tiny setting the tests use: a 32x32 dataset, a tiny model, ``--chunks 2 --max-windows 3
+--memory-frames 4 --sampling-steps 1 --max-clips 2``.
 
-For each chosen clip (up to ``--max-clips`` revisit clips and up to ``--max-clips`` clips of any
-kind) the model generates the clip's future chunk from its context frames along the recorded
-camera motion, once with the checkpoint's memory (``memory.json``; the 3D feature map by default)
-built from the clip's earlier frames and once with ``"none"`` (the same model without map tokens),
-from the same noise (:mod:`worldsim.evaluation`). Writes to ``--output-dir``:
+Windows (:mod:`worldsim.revisit_evaluation`): from each recorded episode, starts whose next
+``--chunks`` x ``n_future`` frames hold the most pixels that the earlier observed frames see and
+the ``n_context`` context frames do not (memory-only pixels, by depth consistency), up to
+``--max-windows``. Every window is rolled out chunk by chunk along its recorded camera motion by
+each variant, from the same noise:
 
-- ``validation.json`` / ``validation.md``: PSNR, SSIM, LPIPS and depth L1 (metres) per subset
-  (revisit clips, all clips) and variant: with memory, without, and the ``last frame`` baseline
-  (every future frame is the last context frame: what is known before any motion is imagined);
-- ``validation.png``: for a few clips (revisits first), rows of recorded | with memory | without
-  memory future frames.
+- per checkpoint: its memory (``memory.json``) filled with the window's earlier observed frames
+  (``--memory-frames`` of them, the ones that see most of the future; 0 = all); ``none`` (no
+  memory); ``shuffled`` (another episode's memory, moved so its last context camera is this
+  one's: the control);
+- ``reprojection``: no learning, the memory and context frames rendered as points at each future
+  camera, holes filled from the last context frame; ``last frame``: every future frame is the
+  last context frame.
+
+Writes to ``--output-dir``:
+
+- ``evaluation.json`` / ``evaluation.md``: per variant and per bin of memory-only share (0-10 %,
+  10-50 %, >= 50 %), per chunk and overall: PSNR, SSIM, LPIPS, depth L1 (metres) and PSNR on the
+  memory-only pixels;
+- ``evaluation.png``: for a few windows, rows of truth (with its memory-only pixels below) and
+  each variant, frames across the rollout, labelled with each frame's memory-only share;
+- ``validation.json`` / ``validation.md`` / ``validation.png`` (unless ``--max-clips 0``): the
+  single-chunk validation of ``--checkpoint`` with and without memory
+  (:mod:`worldsim.evaluation`), the table ``examples/export_checkpoint.py --validation`` puts on
+  the model card.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,10 +49,11 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 from einops import rearrange
+from PIL import Image, ImageDraw
 
 from worldsim import cli
-from worldsim.checkpoints import resolve_memory
-from worldsim.data import ClipConfig, ClipDataset
+from worldsim.checkpoints import load_world_model, resolve_memory
+from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore
 from worldsim.evaluation import (
     EvaluationConfig,
     Predictions,
@@ -47,10 +62,27 @@ from worldsim.evaluation import (
     with_last_frame_baseline,
 )
 from worldsim.report import write_report
-from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.revisit_evaluation import (
+    Variant,
+    WindowConfig,
+    WindowPredictions,
+    episode_memory,
+    find_windows,
+    last_frame_variant,
+    load_windows,
+    no_memory,
+    predict_windows,
+    reprojection_variant,
+    score_windows,
+)
+from worldsim.world_model import MEMORY_FILE, WorldModel
 
-REPORT_NAME = "validation"
-"""Stem of the report files."""
+REPORT_NAME = "evaluation"
+"""Stem of the multi-chunk report files."""
+VALIDATION_NAME = "validation"
+"""Stem of the single-chunk validation report files."""
+LABEL_WIDTH = 110
+"""Pixels left of each picture row for its label."""
 
 
 @dataclass(frozen=True)
@@ -58,32 +90,92 @@ class Args:
     """Command-line arguments."""
 
     data_dir: Path
-    """Held-out dataset folder (examples/collect_data.py --split val or test)."""
+    """Held-out dataset folder (examples/collect_data.py --split test or val)."""
     checkpoint: Path | None = None
     """Model folder (WorldModel.save_pretrained); the embedded default if None."""
+    compare_checkpoint: Path | None = None
+    """A second model folder, evaluated on the same windows and noise (e.g. a render model)."""
     output_dir: Path = Path("outputs/evaluate_world_model")
-    """Where the report and the picture go."""
-    memory_frames: int = 8
-    """Earlier frames per clip that build the memory (as in training)."""
-    max_clips: int = 64
-    """Most clips per subset (revisit clips, all clips)."""
+    """Where the reports and pictures go."""
+    chunks: int = 4
+    """Chunks per rollout (future frames = chunks x n_future)."""
+    max_windows: int = 64
+    """Most windows evaluated."""
+    memory_frames: int = 0
+    """Memory frames per window, those that see most of the future (0: every earlier frame)."""
+    min_coverage: float = 0.05
+    """Least mean memory-only share of a window's future frames."""
     batch_size: int = 8
-    """Clips per model call."""
+    """Windows (clips) per model call."""
     sampling_steps: int | None = None
     """DDIM steps per chunk; the model's default if None."""
-    insert_context_frames: bool = False
-    """Also unproject the context frames into the memory."""
-    picture_clips: int = 4
-    """Clips shown in validation.png."""
+    picture_windows: int = 4
+    """Windows shown in evaluation.png."""
+    max_clips: int = 64
+    """Single-chunk validation clips per subset (validation.json); 0 skips it."""
+    validation_memory_frames: int = 8
+    """Earlier frames per validation clip that build its memory (as in training)."""
     device: Literal["auto", "cpu"] = "auto"
     """auto uses a GPU where there is one."""
     threads: int = 0
     """CPU threads of torch (0: torch's default)."""
     seed: int = 0
-    """Seeds the sampling noise (clip i uses seed + i)."""
+    """Seeds the sampling noise (window i uses seed + i)."""
 
 
-def picture(predictions: Predictions, count: int) -> np.ndarray:
+def model_variants(
+    model: WorldModel, folder: Path | None, label: str
+) -> tuple[list[Variant], str | None]:
+    """The checkpoint with its memory, with none and with a shuffled memory; its memory name."""
+    memory = resolve_memory(None, model, folder)
+    if memory is None:
+        return [Variant(f"{label}: none", model, no_memory)], None
+    spec = None if folder is None else folder / MEMORY_FILE
+    name = json.loads(spec.read_text())["name"] if spec and spec.is_file() else "memory"
+    return [
+        Variant(f"{label}: {name}", model, episode_memory(memory)),
+        Variant(f"{label}: none", model, no_memory),
+        Variant(f"{label}: shuffled", model, episode_memory(memory, shuffled=True)),
+    ], name
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    """Prefix a (H, W, 3) uint8 row with a white label column holding ``text``."""
+    canvas = Image.new("RGB", (LABEL_WIDTH + image.shape[1], image.shape[0]), "white")
+    canvas.paste(Image.fromarray(image), (LABEL_WIDTH, 0))
+    ImageDraw.Draw(canvas).text((2, 2), text, fill="black")
+    return np.asarray(canvas)
+
+
+def picture(predictions: WindowPredictions, count: int) -> np.ndarray:
+    """Rows of truth, its memory-only pixels and each variant, frames across, for a few windows."""
+    batch = predictions.batch
+    order = torch.argsort(-batch.coverage.mean(-1), stable=True)[:count]  # most memory first
+    blocks = []
+    for index in order.tolist():
+        width = batch.future.rgb.shape[-1]
+        shares = batch.coverage[index]
+        header = Image.new("RGB", (LABEL_WIDTH + width * len(shares), 12), "white")
+        draw = ImageDraw.Draw(header)
+        window = predictions.windows[index]
+        draw.text((2, 0), f"{window.scene_id} t={window.start}", fill="black")
+        for t, share in enumerate(shares.tolist()):
+            draw.text((LABEL_WIDTH + t * width + 2, 0), f"{share:.0%}", fill="black")
+        rows = [np.asarray(header)]
+        videos = {
+            "truth": batch.future.rgb[index],
+            "memory-only": batch.memory_only[index].float().expand(-1, 3, -1, -1),
+            **{name: video[index] for name, video in predictions.rgb.items()},
+        }
+        for name, video in videos.items():
+            strip = rearrange(video, "t c h w -> h (t w) c").clamp(0, 1)
+            rows.append(_label((strip.numpy() * 255).round().astype(np.uint8), name))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, dtype=np.uint8))
+        blocks.append(np.concatenate(rows))
+    return np.concatenate(blocks)
+
+
+def validation_picture(predictions: Predictions, count: int) -> np.ndarray:
     """(rows * H, (1 + variants) * n_future * W, 3) uint8: recorded | each variant, per clip."""
     order = np.argsort(~predictions.is_revisit, kind="stable")[:count]  # revisits first
     columns = [predictions.rgb, *predictions.generated_rgb.values()]
@@ -96,45 +188,88 @@ def picture(predictions: Predictions, count: int) -> np.ndarray:
     return (torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8)
 
 
-def main(args: Args) -> None:
-    torch.manual_seed(args.seed)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu"
-    folder = args.checkpoint or DEFAULT_CHECKPOINT
-    model = WorldModel.from_pretrained(args.checkpoint).to(device).eval()
-    memory = resolve_memory(None, model, Path(folder))
-    if memory is None:
-        raise ValueError(
-            f"the model at {str(folder)!r} has no memory branch: there is nothing to compare "
-            "with the no-memory variant"
-        )
+def validate(args: Args, model: WorldModel, memory_name: str | None, folder: Path) -> None:
+    """The single-chunk validation with vs. without memory (validation.json / .md / .png)."""
+    memory = resolve_memory(None, model, folder)
     clips = ClipDataset(
         args.data_dir,
         ClipConfig(
             n_context=model.config.n_context,
             n_future=model.config.n_future,
-            max_memory_frames=args.memory_frames,
+            max_memory_frames=args.validation_memory_frames,
         ),
     )
     config = EvaluationConfig(
         max_clips=args.max_clips,
         batch_size=args.batch_size,
         num_inference_steps=args.sampling_steps,
-        insert_context_frames=args.insert_context_frames,
         seed=args.seed,
     )
-    spec_file = Path(folder) / MEMORY_FILE
-    memory_name = json.loads(spec_file.read_text())["name"] if spec_file.is_file() else "memory"
     predictions = predict_clips(
         model, clips, {memory_name: memory, "none": None}, config, progress=True
     )
     predictions = with_last_frame_baseline(predictions, clips)
-    rows = evaluation_rows(predictions)
-    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME)
+    write_report(evaluation_rows(predictions), args.output_dir, VALIDATION_NAME)
     imageio.imwrite(
-        args.output_dir / f"{REPORT_NAME}.png", picture(predictions, args.picture_clips)
+        args.output_dir / f"{VALIDATION_NAME}.png",
+        validation_picture(predictions, args.picture_windows),
     )
+
+
+def main(args: Args) -> None:
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu"
+    model, folder = load_world_model(args.checkpoint, device)
+    variants, memory_name = model_variants(model, folder, folder.name)
+    if args.compare_checkpoint is not None:
+        other, other_folder = load_world_model(args.compare_checkpoint, device)
+        for field in ("n_context", "n_future"):
+            if getattr(other.config, field) != getattr(model.config, field):
+                raise ValueError(
+                    f"the two checkpoints differ in {field} ({getattr(model.config, field)} vs "
+                    f"{getattr(other.config, field)}): compare models that roll out alike"
+                )
+        label = other_folder.name if other_folder.name != folder.name else "compare"
+        variants += model_variants(other, other_folder, label)[0]
+    variants += [reprojection_variant(), last_frame_variant()]
+
+    store = TrajectoryStore(args.data_dir)
+    config = WindowConfig(
+        n_context=model.config.n_context,
+        length=args.chunks * model.config.n_future,
+        memory_frames=args.memory_frames,
+        max_windows=args.max_windows,
+        min_coverage=args.min_coverage,
+    )
+    windows = find_windows(store, config, progress=True)
+    if not windows:
+        raise ValueError(
+            f"no window of {config.length} future frames in {str(args.data_dir)!r} reaches a "
+            f"memory-only share of {config.min_coverage}: collect longer episodes that revisit "
+            "(out_and_back, look_around) or lower --min-coverage"
+        )
+    batch = load_windows(store, windows, config.n_context, config.length)
+    predictions = predict_windows(
+        windows,
+        batch,
+        variants,
+        batch_size=args.batch_size,
+        num_inference_steps=args.sampling_steps,
+        seed=args.seed,
+        progress=True,
+    )
+    rows = score_windows(predictions, model.config.n_future)
+    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME)
+    png_path = args.output_dir / f"{REPORT_NAME}.png"
+    imageio.imwrite(png_path, picture(predictions, args.picture_windows))
+    if args.max_clips > 0 and memory_name is not None:
+        validate(args, model, memory_name, folder)
     print(md_path.read_text())
-    print(f"wrote {json_path}, {md_path} and {args.output_dir / f'{REPORT_NAME}.png'}")
+    print(
+        f"{len(windows)} windows from {len({w.episode for w in windows})} episodes; "
+        f"{time.perf_counter() - started:.0f} s; wrote {json_path}, {md_path} and {png_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -355,33 +355,32 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     spec = {"name": "feature_map", "encoder": "pooled_color"}
     make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "memory.json").write_text(json.dumps(spec))
-    argv = [
-        "--data-dir",
-        str(tiny_dataset),
-        "--checkpoint",
-        str(tmp_path / "model"),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--max-clips",
-        "2",
-        "--batch-size",
-        "2",
-        "--memory-frames",
-        "2",
-        "--sampling-steps",
-        "1",
-        "--device",
-        "cpu",
-    ]
+    argv = ["--data-dir", str(tiny_dataset), "--checkpoint", str(tmp_path / "model")]
+    argv += ["--output-dir", str(tmp_path / "out"), "--chunks", "2", "--max-windows", "5"]
+    argv += ["--memory-frames", "4", "--min-coverage", "0", "--batch-size", "2"]
+    argv += ["--sampling-steps", "1", "--max-clips", "2", "--device", "cpu"]
     run("evaluate_world_model", argv)
-    rows = json.loads((tmp_path / "out" / "validation.json").read_text())["rows"]
-    # Tiny 20-step episodes hold no revisits, so only the "all clips" rows have clips.
-    assert [(r["subset"], r["memory"]) for r in rows if r["clips"]] == [
+    rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())["rows"]
+    variants = ["model: feature_map", "model: none", "model: shuffled", "reprojection"]
+    assert [r["variant"] for r in rows[:5]] == [*variants, "last frame"]
+    assert {r["frames"] for r in rows} == {
+        "all",
+        "0-10 %",
+        "10-50 %",
+        ">= 50 %",
+        "chunk 1",
+        "chunk 2",
+    }
+    assert rows[0]["frames_n"] == 5 * 4 and all(r["psnr"]["value"] > 0 for r in rows[:5])
+    assert (tmp_path / "out" / "evaluation.md").read_text().startswith("# evaluation")
+    assert imageio.imread(tmp_path / "out" / "evaluation.png").ndim == 3
+    # The single-chunk validation the model card embeds (export_checkpoint.py --validation).
+    validation = json.loads((tmp_path / "out" / "validation.json").read_text())["rows"]
+    assert [(r["subset"], r["memory"]) for r in validation if r["clips"]] == [
         ("all", "feature_map"),
         ("all", "none"),
         ("all", "last frame"),
     ]
-    assert all(r["psnr"]["value"] > 0 for r in rows if r["clips"])
     assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3
 
 
