@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
 from worldsim.sampling import (
     chain_poses,
+    check_memory_fits,
     insert_clip_memory,
     insert_frames,
     rollout,
@@ -453,12 +454,7 @@ class Trainer:
         if config.stage == "memory":
             if memory is None:
                 raise ValueError("stage 'memory' needs a memory (e.g. build_memory('feature_map'))")
-            expected = model.transformer.config.memory_token_dim
-            if memory.token_dim != expected:
-                raise ValueError(
-                    f"memory tokens have width {memory.token_dim}, the model's memory blocks "
-                    f"expect memory_token_dim={expected}"
-                )
+            check_memory_fits(model, memory)
         elif memory is not None:
             raise ValueError(f"stage {config.stage!r} trains without memory: pass memory=None")
         self.config = config
