@@ -386,3 +386,33 @@ def test_planning_simulator_takes_the_turn_step_of_what_imagines():
         planning_simulator("world-model", turn_step_deg=30.0)
     with pytest.raises(ValueError, match="planner must be 'oracle' or 'world-model'"):
         planning_simulator("habitat")
+
+
+def test_a_render_model_steps_with_its_rendered_memory():
+    model = make_tiny(memory_token_dim=0, memory_render=True)
+    with torch.no_grad():  # open the render branch, as after training
+        model.transformer.render_embed.weight.normal_(generator=torch.Generator().manual_seed(0))
+    env = gym.make(
+        "PersistentWorld-v0",
+        checkpoint=model,
+        memory="rendered",
+        num_sampling_steps=1,
+        scene=SCENE,
+    )
+    env.reset(seed=0)
+    for action in (1, 2, 2):
+        env.step(action)
+    points = env.unwrapped.memory.points()
+    assert points.observed.any() and (~points.observed).any()  # the start, generated frames
+    # The vector env steps the same rows (its memories are one per row).
+    vector = gym.make_vec(
+        "PersistentWorld-v0",
+        num_envs=2,
+        checkpoint=model,
+        memory="rendered",
+        num_sampling_steps=1,
+        scene=SCENE,
+    )
+    observations, _ = vector.reset(seed=0)
+    observations, *_ = vector.step(np.array([1, 2]))
+    assert observations["rgb"].shape == (2, 32, 32, 3)

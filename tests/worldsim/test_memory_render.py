@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny
+from worldsim.losses import diffusion_loss
 from worldsim.memory import build_memory
 from worldsim.sampling import check_memory_fits, rollout
-from worldsim.training import diffusion_loss, freeze_for_stage
+from worldsim.training import freeze_for_stage
 from worldsim.transformer import WorldTransformer
 
 

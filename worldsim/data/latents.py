@@ -6,7 +6,7 @@ transformer step on a CPU. A model whose VAE codes frames one by one (temporal r
 latents of a whole :class:`~worldsim.data.TrajectoryStore` can be computed once
 (:meth:`LatentCache.build`), saved beside the run, and handed to
 :class:`~worldsim.data.ClipDataset`, whose clips then carry ``latents`` that
-:func:`worldsim.training.diffusion_loss` uses instead of encoding.
+:func:`worldsim.losses.diffusion_loss` uses instead of encoding.
 
 A cache belongs to one VAE and one data set: it records a fingerprint of the VAE's weights and
 scale (:func:`vae_fingerprint`) and each episode's scene, index and length, and
