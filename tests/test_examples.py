@@ -486,6 +486,27 @@ def load_script(path: Path):
     return module
 
 
+def test_bench_memory_kinds():
+    module = load_script(EXAMPLES.parent / "benchmarks" / "bench_memory_kinds.py")
+    argv = ["--config", "tiny", "--kinds", "none", "rendered", "pooled_color", "--steps", "1"]
+    argv += ["--batch-sizes", "1", "2", "--memory-frames", "4", "--map-sizes", "2", "4"]
+    argv += ["--repeats", "1", "--sampling-steps", "1"]
+    tables = module.main(tyro.cli(module.Args, args=argv))
+    assert [row["kind"] for row in tables["steps"]] == ["none", "rendered", "pooled_color"]
+    for row in tables["steps"]:
+        assert row.keys() == {"kind", "step_s", "chunk_b1_s", "chunk_b2_s"}
+        assert all(row[key] > 0 for key in row if key != "kind")
+    assert [(row["kind"], row["frames"]) for row in tables["maps"]] == [
+        ("rendered", 2),
+        ("rendered", 4),
+        ("pooled_color", 2),
+        ("pooled_color", 4),
+    ]
+    for small, large in zip(tables["maps"][::2], tables["maps"][1::2], strict=True):
+        assert 0 < small["size"] < large["size"]  # more frames, a larger map
+        assert small["update_ms"] > 0 and small["read_ms"] > 0
+
+
 def run_command(script: str, argv: list[str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != cli.TRACEBACK_VARIABLE}
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES.parent), env.get("PYTHONPATH", "")])
