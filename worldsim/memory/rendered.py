@@ -374,6 +374,14 @@ class RenderedMemory(Memory):
         camera = camera + world_to_cam[:, :, None, :3, 3]  # (B, T, N, 3)
         z = camera[..., 2]
         drawn = present[:, None] & (z >= config.near_plane) & torch.isfinite(z)  # (B, T, N)
+        # Cull points whose square cannot reach a pixel centre: every footprint is at most
+        # max_splat_radius pixels, so a centre farther outside the image draws nothing.
+        depth_safe = z.clamp_min(config.near_plane)
+        u_all = k[..., 0, 0, None] * camera[..., 0] / depth_safe + k[..., 0, 2, None]  # (B, T, N)
+        v_all = k[..., 1, 1, None] * camera[..., 1] / depth_safe + k[..., 1, 2, None]
+        reach = config.max_splat_radius
+        drawn &= (u_all > -reach) & (u_all < width + reach)
+        drawn &= (v_all > -reach) & (v_all < height + reach)
         b, t, n = drawn.nonzero(as_tuple=True)  # (Q,) each
         x, y, z = camera[b, t, n].unbind(-1)
         fx, fy = k[b, t, 0, 0], k[b, t, 1, 1]
