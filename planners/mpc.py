@@ -29,7 +29,13 @@ from planners.cem import (
 )
 from planners.costs import GoalCost
 from worldsim.geometry import Action
-from worldsim.rollout import RolloutModel, RolloutResult, RolloutStart
+from worldsim.memory import Memory
+from worldsim.rollout import (
+    PersistentRolloutModel,
+    RolloutModel,
+    RolloutResult,
+    RolloutStart,
+)
 
 
 # ================================================================================= MPC
@@ -95,6 +101,8 @@ class MPCEpisode:
         costs: (D + 1,) goal cost of the current view before each of the D decisions and at the
             end.
         plans: the D plans.
+        memory: the planner's episode map after the episode (every executed observation in
+            it), or ``None`` for a planner without one.
         stop_reason: ``"at_goal"``, ``"plan_stays"`` (the plan is all waits) or
             ``"max_steps"``.
     """
@@ -107,6 +115,7 @@ class MPCEpisode:
     costs: Tensor
     plans: list[CEMPlan]
     stop_reason: str
+    memory: Memory | None = None
 
 
 def _next_chunk(actions: Tensor, kind: DistributionKind, count: int) -> tuple[Tensor, int]:
@@ -137,6 +146,11 @@ def run_mpc(
 ) -> MPCEpisode:
     """Navigate to an image goal by CEM, imagining in ``planner`` and acting in ``truth``.
 
+    A planner with a persistent memory (:class:`~worldsim.rollout.PersistentRolloutModel`, the
+    learned simulator) keeps one map for the episode: the start's frames and every executed
+    observation go into it as observed, and every decision imagines from it; plans copy it, so
+    nothing imagined enters it.
+
     Args:
         planner: the simulator plans are imagined in (the learned one, or the oracle).
         truth: the simulator actions are executed in (the ground-truth oracle).
@@ -154,7 +168,9 @@ def run_mpc(
         ValueError: as :func:`plan_cem`.
     """
     _check_single_start(start)
-    state = start
+    persistent = isinstance(planner, PersistentRolloutModel)
+    # One map for the episode: what is executed is observed and goes in; plans only copy it.
+    state = planner.with_episode_memory(start) if persistent else start
     current_cost = float(cost.frames(state.rgb[:, -1:], goal)[0])
     costs, plans, chunks = [current_cost], [], []
     poses, frames = [state.cam_to_world[0, -1]], [state.rgb[0, -1]]
@@ -186,6 +202,8 @@ def run_mpc(
             dream = planner.rollout(state, chunk[None], generator=generator)
             imagined.extend(dream.rgb[0])
         executed: RolloutResult = truth.rollout(state, chunk[None], generator=generator)
+        if persistent:
+            planner.observe(state, executed)
         state = state.advance(executed)
         chunks.append(chunk)
         poses.extend(executed.cam_to_world[0])
@@ -208,5 +226,6 @@ def run_mpc(
         imagined=None if imagined is None else torch.stack(imagined),
         costs=torch.tensor(costs),
         plans=plans,
+        memory=state.memory,
         stop_reason=stop_reason,
     )

@@ -27,6 +27,7 @@ Batching and randomness
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -186,6 +187,38 @@ class WorldModelRollout:
             cam_to_world=generated.cam_to_world[:, :horizon].cpu(),
             memory=memory,
         )
+
+    def with_episode_memory(self, start: RolloutStart) -> RolloutStart:
+        """The one-row ``start`` with a fresh episode map holding its frames (observed).
+
+        A planner keeps this map for the whole episode and writes what it executes into it
+        (:meth:`observe`); every rollout from the start copies it first. Without a memory
+        prototype the start is returned unchanged.
+
+        Raises:
+            ValueError: for a start of more than one row.
+        """
+        if start.batch_size != 1:
+            raise ValueError(f"an episode memory is for one start row, got {start.batch_size}")
+        if self.memory is None:
+            return start
+        memory = self.memory.select(torch.zeros(1, dtype=torch.int64))  # a fresh copy
+        memory.reset(1, self.model.device)
+        _insert_start(memory, start)
+        return replace(start, memory=memory)
+
+    def observe(self, state: RolloutStart, executed: RolloutResult) -> None:
+        """Write the executed frames of a one-row state into its episode map (observed).
+
+        Args:
+            state: the state whose ``memory`` is the episode map (``None``: nothing to do).
+            executed: what the ground truth showed, every step's frame.
+        """
+        if state.memory is None:
+            return
+        frames = executed.num_frames
+        poses = executed.cam_to_world[:, -frames:]
+        insert_frames(state.memory, executed.rgb, executed.depth, state.intrinsics, poses)
 
     def _rollout_memory(self, start: RolloutStart) -> Memory | None:
         """The memory a rollout from ``start`` updates: a copy of the start's or a fresh one."""

@@ -364,6 +364,24 @@ class RolloutModel(Protocol):
         ...
 
 
+@runtime_checkable
+class PersistentRolloutModel(RolloutModel, Protocol):
+    """A simulator with a persistent memory that a planner keeps for a whole episode.
+
+    The planner gives the episode's start one map (:meth:`with_episode_memory`), writes every
+    executed observation into it (:meth:`observe`), and imagines every decision from it; a
+    rollout copies the map, so imagination never writes into the episode's map.
+    """
+
+    def with_episode_memory(self, start: RolloutStart) -> RolloutStart:
+        """The one-row ``start`` with a fresh episode map holding its frames as observed."""
+        ...
+
+    def observe(self, state: RolloutStart, executed: RolloutResult) -> None:
+        """Write the frames of ``executed`` (observed, not imagined) into ``state.memory``."""
+        ...
+
+
 def action_kind(actions: Tensor) -> ActionKind:
     """Whether ``actions`` are discrete ids or waypoints, judged from dtype and shape."""
     if not isinstance(actions, Tensor):

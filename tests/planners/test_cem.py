@@ -298,3 +298,39 @@ def test_prefix_scored_probes_equal_rolling_out_every_probe(oracle, cost):
     costs, _ = score_probes(model, start, probes, goal, two, torch.Generator())
     every = model.rollout(start.repeat(len(probes)), probes, num_frames=2)
     torch.testing.assert_close(costs, two(every, goal), atol=1e-5, rtol=0)
+
+
+def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
+    """The learned planner's map holds every executed view and nothing it only imagined."""
+    from worldsim.learned_rollout import WorldModelRollout
+    from worldsim.memory import build_memory
+    from worldsim.world_model import WorldModel
+
+    memory = build_memory("rendered", voxel_size=0.05)
+    memory.reset(1)
+    model = WorldModel.from_config_name(
+        "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
+    ).eval()
+    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    start, walk = _straight_ahead_case(oracle, 3, steps=4)
+    config = MPCConfig(
+        cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
+        execute_steps=2,
+        max_steps=4,
+        explore_above=0.0,  # never believe to have arrived: execute all four steps
+    )
+    episode = run_mpc(
+        planner, oracle, start, walk.rgb[0, -1], cost, config, torch.Generator().manual_seed(0)
+    )
+    assert len(episode.actions) == 4
+    points = episode.memory.points()
+    assert points.observed.all()  # imagined frames never entered the episode's map
+    # It is the map of the start and the executed views, frame by frame.
+    truth = oracle.rollout(start, episode.actions[None])
+    expected = build_memory("rendered", voxel_size=0.05)
+    expected.reset(1)
+    expected.update(start.rgb, start.depth, start.intrinsics[:, None], start.cam_to_world)
+    expected.update(
+        truth.rgb, truth.depth, start.intrinsics[:, None].expand(1, 4, 3, 3), truth.cam_to_world
+    )
+    assert torch.equal(points.xyz, expected.points().xyz)
