@@ -64,17 +64,15 @@ from worldsim.evaluation import (
 from worldsim.report import write_report
 from worldsim.revisit_evaluation import (
     Variant,
-    WindowConfig,
     WindowPredictions,
     episode_memory,
-    find_windows,
     last_frame_variant,
-    load_windows,
     no_memory,
     predict_windows,
     reprojection_variant,
     score_windows,
 )
+from worldsim.revisit_windows import WindowConfig, find_windows, load_windows
 from worldsim.world_model import MEMORY_FILE, WorldModel
 
 REPORT_NAME = "evaluation"

@@ -9,20 +9,22 @@ from worldsim.data import TrajectoryStore
 from worldsim.memory import build_memory
 from worldsim.revisit_evaluation import (
     Variant,
-    WindowConfig,
-    choose_windows,
     coverage_bins,
     episode_memory,
-    find_windows,
     last_frame_variant,
-    load_windows,
     masked_psnr,
     no_memory,
-    pairwise_seen,
     predict_windows,
-    rank_starts,
     reprojection_variant,
     score_windows,
+)
+from worldsim.revisit_windows import (
+    WindowConfig,
+    choose_windows,
+    find_windows,
+    load_windows,
+    pairwise_seen,
+    rank_starts,
 )
 from worldsim.visibility import memory_only_coverage
 
@@ -182,7 +184,7 @@ def test_model_variants_share_noise_and_memory_changes_the_frames(windows):
 
 
 def batch_rows(batch, count):
-    from worldsim.revisit_evaluation import select
+    from worldsim.revisit_windows import select
 
     return select(batch, torch.arange(count))
 
