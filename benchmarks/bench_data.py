@@ -40,7 +40,7 @@ class Args:
     clips: int = 300
     """Clips read per measurement."""
     threads: int = 1
-    """CPU threads of torch (1: as one collection worker; 0: torch's default)."""
+    """CPU threads of torch (1: as one collection worker; 0: the idle cores)."""
     seed: int = 0
     """Seed of the clip order."""
 

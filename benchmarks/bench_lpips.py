@@ -35,7 +35,7 @@ class Args:
     cpu_only: bool = False
     """Skip CUDA even where it is available."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default); 1 is steadier on a loaded machine."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def best_seconds(fn, repeats: int, device: torch.device) -> float:

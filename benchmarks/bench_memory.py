@@ -49,7 +49,7 @@ class Args:
     tiny: bool = False
     """Small sizes, for a smoke test."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
 
 

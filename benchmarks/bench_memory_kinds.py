@@ -90,7 +90,7 @@ class Args:
     device: str = "cpu"
     """Torch device of the models and the memories."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seed of the weights, the trajectory and the noise."""
 

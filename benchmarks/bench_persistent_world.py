@@ -53,7 +53,7 @@ class Args:
     device: str = "cpu"
     """Torch device of the model and the memory."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
 
 

@@ -65,7 +65,7 @@ class Args:
     device: str = "cpu"
     """Device of the models and the cost."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seed of the episode and the samples."""
 

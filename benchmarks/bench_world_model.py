@@ -39,7 +39,7 @@ class Args:
     device: str = "cpu"
     """torch device."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seed of the weights and inputs."""
 

@@ -94,7 +94,7 @@ class Args:
     device: str = "cpu"
     """Device of the models."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def world_model_rollout(args: Args) -> WorldModelRollout:

@@ -47,7 +47,7 @@ class Args:
     voxel_size: float = 0.1
     """Voxel / floor cell edge, metres."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seeds the episode (scene, start and goal)."""
     device: str = "cpu"

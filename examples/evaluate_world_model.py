@@ -116,7 +116,7 @@ class Args:
     device: Literal["auto", "cpu"] = "auto"
     """auto uses a GPU where there is one."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seeds the sampling noise (window i uses seed + i)."""
 

@@ -75,7 +75,7 @@ class Args:
     max_shard_mb: int = 30
     """Largest safetensors shard, MB (the package limit is 40 MB per file)."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def half_where_safe(model: WorldModel, tolerance: float) -> list[str]:

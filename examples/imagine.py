@@ -74,7 +74,7 @@ class Args:
     device: str = "cpu"
     """Torch device of the world model."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seeds the start, the far point, the untrained model and the sampling noise."""
     output_dir: Path = Path("outputs/imagine")

@@ -67,7 +67,7 @@ class Args:
     allow_incomplete: bool = False
     """Inspect a dataset whose collection has not finished."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seed of the clip choice."""
 

@@ -97,7 +97,7 @@ class Args:
     device: str = "cpu"
     """Device of the world model and the goal cost."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def navigate(

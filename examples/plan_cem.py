@@ -104,7 +104,7 @@ class Args:
     device: str = "cpu"
     """Device of the goal cost (LPIPS)."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:

@@ -103,7 +103,7 @@ class Args:
     device: str = "cpu"
     """Device of the policy and the cost."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
 def ground_truth_path(

@@ -58,7 +58,7 @@ class Args:
     device: str = "cpu"
     """Training device."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     workers: int = 0
     """Data-loader worker processes."""
 

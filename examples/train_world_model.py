@@ -79,7 +79,7 @@ class Args:
     device: Literal["auto", "cpu"] = "auto"
     """auto uses a GPU where there is one."""
     threads: int = 0
-    """CPU threads of torch (0: torch's default)."""
+    """CPU threads of torch (0: the cores other work leaves idle)."""
     seed: int = 0
     """Seeds the model initialisation, the data and the training noise."""
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -17,7 +17,7 @@ One flag per concept, in every script that has the concept:
     --policy          navigation policy: a checkpoint folder or a shipped name
     --sampling-steps  denoising steps per generated chunk
     --workers         worker processes (data collection, data loading)
-    --threads         CPU threads of torch, >= 0; 0 keeps torch's default
+    --threads         CPU threads of torch, >= 0; 0 takes the cores other work leaves idle
     --device          torch device: cpu, cuda, cuda:N or mps ("auto" where a script allows it)
     --seed            the one seed every random choice of the run derives from
 
@@ -104,13 +104,32 @@ def check_threads(threads: int) -> None:
     """Refuse a negative thread count.
 
     Args:
-        threads: CPU threads of torch; 0 keeps torch's default.
+        threads: CPU threads of torch; 0 takes the idle cores (:func:`idle_threads`).
 
     Raises:
         ValueError: if ``threads`` is negative.
     """
     if threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {threads}")
+        raise ValueError(f"--threads must be >= 0 (0 takes the idle cores), got {threads}")
+
+
+def idle_threads() -> int:
+    """Threads for torch on this machine now: the cores other processes leave idle, at least 1.
+
+    torch's default takes every core; when other processes keep them busy its threads wait on
+    each other and small operations slow down 10-100x. The cores this process may use, minus
+    the 1-minute load average (rounded), avoids that on a busy machine and keeps all cores on
+    an idle one.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average here
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 def check_device(device: str) -> None:
@@ -159,8 +178,7 @@ def configure(args: object) -> None:
     threads = getattr(args, "threads", None)
     if threads is not None:
         check_threads(threads)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads if threads > 0 else idle_threads())
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)

@@ -66,7 +66,7 @@ def test_negative_threads_are_refused_before_torch_sees_them(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.run(lambda args: None, Args, ["--threads", "-3"])
     assert exit_info.value.code == 2
-    expected = "error: --threads must be >= 0 (0 keeps torch's default), got -3\n"
+    expected = "error: --threads must be >= 0 (0 takes the idle cores), got -3\n"
     assert capsys.readouterr().err == expected
     assert torch.get_num_threads() == before
 
@@ -107,3 +107,13 @@ def test_every_console_command_runs_an_example(monkeypatch, capsys):
         cli.explore_scene()
     assert exit_info.value.code == 0
     assert "--num-goals" in capsys.readouterr().out
+
+
+def test_threads_zero_takes_the_cores_other_work_leaves_idle(monkeypatch):
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert cli.idle_threads() == 1  # one core busy elsewhere
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert cli.idle_threads() == 2  # an idle machine keeps both
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (7.5, 0.0, 0.0))
+    assert cli.idle_threads() == 1  # never fewer than one
