@@ -124,17 +124,30 @@ class Args:
 def model_variants(
     model: WorldModel, folder: Path | None, label: str
 ) -> tuple[list[Variant], str | None]:
-    """The checkpoint with its memory, with none and with a shuffled memory; its memory name."""
+    """The checkpoint with its memory, with none and with a shuffled memory; its memory name.
+
+    A model that composites its memory render into its frames also runs without compositing
+    (``generated only``): what the network itself makes of the pixels the render covers.
+    """
     memory = resolve_memory(None, model, folder)
     if memory is None:
         return [Variant(f"{label}: none", model, no_memory)], None
     spec = None if folder is None else folder / MEMORY_FILE
     name = json.loads(spec.read_text())["name"] if spec and spec.is_file() else "memory"
-    return [
+    variants = [
         Variant(f"{label}: {name}", model, episode_memory(memory)),
         Variant(f"{label}: none", model, no_memory),
         Variant(f"{label}: shuffled", model, episode_memory(memory, shuffled=True)),
-    ], name
+    ]
+    if model.config.memory_render and model.config.render_composite:
+        # What the network itself generates where the render covers the frame, for comparison.
+        generated = WorldModel.from_config(model.config, render_composite=False)
+        generated.load_state_dict(model.state_dict())
+        generated = generated.to(model.device).eval()
+        variants.insert(
+            1, Variant(f"{label}: {name}, generated only", generated, episode_memory(memory))
+        )
+    return variants, name
 
 
 def _label(image: np.ndarray, text: str) -> np.ndarray:

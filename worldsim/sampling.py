@@ -218,6 +218,14 @@ def generate_chunk(
         encoded,
     )
     rgb, new_depth = model.decode(latents)
+    if render is not None:  # warp what is known, inpaint what is not (``render_composite``)
+        rgb, new_depth = model.composite_render(
+            rgb,
+            new_depth,
+            render.rgb.to(device, rgb.dtype),
+            render.depth.to(device, rgb.dtype),
+            render.mask.to(device),
+        )
     return rgb.float(), None if new_depth is None else new_depth.float()
 
 

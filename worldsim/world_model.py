@@ -169,6 +169,10 @@ class WorldModel(ModelMixin, ConfigMixin):
         memory_token_dim: width of the memory's map tokens; 0 for no memory blocks.
         memory_render: read the memory as a pixel-aligned render of every future camera
             (:meth:`encode_render`); needs ``use_depth`` (the render comes from RGB-D).
+        render_composite: with ``memory_render``, a generated frame keeps the render's pixels
+            where the render covers it (within the sensor's range) and the generated ones
+            elsewhere: warp what is known, inpaint what is not. ``False`` returns the generated
+            pixels everywhere.
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
@@ -201,6 +205,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         patch_size: int = 2,
         memory_token_dim: int = 128,
         memory_render: bool = False,
+        render_composite: bool = True,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
@@ -530,6 +535,38 @@ class WorldModel(ModelMixin, ConfigMixin):
             noisy, timestep, context_latents, rays, memory_tokens, memory_mask, render
         )
 
+    def render_coverage(self, depth: Tensor, mask: Tensor) -> Tensor:
+        """Where a memory render counts as covering a frame: drawn, within the sensor's range.
+
+        Args:
+            depth: (..., 1, H, W) rendered depth, metres.
+            mask: (..., 1, H, W) bool, True where a point was drawn.
+
+        Returns:
+            (..., 1, H, W) bool.
+        """
+        return mask & (depth <= self.config.max_depth_m)
+
+    def composite_render(
+        self, rgb: Tensor, depth: Tensor, render_rgb: Tensor, render_depth: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Generated frames with the render's pixels where it covers them (``render_composite``).
+
+        Args:
+            rgb: (B, F, 3, H, W) generated colour in [0, 1].
+            depth: (B, F, 1, H, W) generated depth, metres.
+            render_rgb: (B, F, 3, H, W) the memory rendered into the same cameras.
+            render_depth: (B, F, 1, H, W) its depth.
+            mask: (B, F, 1, H, W) bool, where the render drew a point.
+
+        Returns:
+            ``(rgb, depth)``: unchanged without ``render_composite``.
+        """
+        if not self.config.render_composite:
+            return rgb, depth
+        covered = self.render_coverage(render_depth, mask)
+        return torch.where(covered, render_rgb, rgb), torch.where(covered, render_depth, depth)
+
     def encode_render(self, rgb: Tensor, depth: Tensor, mask: Tensor) -> Tensor:
         """The memory rendered into a chunk's cameras, as the transformer reads it.
 
@@ -547,7 +584,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             (B, F', 2C + 1, h, w) with F' latent frames: the render's latents and its coverage.
         """
         # A point seen from farther than the sensor's range reads as no hit, as the sensor would.
-        covered = (mask & (depth <= self.config.max_depth_m)).to(rgb.dtype)
+        covered = self.render_coverage(depth, mask).to(rgb.dtype)
         rgb = rgb * covered + 0.5 * (1 - covered)
         latents = self.encode(rgb, depth * covered)  # (B, F', 2C, h, w)
         factor = self.vae.spatial_compression

@@ -220,3 +220,51 @@ def test_a_tiny_render_model_trained_on_look_arounds_uses_the_memory_content(tmp
     own, other, none = mean_loss(batch, memory), mean_loss(shuffled, memory), mean_loss(batch, None)
     assert own < other - 0.013, (own, other)
     assert other < none, (other, none)
+
+
+def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny_batch):
+    composite = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
+    generated = type(composite).from_config(composite.config, render_composite=False)
+    generated.load_state_dict(composite.state_dict())
+    n_context = composite.config.n_context
+    rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
+    poses = tiny_batch["cam_to_world"][:, :n_context]
+    actions = torch.full((2, composite.config.n_future), 2, dtype=torch.int64)  # turn left
+
+    def run(model):
+        memory = _rendered_memory()
+        memory.reset(2)
+        memory.update(rgb, depth, tiny_batch["intrinsics"][:, :n_context], poses)
+        render = memory.render(
+            *_chunk_cameras(model, poses[:, -1], actions, tiny_batch["intrinsics"][:, 0]),
+            (32, 32),
+        )
+        result = rollout(
+            model,
+            rgb,
+            depth,
+            poses,
+            actions,
+            tiny_batch["intrinsics"][:, 0],
+            memory=memory,
+            insert_start_frames=False,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return result, render
+
+    mixed, render = run(composite)
+    pure, _ = run(generated)
+    covered = composite.render_coverage(render.depth, render.mask).expand_as(mixed.rgb)
+    assert covered.any() and not covered.all()
+    assert torch.equal(mixed.rgb[covered], render.rgb.expand_as(mixed.rgb)[covered])
+    assert torch.equal(mixed.rgb[~covered], pure.rgb[~covered])  # the same noise elsewhere
+    assert not torch.equal(pure.rgb[covered], mixed.rgb[covered])
+
+
+def _chunk_cameras(model, reference, actions, intrinsics):
+    from worldsim.sampling import chain_poses, step_poses
+
+    targets = reference.double()[:, None] @ chain_poses(step_poses(actions, model).double())
+    frames = actions.shape[1]
+    return targets.float(), intrinsics[:, None].expand(-1, frames, 3, 3)
