@@ -62,6 +62,10 @@ class Args:
     """Training dataset folder, described in the model card from its manifest."""
     validation: Path | None = None
     """validation.json written by evaluate_world_model.py (its .md is embedded)."""
+    evaluation: Path | None = None
+    """evaluation.json of evaluate_world_model.py's multi-chunk rollouts (its .md is embedded)."""
+    started_from: str = ""
+    """What the trained stages started from, e.g. the previous checkpoint and its card."""
     machine: str = "not recorded"
     """What the model was trained on, e.g. 1x NVIDIA H100 80GB."""
     train_command: str = ""
@@ -132,19 +136,29 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
     shards = [f for f in files if f.suffix == ".safetensors"]
+    if config.memory_render:
+        reads = (
+            "that reads a persistent 3D point memory rendered into every camera it generates, "
+            "pixel-aligned"
+            + (" (covered pixels are kept from the render)" if config.render_composite else "")
+        )
+        memory_line = "memory: the rendered point map (`memory_render`), no memory blocks"
+    else:
+        reads = "with memory blocks that read a persistent 3D feature memory"
+        memory_line = f"memory tokens of width {config.memory_token_dim}"
     lines = [
         "# world_model_small",
         "",
-        "Action-conditioned RGB-D video diffusion world model with memory blocks that read a "
-        "persistent 3D feature memory (after arXiv 2505.05495). Load it with "
-        "`WorldModel.from_pretrained()`; the memory it reads is described in `memory.json`.",
+        f"Action-conditioned RGB-D video diffusion world model {reads} (after arXiv "
+        "2505.05495). Load it with `WorldModel.from_pretrained()`; the memory it reads is "
+        "described in `memory.json`.",
         "",
         "## Model",
         "",
         f"- frames {config.height}x{config.width}, {config.n_context} context + "
         f"{config.n_future} generated per chunk, depth: {config.use_depth}",
         f"- transformer: {config.num_layers} layers, {config.num_attention_heads} heads x "
-        f"{config.attention_head_dim}, memory tokens of width {config.memory_token_dim}",
+        f"{config.attention_head_dim}, {memory_line}",
         f"- {parameters / 1e6:.2f} M parameters; {config.num_inference_steps} DDIM steps by "
         "default",
         f"- stored in {'float16 where safe' if args.half_precision else 'float32'}"
@@ -156,6 +170,8 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
         "",
         f"- machine: {args.machine}",
     ]
+    if args.started_from:
+        lines.append(f"- started from: {args.started_from}")
     if args.data_dir is not None:
         settings = read_manifest(args.data_dir)
         store = TrajectoryStore(args.data_dir)
@@ -188,6 +204,18 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
         )
     else:
         lines.append("Not validated.")
+    if args.evaluation is not None:
+        table = args.evaluation.with_suffix(".md").read_text().splitlines()
+        lines += ["", "## Multi-chunk rollouts in unseen houses", ""]
+        lines += [line for line in table if not line.startswith("# ")][1:]
+        lines += [
+            "",
+            "Rollouts of several chunks along recorded camera paths in test houses, every frame "
+            "binned by the share of its pixels that only the memory (earlier observed frames) "
+            "sees; `shuffled` gives the model another episode's memory (the control), "
+            "`reprojection` renders the memory without learning and fills holes from the last "
+            "context frame.",
+        ]
     lines += ["", "## Reproduce", ""]
     for title, command in (("train", args.train_command), ("validate", args.eval_command)):
         if command:
@@ -205,11 +233,12 @@ def export(args: Args) -> Path:
         )
     if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{str(args.output_dir)!r} exists; pass --overwrite to replace it")
-    if args.validation is not None and not args.validation.with_suffix(".md").is_file():
-        raise FileNotFoundError(
-            f"no validation report at {str(args.validation.with_suffix('.md'))!r}: run "
-            "examples/evaluate_world_model.py first"
-        )
+    for report in (args.validation, args.evaluation):
+        if report is not None and not report.with_suffix(".md").is_file():
+            raise FileNotFoundError(
+                f"no report at {str(report.with_suffix('.md'))!r}: run "
+                "examples/evaluate_world_model.py first"
+            )
     if args.max_shard_mb < 1:
         raise ValueError(f"max_shard_mb must be >= 1, got {args.max_shard_mb}")
     model = WorldModel.from_pretrained(source)
