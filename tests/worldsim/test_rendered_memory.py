@@ -234,6 +234,31 @@ def test_observed_points_outrank_generated_ones():
     assert torch.all(fresh.points()[2] == 0.2)
 
 
+def test_generated_points_never_hide_observed_ones_and_fill_only_holes():
+    """A nearer generated wall shows only where the farther observed wall leaves holes."""
+    observed_wall = flat_frame(0.5, depth=3.0, size=8, x=-2.0)  # covers the left of the view
+    generated_wall = flat_frame(0.9, depth=1.0, size=8, x=1.0)  # the right, nearer
+    _, _, k, pose = flat_frame(0.0, size=8)
+
+    def render(*walls):
+        memory = RenderedMemory(RenderedMemoryConfig(voxel_size=0.25))
+        memory.reset(1)
+        for wall, source in walls:
+            memory.update(*wall, source=source)
+        return memory.render(pose, k, (8, 8))
+
+    only_observed = render((observed_wall, "observed")).mask[0, 0, 0]
+    only_generated = render((generated_wall, "generated")).mask[0, 0, 0]
+    assert (only_observed & only_generated).any()  # the walls overlap in the view
+    both = render((observed_wall, "observed"), (generated_wall, "generated"))
+    colour = both.rgb[0, 0, 0]
+    assert torch.all(colour[only_observed] == 0.5)  # never hidden by the nearer generated wall
+    assert torch.all(colour[only_generated & ~only_observed] == 0.9)  # which fills the holes
+    # Control: observed too, the nearer wall wins where the two overlap.
+    nearer = render((observed_wall, "observed"), (generated_wall, "observed")).rgb[0, 0, 0]
+    assert torch.any(nearer[only_observed & only_generated] == 0.9)
+
+
 def test_eviction_drops_generated_then_least_recently_seen_and_warns_once():
     memory = RenderedMemory(RenderedMemoryConfig(voxel_size=0.25, max_points=6))
     memory.reset(1)

@@ -29,23 +29,25 @@ Bound and eviction
 Rendering (:meth:`RenderedMemory.render`)
     Each point is projected into each target camera and splatted as an axis-aligned square of
     half-width ``r = clamp(splat_scale * f * size / z, 0.5, max_splat_radius)`` pixels (``f`` =
-    ``fx`` for columns, ``fy`` for rows, ``size`` the point's size above), so the footprint grows
-    as the depth ``z`` shrinks. With the default ``splat_scale = 0.5`` a square is the projection
-    of the patch the point stands for: a view the map holds gets one point per pixel back, and
-    silhouettes and slanted floors are not fattened. Irregular point positions inside voxels and
-    new viewpoints leave holes; a second splat with ``fill_scale`` (default 1.0, footprints twice
-    as wide) fills only the pixels the first left empty. ``r >= 0.5`` means a point always
-    covers the pixel it falls in; a pixel is covered when its centre lies in the square
+    ``fx`` for columns, ``fy`` for rows, ``size`` the point's size above), so the footprint grows as
+    the depth ``z`` shrinks. With the default ``splat_scale = 0.5`` a square is the projection of
+    the patch the point stands for: a view the map holds gets one point per pixel back, and
+    silhouettes and slanted floors are not fattened. Irregular point positions inside voxels and new
+    viewpoints leave holes; a second splat with ``fill_scale`` (default 1.0, footprints twice as
+    wide) fills only the pixels the first left empty. Observed points are drawn first (both splats);
+    generated points are drawn after them into the pixels still empty, so a generated point never
+    hides an observed one, even in front of it (generated depth can be wrong). ``r >= 0.5`` means a
+    point always covers the pixel it falls in; a pixel is covered when its centre lies in the square
     (``|column + 0.5 - u| <= r``); points with ``z < near_plane`` are not drawn. Each splat's
-    z-buffer works in two passes. First the *front* ``z_f`` of each pixel, the smallest ``z``
-    over the points covering it. Then, among the covering points on that front surface
-    (``z <= z_f * (1 + surface_band) + voxel_size``), the one whose projected centre is nearest
-    the pixel centre (in units of its footprint; ties: the smaller index in the row's key-sorted
-    storage, i.e. the smaller voxel key). So occluded points never show, and where several views
-    left samples of one surface the pixel takes the sample that lies on its own ray: a view the
-    map holds renders back to itself. Both passes are ``scatter_reduce(amin)``, the second over
-    one int64 key (float32 bits of the offset above, the index below): min is order-free, so the
-    render is bit-identical whatever the order of the parallel writes.
+    z-buffer works in two passes. First the *front* ``z_f`` of each pixel, the smallest ``z`` over
+    the points covering it. Then, among the covering points on that front surface (``z <= z_f * (1 +
+    surface_band) + voxel_size``), the one whose projected centre is nearest the pixel centre (in
+    units of its footprint; ties: the smaller index in the row's key-sorted storage, i.e. the
+    smaller voxel key). So occluded points never show, and where several views left samples of one
+    surface the pixel takes the sample that lies on its own ray: a view the map holds renders back
+    to itself. Both passes are ``scatter_reduce(amin)``, the second over one int64 key (float32 bits
+    of the offset above, the index below): min is order-free, so the render is bit-identical
+    whatever the order of the parallel writes.
 
 Tokens
     This memory is read through :meth:`RenderedMemory.render`, not through tokens:
@@ -61,7 +63,6 @@ Bad input
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -369,6 +370,8 @@ class RenderedMemory(Memory):
         size_padded[rows, rank] = self.size  # (B, N)
         present = torch.zeros(batch, width_n, dtype=torch.bool, device=self.device)
         present[rows, rank] = True
+        observed = torch.zeros(batch, width_n, dtype=torch.bool, device=self.device)
+        observed[rows, rank] = self.observed  # (B, N)
         world_to_cam = invert_rigid(poses)  # (B, T, 4, 4)
         camera = torch.einsum("btij,bnj->btni", world_to_cam[..., :3, :3], padded)
         camera = camera + world_to_cam[:, :, None, :3, 3]  # (B, T, N, 3)
@@ -390,22 +393,21 @@ class RenderedMemory(Memory):
         pixels = batch * frames * height * width
         target = b * frames + t  # (Q,) index into B*T
         point_size = size_padded[b, n]  # (Q,)
-        splat = functools.partial(
-            _splat,
-            u,
-            v,
-            z,
-            n,
-            point_size,
-            fx,
-            fy,
-            target,
-            (pixels // (height * width), height, width),
-            config,
-        )
-        buffer = splat(config.splat_scale)
-        if config.fill_scale is not None:  # holes only: larger footprints never cover a pixel
-            buffer = torch.where(buffer == _EMPTY, splat(config.fill_scale), buffer)
+        arrays = (u, v, z, n, point_size, fx, fy, target)
+        shape = (pixels // (height * width), height, width)
+        buffer = torch.full((pixels,), _EMPTY, dtype=torch.int64, device=self.device)
+        # Observed points first, generated ones only where no observed point covers a pixel;
+        # each source's wider fill splat only where its own and earlier splats left a hole.
+        from_observed = observed[b, n]  # (Q,)
+        scales = (config.splat_scale, config.fill_scale)
+        for source in (from_observed, ~from_observed):
+            if not source.any():
+                continue
+            points = [array[source] for array in arrays]
+            for scale in scales:
+                if scale is not None and bool((buffer == _EMPTY).any()):
+                    layer = _splat(*points, shape, config, scale)
+                    buffer = torch.where(buffer == _EMPTY, layer, buffer)
 
         mask = buffer != _EMPTY  # (B*T*H*W,)
         hit = mask.nonzero()[:, 0]
