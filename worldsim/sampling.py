@@ -224,7 +224,7 @@ def generate_chunk(
             new_depth,
             render.rgb.to(device, rgb.dtype),
             render.depth.to(device, rgb.dtype),
-            render.mask.to(device),
+            (render.mask & render.observed).to(device),  # generated points are only hints
         )
     return rgb.float(), None if new_depth is None else new_depth.float()
 

@@ -170,9 +170,10 @@ class WorldModel(ModelMixin, ConfigMixin):
         memory_render: read the memory as a pixel-aligned render of every future camera
             (:meth:`encode_render`); needs ``use_depth`` (the render comes from RGB-D).
         render_composite: with ``memory_render``, a generated frame keeps the render's pixels
-            where the render covers it (within the sensor's range) and the generated ones
-            elsewhere: warp what is known, inpaint what is not. ``False`` returns the generated
-            pixels everywhere.
+            where it shows an *observed* point (within the sensor's range) and the generated
+            ones elsewhere: warp what is known, inpaint what is not. Points the model generated
+            itself are only an input (pasting them back would freeze its own mistakes into
+            every later frame). ``False`` returns the generated pixels everywhere.
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
@@ -550,14 +551,15 @@ class WorldModel(ModelMixin, ConfigMixin):
     def composite_render(
         self, rgb: Tensor, depth: Tensor, render_rgb: Tensor, render_depth: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Generated frames with the render's pixels where it covers them (``render_composite``).
+        """Generated frames with the render's pixels where ``mask`` says (``render_composite``).
 
         Args:
             rgb: (B, F, 3, H, W) generated colour in [0, 1].
             depth: (B, F, 1, H, W) generated depth, metres.
             render_rgb: (B, F, 3, H, W) the memory rendered into the same cameras.
             render_depth: (B, F, 1, H, W) its depth.
-            mask: (B, F, 1, H, W) bool, where the render drew a point.
+            mask: (B, F, 1, H, W) bool, where the render drew a point to keep (the sampler
+                passes observed points only).
 
         Returns:
             ``(rgb, depth)``: unchanged without ``render_composite``.

@@ -231,10 +231,10 @@ def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny
     poses = tiny_batch["cam_to_world"][:, :n_context]
     actions = torch.full((2, composite.config.n_future), 2, dtype=torch.int64)  # turn left
 
-    def run(model):
+    def run(model, source="observed"):
         memory = _rendered_memory()
         memory.reset(2)
-        memory.update(rgb, depth, tiny_batch["intrinsics"][:, :n_context], poses)
+        memory.update(rgb, depth, tiny_batch["intrinsics"][:, :n_context], poses, source=source)
         render = memory.render(
             *_chunk_cameras(model, poses[:, -1], actions, tiny_batch["intrinsics"][:, 0]),
             (32, 32),
@@ -255,11 +255,16 @@ def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny
 
     mixed, render = run(composite)
     pure, _ = run(generated)
-    covered = composite.render_coverage(render.depth, render.mask).expand_as(mixed.rgb)
+    kept = render.mask & render.observed  # the start frames are observed
+    covered = composite.render_coverage(render.depth, kept).expand_as(mixed.rgb)
     assert covered.any() and not covered.all()
     assert torch.equal(mixed.rgb[covered], render.rgb.expand_as(mixed.rgb)[covered])
     assert torch.equal(mixed.rgb[~covered], pure.rgb[~covered])  # the same noise elsewhere
     assert not torch.equal(pure.rgb[covered], mixed.rgb[covered])
+    # Points the model generated itself are an input only: nothing of them is pasted.
+    hinted, _ = run(composite, source="generated")
+    hinted_pure, _ = run(generated, source="generated")
+    assert torch.equal(hinted.rgb, hinted_pure.rgb)
 
 
 def _chunk_cameras(model, reference, actions, intrinsics):
