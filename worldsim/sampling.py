@@ -224,7 +224,7 @@ def generate_chunk(
             new_depth,
             render.rgb.to(device, rgb.dtype),
             render.depth.to(device, rgb.dtype),
-            (render.mask & render.observed).to(device),  # generated points are only hints
+            (render.mask & render.observed).to(device),  # never paste generated points back
         )
     return rgb.float(), None if new_depth is None else new_depth.float()
 
@@ -522,6 +522,8 @@ def generate_next_chunk(
     render = tokens = mask = None
     if model.transformer.reads_render:
         render = render_memory(memory, targets, chunk_k, image_size)
+        if render is not None and not model.config.render_generated:
+            render = render.observed_only()
     else:
         tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
     parts_rgb, parts_depth = [], []

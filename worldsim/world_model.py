@@ -174,6 +174,9 @@ class WorldModel(ModelMixin, ConfigMixin):
             ones elsewhere: warp what is known, inpaint what is not. Points the model generated
             itself are only an input (pasting them back would freeze its own mistakes into
             every later frame). ``False`` returns the generated pixels everywhere.
+        render_generated: the render the network reads also shows points the model generated
+            (``True``), or only observed ones (``False``: what a model trained on renders of
+            observed frames has learned to trust; its generated frames still enter the map).
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
@@ -207,6 +210,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         memory_token_dim: int = 128,
         memory_render: bool = False,
         render_composite: bool = True,
+        render_generated: bool = False,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",

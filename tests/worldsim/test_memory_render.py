@@ -261,10 +261,29 @@ def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny
     assert torch.equal(mixed.rgb[covered], render.rgb.expand_as(mixed.rgb)[covered])
     assert torch.equal(mixed.rgb[~covered], pure.rgb[~covered])  # the same noise elsewhere
     assert not torch.equal(pure.rgb[covered], mixed.rgb[covered])
-    # Points the model generated itself are an input only: nothing of them is pasted.
+    # Points the model generated itself are never pasted, and by default not even read.
     hinted, _ = run(composite, source="generated")
-    hinted_pure, _ = run(generated, source="generated")
-    assert torch.equal(hinted.rgb, hinted_pure.rgb)
+    assert torch.equal(hinted.rgb, run(generated, source="generated")[0].rgb)
+    blind = rollout(
+        composite,
+        rgb,
+        depth,
+        poses,
+        actions,
+        tiny_batch["intrinsics"][:, 0],
+        memory=None,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(hinted.rgb, blind.rgb)  # render_generated=False: as without memory
+    reading = type(composite).from_config(composite.config, render_generated=True)
+    reading.load_state_dict(composite.state_dict())
+    with torch.no_grad():  # open the render branch so that what it reads shows
+        reading.transformer.render_embed.weight.normal_(generator=torch.Generator().manual_seed(0))
+    read, _ = run(reading, source="generated")
+    unread = type(reading).from_config(reading.config, render_generated=False)
+    unread.load_state_dict(reading.state_dict())
+    assert not torch.equal(read.rgb, run(unread, source="generated")[0].rgb)
 
 
 def _chunk_cameras(model, reference, actions, intrinsics):

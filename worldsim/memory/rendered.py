@@ -168,6 +168,17 @@ class MemoryRender(NamedTuple):
     observed: Tensor
     last_seen: Tensor
 
+    def observed_only(self) -> MemoryRender:
+        """The render with the pixels of generated points left empty (as if never drawn)."""
+        keep = self.mask & self.observed
+        return MemoryRender(
+            rgb=self.rgb * keep,
+            depth=self.depth * keep,
+            mask=keep,
+            observed=keep,
+            last_seen=torch.where(keep, self.last_seen, torch.full_like(self.last_seen, -1)),
+        )
+
 
 class MapPoints(NamedTuple):
     """The points of a :class:`RenderedMemory`, in storage order (row, then voxel key).
