@@ -121,7 +121,8 @@ def learned_planning_rollout(
             model's own.
 
     Returns:
-        The world model behind the rollout protocol; ``image_size`` is its frame size.
+        The world model behind the rollout protocol, with common noise over the candidate rows
+        of a call; ``image_size`` is its frame size.
 
     Raises:
         ValueError: for a model with non-square frames, or one whose frames differ from
@@ -135,7 +136,10 @@ def learned_planning_rollout(
         raise ValueError(
             f"--size {size} differs from the world model's frames ({height}); leave it out"
         )
-    return WorldModelRollout(model, memory, num_inference_steps=num_inference_steps)
+    # Planners compare candidates: common random numbers make them differ by actions alone.
+    return WorldModelRollout(
+        model, memory, num_inference_steps=num_inference_steps, common_noise=True
+    )
 
 
 def resolve_memory(

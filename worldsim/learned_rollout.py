@@ -88,6 +88,9 @@ class WorldModelRollout:
             share storage with it).
         num_inference_steps: DDIM steps per chunk; the model's default if ``None``.
         insert_start_frames: unproject every start frame into the rollout's memory first.
+        common_noise: every row of one rollout call draws the same noise (common random
+            numbers): candidates a planner compares then differ by their actions, not by their
+            sampling luck. Off, each row has its own noise.
 
     Attributes:
         image_size: ``(H, W)`` of the model's frames.
@@ -107,6 +110,7 @@ class WorldModelRollout:
         *,
         num_inference_steps: int | None = None,
         insert_start_frames: bool = True,
+        common_noise: bool = False,
     ) -> None:
         check_memory_fits(model, memory)
         limit = model.config.num_train_timesteps
@@ -118,6 +122,7 @@ class WorldModelRollout:
         self.memory = memory
         self.num_inference_steps = num_inference_steps
         self.insert_start_frames = insert_start_frames
+        self.common_noise = common_noise
         self.image_size = (model.config.height, model.config.width)
 
     def rollout(
@@ -172,7 +177,7 @@ class WorldModelRollout:
             memory=memory,
             insert_start_frames=False,  # done by _rollout_memory, without the repeated frames
             num_inference_steps=self.num_inference_steps,
-            generator=row_generators(rows, generator),
+            generator=self._noise(rows, generator),
             memory_frames=real,
             batch_size=batch_size,
         )
@@ -187,6 +192,13 @@ class WorldModelRollout:
             cam_to_world=generated.cam_to_world[:, :horizon].cpu(),
             memory=memory,
         )
+
+    def _noise(self, rows: int, generator: torch.Generator | None) -> list[torch.Generator]:
+        """One noise generator per row: independent, or all alike with ``common_noise``."""
+        if not self.common_noise:
+            return row_generators(rows, generator)
+        seed = row_generators(1, generator)[0].initial_seed()
+        return [torch.Generator().manual_seed(seed) for _ in range(rows)]
 
     def with_episode_memory(self, start: RolloutStart) -> RolloutStart:
         """The one-row ``start`` with a fresh episode map holding its frames (observed).

@@ -262,3 +262,16 @@ def test_a_repeated_start_writes_its_frames_once_with_the_same_result(model, sta
     per_row.insert_start_frames = False
     expected = per_row.rollout(given, actions, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(shared.rgb, expected.rgb, atol=ROUNDING, rtol=0)
+
+
+def test_common_noise_makes_equal_candidates_equal(start):
+    model = make_tiny(memory_token_dim=0)
+    twins = start.select([0, 0])
+    actions = torch.ones(2, model.config.n_future, dtype=torch.int64)
+    common = WorldModelRollout(model, num_inference_steps=2, common_noise=True)
+    result = common.rollout(twins, actions, generator=torch.Generator().manual_seed(0))
+    # Same start, actions and noise: the same frames (up to batched rounding).
+    assert (result.rgb[0] - result.rgb[1]).abs().max() < ROUNDING
+    own = WorldModelRollout(model, num_inference_steps=2)
+    result = own.rollout(twins, actions, generator=torch.Generator().manual_seed(0))
+    assert (result.rgb[0] - result.rgb[1]).abs().mean() > 100 * ROUNDING  # the control
