@@ -66,6 +66,9 @@ class Args:
     """evaluation.json of evaluate_world_model.py's multi-chunk rollouts (its .md is embedded)."""
     started_from: str = ""
     """What the trained stages started from, e.g. the previous checkpoint and its card."""
+    sampling_steps: int | None = None
+    """DDIM steps per chunk the shipped model samples with by default (None: as trained);
+    measure first that fewer steps lose nothing (evaluate_world_model.py --sampling-steps)."""
     machine: str = "not recorded"
     """What the model was trained on, e.g. 1x NVIDIA H100 80GB."""
     train_command: str = ""
@@ -242,6 +245,11 @@ def export(args: Args) -> Path:
     if args.max_shard_mb < 1:
         raise ValueError(f"max_shard_mb must be >= 1, got {args.max_shard_mb}")
     model = WorldModel.from_pretrained(source)
+    if args.sampling_steps is not None:
+        limit = model.config.num_train_timesteps
+        if not 1 <= args.sampling_steps <= limit:
+            raise ValueError(f"--sampling-steps must be in [1, {limit}], got {args.sampling_steps}")
+        model.register_to_config(num_inference_steps=args.sampling_steps)
     kept = half_where_safe(model, args.half_tolerance) if args.half_precision else []
     staging = args.output_dir.with_name(args.output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -84,8 +84,8 @@ class Args:
     """Actions executed per decision before replanning."""
     max_steps: int = 24
     """Most actions per episode."""
-    sampling_steps: int | None = 10
-    """DDIM steps per imagined chunk (None: the model's default, 20)."""
+    sampling_steps: int | None = None
+    """DDIM steps per imagined chunk (None: the model's default; the shipped model's is 4)."""
     oracle: bool = True
     """Also run the planner with the ground truth as its imagination, for reference."""
     success_radius_m: float = 0.5

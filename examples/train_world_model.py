@@ -151,7 +151,10 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
         model, config, args.output_dir / stage, memory=memory, cpu=args.device == "cpu"
     )
     history = trainer.fit(data)
-    print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    if history:
+        print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    else:  # resumed at or past --train.steps: the newest checkpoint's EMA weights are exported
+        print(f"stage {stage}: resumed at step {trainer.step}, nothing left to train")
     # The memory the model reads travels with it, so PersistentWorld-v0 rebuilds the same one.
     (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(memory_spec(args)))
     print(f"  model: {args.output_dir / stage / 'model'}")
