@@ -29,9 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.data import ClipDataset, collate_clips
-from worldsim.geometry import relative_pose
 from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import insert_clip_memory, rollout
+from worldsim.sampling import insert_clip_memory, rollout_along_recorded_poses
 
 if TYPE_CHECKING:
     from worldsim.lpips import LPIPS
@@ -158,24 +157,18 @@ def predict_future(
     model.check_frames(rgb, "clip rgb", 3)
     if memory is not None:
         insert_clip_memory(memory, batch, model.device)
-    # Each future camera in the frame of the one before it (recorded motion).
-    steps = relative_pose(
-        poses[:, n_context - 1 : -1].double(), poses[:, n_context:].double()
-    )  # (B, n_future, 4, 4)
-    result = rollout(
+    return rollout_along_recorded_poses(
         model,
         rgb[:, :n_context],
-        depth[:, :n_context] if model.config.use_depth else None,
+        depth[:, :n_context],
         poses[:, :n_context],
-        steps,
+        poses[:, n_context:],
         batch["intrinsics"][:, 0],
         memory=memory,
         insert_start_frames=insert_context_frames,
         num_inference_steps=num_inference_steps,
         generator=generators,
     )
-    generated_depth = None if result.depth is None else result.depth.cpu()
-    return result.rgb.cpu(), generated_depth
 
 
 def predict_clips(

@@ -35,10 +35,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.evaluation import depth_error
-from worldsim.geometry import relative_pose
 from worldsim.memory import RenderedMemory
 from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import insert_frames, rollout
+from worldsim.sampling import insert_frames, rollout_along_recorded_poses
 
 if TYPE_CHECKING:
     from worldsim.lpips import LPIPS
@@ -166,22 +165,18 @@ def predict(
             f"chunks of {config.n_future}; windows have {context.rgb.shape[1]} context frames and "
             f"{length} future frames (set WindowConfig.n_context and a multiple of n_future)"
         )
-    poses = torch.cat([context.cam_to_world[:, -1:], future.cam_to_world], dim=1).double()
-    steps = relative_pose(poses[:, :-1], poses[:, 1:])  # (B, length, 4, 4) recorded motion
-    result = rollout(
+    return rollout_along_recorded_poses(
         model,
         context.rgb,
-        context.depth if config.use_depth else None,
+        context.depth,
         context.cam_to_world,
-        steps,
+        future.cam_to_world,
         context.intrinsics[:, -1],
         memory=memory,
         insert_start_frames=insert_context_frames,
         num_inference_steps=num_inference_steps,
         generator=generators,
     )
-    depth = None if result.depth is None else result.depth.cpu()
-    return result.rgb.cpu(), depth
 
 
 @dataclass(frozen=True)

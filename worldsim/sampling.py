@@ -35,7 +35,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from worldsim.geometry import action_to_relative_pose, check_rigid, waypoint_to_relative_pose
+from worldsim.geometry import (
+    action_to_relative_pose,
+    check_rigid,
+    relative_pose,
+    waypoint_to_relative_pose,
+)
 from worldsim.memory import Memory, RenderedMemory
 from worldsim.memory.rendered import MemoryRender
 
@@ -674,3 +679,50 @@ def rollout(
         depth=torch.cat(out_depth, dim=1) if use_depth else None,
         cam_to_world=torch.cat(out_poses, dim=1),
     )
+
+
+def rollout_along_recorded_poses(
+    model: WorldModel,
+    rgb: Tensor,
+    depth: Tensor | None,
+    cam_to_world: Tensor,
+    future_cam_to_world: Tensor,
+    intrinsics: Tensor,
+    memory: Memory | None = None,
+    insert_start_frames: bool = True,
+    num_inference_steps: int | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Generate the frames of recorded future cameras (evaluation: views align with the truth).
+
+    Args:
+        model: the world model.
+        rgb: (B, n_context, 3, H, W) observed start frames in [0, 1].
+        depth: (B, n_context, 1, H, W) metres (``None`` for an RGB-only model).
+        cam_to_world: (B, n_context, 4, 4) their poses.
+        future_cam_to_world: (B, L, 4, 4) the recorded future poses; each step is the motion
+            from the camera before it; ``L`` a multiple of ``n_future``.
+        intrinsics: (B, 3, 3) ``K``.
+        memory: as :func:`rollout`.
+        insert_start_frames: as :func:`rollout`.
+        num_inference_steps: as :func:`rollout`.
+        generator: as :func:`rollout`.
+
+    Returns:
+        ``(rgb, depth)`` of the L generated frames, on the CPU (depth ``None`` RGB-only).
+    """
+    poses = torch.cat([cam_to_world[:, -1:], future_cam_to_world], dim=1).double()
+    steps = relative_pose(poses[:, :-1], poses[:, 1:])  # (B, L, 4, 4) recorded motion
+    result = rollout(
+        model,
+        rgb,
+        depth if model.config.use_depth else None,
+        cam_to_world,
+        steps,
+        intrinsics,
+        memory=memory,
+        insert_start_frames=insert_start_frames,
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+    )
+    return result.rgb.cpu(), None if result.depth is None else result.depth.cpu()

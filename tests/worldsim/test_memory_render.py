@@ -4,26 +4,15 @@ import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny
+from tests.worldsim.test_transformer import build
 from worldsim.losses import diffusion_loss
 from worldsim.memory import build_memory
 from worldsim.sampling import check_memory_fits, rollout
 from worldsim.training import freeze_for_stage
-from worldsim.transformer import WorldTransformer
 
 
 def _transformer(render_channels=5, seed=0):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return WorldTransformer(
-            latent_channels=4,
-            num_context_latent_frames=2,
-            ray_channels=6,
-            num_attention_heads=2,
-            attention_head_dim=8,
-            num_layers=2,
-            time_embed_dim=16,
-            render_channels=render_channels,
-        ).eval()
+    return build(seed, memory_token_dim=0, render_channels=render_channels)
 
 
 def _inputs(batch=2, frames=2, render_channels=5):

@@ -4,7 +4,7 @@ import torch
 from worldsim.transformer import WorldTransformer
 
 
-def build(seed=0, memory_token_dim=6):
+def build(seed=0, memory_token_dim=6, **overrides):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return WorldTransformer(
@@ -16,6 +16,7 @@ def build(seed=0, memory_token_dim=6):
             num_layers=2,
             time_embed_dim=16,
             memory_token_dim=memory_token_dim,
+            **overrides,
         ).eval()
 
 
