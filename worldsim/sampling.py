@@ -527,7 +527,9 @@ def generate_next_chunk(
     render = tokens = mask = None
     if model.transformer.reads_render:
         render = render_memory(memory, targets, chunk_k, image_size)
-        if render is not None and not model.config.render_generated:
+        if render is None:  # no memory reads as an empty map, as in training (dropped memories)
+            render = MemoryRender.empty(batch, frames, image_size, device)
+        elif not model.config.render_generated:
             render = render.observed_only()
     else:
         tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)

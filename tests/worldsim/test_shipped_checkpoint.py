@@ -15,9 +15,10 @@ from worldsim.evaluation import (
     predict_clips,
     with_last_frame_baseline,
 )
+from worldsim.sampling import check_memory_fits
 from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
-MEMORY_GAIN_DB = 2.0
+MEMORY_GAIN_DB = 9.0
 """Least PSNR gain on memory-only pixels, own memory over none and another episode's (dB)."""
 MAX_FILE_MB = 40  # the package's limit per shipped file
 
@@ -38,7 +39,8 @@ def test_the_checkpoint_ships_as_small_safetensors_with_its_card_and_memory(mode
     assert "_name_or_path" not in config  # no path of the machine that exported it
     spec = json.loads((DEFAULT_CHECKPOINT / MEMORY_FILE).read_text())
     memory = resolve_memory(None, model, DEFAULT_CHECKPOINT)
-    assert memory.token_dim == model.config.memory_token_dim, spec
+    check_memory_fits(model, memory)  # the memory it was trained with, by memory.json
+    assert spec == {"name": "rendered"} and model.config.memory_render
     assert (model.config.height, model.config.width) == (64, 64)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -63,12 +65,17 @@ def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model,
         ClipConfig(n_context=config.n_context, n_future=config.n_future, max_memory_frames=8),
     )
     evaluation = EvaluationConfig(max_clips=16, batch_size=16, num_inference_steps=10)
-    predictions = predict_clips(model, clips, {"none": None}, evaluation)
+    memory = resolve_memory(None, model, DEFAULT_CHECKPOINT)
+    variants = {"memory": memory, "none": None}
+    predictions = predict_clips(model, clips, variants, evaluation)
     rows = evaluation_rows(with_last_frame_baseline(predictions, clips))
     scores = {row["memory"]: row for row in rows if row["subset"] == "all"}
-    # The generated chunk follows the camera; the last frame only stands still.
+    # The generated chunk follows the camera; the last frame only stands still. The model is
+    # used with its memory (the clips' earlier frames); without any it still follows the camera
+    # in colour, though its depth is then no better than the last frame's (model card).
+    assert scores["memory"]["psnr"].value > scores[LAST_FRAME]["psnr"].value
+    assert scores["memory"]["depth_l1"].value < scores[LAST_FRAME]["depth_l1"].value
     assert scores["none"]["psnr"].value > scores[LAST_FRAME]["psnr"].value
-    assert scores["none"]["depth_l1"].value < scores[LAST_FRAME]["depth_l1"].value
 
 
 def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_path):
@@ -76,7 +83,8 @@ def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_
 
     Two look-around episodes in two test houses (turning in place: after a few turns the view is
     one the context never saw and earlier frames did), 2 windows of 2 chunks, 10 DDIM steps.
-    Measured when shipped: see the model card. The bounds are half the measured gaps.
+    Measured when shipped (PSNR on memory-only pixels): own memory 35.7 dB, another episode's
+    13.5, none 17.1; the bound is half the smaller gap.
     """
     from worldsim.data import TrajectoryStore
     from worldsim.revisit_evaluation import Variant, episode_memory, no_memory, predict_windows

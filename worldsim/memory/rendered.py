@@ -168,6 +168,21 @@ class MemoryRender(NamedTuple):
     observed: Tensor
     last_seen: Tensor
 
+    @classmethod
+    def empty(
+        cls, batch: int, frames: int, size: tuple[int, int], device: torch.device | str = "cpu"
+    ) -> MemoryRender:
+        """The render of an empty map: nothing drawn anywhere."""
+        height, width = size
+        zeros = torch.zeros(batch, frames, 1, height, width, device=device)
+        return cls(
+            rgb=zeros.expand(-1, -1, 3, -1, -1).clone(),
+            depth=zeros,
+            mask=zeros.bool(),
+            observed=zeros.bool(),
+            last_seen=torch.full_like(zeros, -1, dtype=torch.int64),
+        )
+
     def observed_only(self) -> MemoryRender:
         """The render with the pixels of generated points left empty (as if never drawn)."""
         keep = self.mask & self.observed
