@@ -496,8 +496,10 @@ def generate_next_chunk(
 ) -> Chunk:
     """One step of Algorithm 1a for B rows: the chunk stepper every rollout and env uses.
 
-    Chains the chunk's step poses into cameras, reads the memory's tokens for them, generates the
-    chunk (``batch_size`` rows per model call) and writes its frames into the memory.
+    Chains the chunk's step poses into cameras, reads the memory for them (map tokens, or for a
+    ``memory_render`` model the render of its observed points; no memory reads as an empty map),
+    generates the chunk (``batch_size`` rows per model call) and writes its frames into the
+    memory as generated.
 
     Args:
         model: the world model.
