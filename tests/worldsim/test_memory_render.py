@@ -87,6 +87,24 @@ def test_memory_kinds_must_match_the_model():
         make_tiny(memory_token_dim=0, memory_render=True, use_depth=False)
 
 
+def _turn_left(model, tiny_batch, memory, insert_start_frames=True):
+    """Roll the batch's start frames out by one chunk of left turns (fixed noise, 2 steps)."""
+    n_context = model.config.n_context
+    actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)
+    return rollout(
+        model,
+        tiny_batch["rgb"][:, :n_context],
+        tiny_batch["depth"][:, :n_context],
+        tiny_batch["cam_to_world"][:, :n_context],
+        actions,
+        tiny_batch["intrinsics"][:, 0],
+        memory=memory,
+        insert_start_frames=insert_start_frames,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 def test_rollout_renders_the_memory_and_writes_generated_points(tiny_batch):
     model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
     with torch.no_grad():  # open the render branch, as after training
@@ -94,41 +112,17 @@ def test_rollout_renders_the_memory_and_writes_generated_points(tiny_batch):
     n_context = model.config.n_context
     rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
     poses = tiny_batch["cam_to_world"][:, :n_context]
-    actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)  # turn left
 
-    def run(memory):
-        memory.reset(2)
-        result = rollout(
-            model,
-            rgb,
-            depth,
-            poses,
-            actions,
-            tiny_batch["intrinsics"][:, 0],
-            memory=memory,
-            num_inference_steps=2,
-            generator=torch.Generator().manual_seed(0),
-        )
-        return result, memory.points()
-
-    result, points = run(_rendered_memory())
+    memory = _rendered_memory()
+    memory.reset(2)
+    result = _turn_left(model, tiny_batch, memory)
+    points = memory.points()
     assert points.observed.any() and (~points.observed).any()  # start frames, generated frames
     # The render is read: other start frames in the map change the generated chunk.
     other = _rendered_memory()
     other.reset(2)
     other.update(rgb.roll(1, 0), depth.roll(1, 0), tiny_batch["intrinsics"][:, :n_context], poses)
-    shuffled = rollout(
-        model,
-        rgb,
-        depth,
-        poses,
-        actions,
-        tiny_batch["intrinsics"][:, 0],
-        memory=other,
-        insert_start_frames=False,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-    )
+    shuffled = _turn_left(model, tiny_batch, other, insert_start_frames=False)
     assert (shuffled.rgb - result.rgb).abs().mean() > 1e-4
 
 
@@ -228,19 +222,7 @@ def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny
             *_chunk_cameras(model, poses[:, -1], actions, tiny_batch["intrinsics"][:, 0]),
             (32, 32),
         )
-        result = rollout(
-            model,
-            rgb,
-            depth,
-            poses,
-            actions,
-            tiny_batch["intrinsics"][:, 0],
-            memory=memory,
-            insert_start_frames=False,
-            num_inference_steps=2,
-            generator=torch.Generator().manual_seed(0),
-        )
-        return result, render
+        return _turn_left(model, tiny_batch, memory, insert_start_frames=False), render
 
     mixed, render = run(composite)
     pure, _ = run(generated)
