@@ -344,18 +344,17 @@ def insert_frames(
         valid: (B, T) bool, which frames to write (``None`` = all).
         batch_size: most rows per memory update (``None`` = all B); rows without a frame to
             write are skipped.
-        generated: the frames were generated, not observed (a :class:`RenderedMemory` keeps
-            observed points over generated ones; other memories do not tell them apart).
+        generated: the frames were generated, not observed (``source`` of
+            :meth:`Memory.update`).
     """
     rows, frames = rgb.shape[:2]
     device = memory.device
-    source = {"source": "generated" if generated else "observed"}
-    source = source if isinstance(memory, RenderedMemory) else {}
+    source = "generated" if generated else "observed"
     if intrinsics.dim() == 3:
         intrinsics = intrinsics[:, None].expand(rows, frames, 3, 3)
     arrays = [x.to(device) for x in (rgb, depth, intrinsics, cam_to_world.float())]
     if valid is None and (batch_size is None or batch_size >= rows):
-        memory.update(*arrays, **source)
+        memory.update(*arrays, source=source)
         return
     valid = torch.ones(rows, frames, dtype=torch.bool) if valid is None else valid
     valid = valid.to(device)
@@ -364,7 +363,7 @@ def insert_frames(
         part = torch.zeros_like(valid)
         part[first : first + size] = valid[first : first + size]
         if part.any():  # rows with nothing to write are skipped, not read
-            memory.update(*arrays, valid=part, **source)
+            memory.update(*arrays, valid=part, source=source)
 
 
 def memory_tokens(

@@ -96,6 +96,7 @@ class Memory(nn.Module):
         intrinsics: Tensor,
         cam_to_world: Tensor,
         valid: Tensor | None = None,
+        source: str | Tensor = "observed",
     ) -> None:
         """Add frames to the maps.
 
@@ -105,6 +106,9 @@ class Memory(nn.Module):
             intrinsics: (B, T, 3, 3) ``K`` in pixels.
             cam_to_world: (B, T, 4, 4) camera poses (world frame y up, OpenCV camera).
             valid: (B, T) bool, False for padding frames; ``None`` = all valid.
+            source: ``"observed"`` or ``"generated"`` frames (or a (B, T) bool tensor, True =
+                observed); a memory that keeps observed content over generated uses it
+                (:class:`~worldsim.memory.RenderedMemory`), the others ignore it.
         """
         raise NotImplementedError
 

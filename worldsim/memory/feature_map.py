@@ -141,6 +141,7 @@ class GridMemory(Memory):
         intrinsics: Tensor,
         cam_to_world: Tensor,
         valid: Tensor | None = None,
+        source: str | Tensor = "observed",
     ) -> None:
         """Max-pool the frames' features into the maps (see :meth:`Memory.update`)."""
         frames = self._check_frames(rgb, depth, intrinsics, cam_to_world, valid)

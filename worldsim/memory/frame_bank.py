@@ -105,6 +105,7 @@ class FrameBank(Memory):
         intrinsics: Tensor,
         cam_to_world: Tensor,
         valid: Tensor | None = None,
+        source: str | Tensor = "observed",
     ) -> None:
         """Store every valid frame (see :meth:`Memory.update`)."""
         frames = self._check_frames(rgb, depth, intrinsics, cam_to_world, valid)

@@ -118,6 +118,7 @@ class ImageMemory(Memory):
         intrinsics: Tensor,
         cam_to_world: Tensor,
         valid: Tensor | None = None,
+        source: str | Tensor = "observed",
     ) -> None:
         """Consider each valid frame, in time order, as a snapshot (see :meth:`Memory.update`)."""
         frames = self._check_frames(rgb, depth, intrinsics, cam_to_world, valid)

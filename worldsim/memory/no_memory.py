@@ -50,6 +50,7 @@ class NoMemory(Memory):
         intrinsics: Tensor,
         cam_to_world: Tensor,
         valid: Tensor | None = None,
+        source: str | Tensor = "observed",
     ) -> None:
         """Validate the frames and forget them (see :meth:`Memory.update`)."""
         self._check_frames(rgb, depth, intrinsics, cam_to_world, valid)
