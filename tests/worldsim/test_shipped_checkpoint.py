@@ -45,20 +45,25 @@ def test_the_checkpoint_ships_as_small_safetensors_with_its_card_and_memory(mode
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model, tmp_path):
-    # Two held-out houses the model never saw, recorded at the model's size and action steps.
+def _record_test_houses(folder, max_steps, **settings):
+    """One episode in each of two held-out houses, at the model's size and action steps."""
     collect(
         CollectionConfig(
-            output_dir=tmp_path,
+            output_dir=folder,
             split="test",
             scene_count=2,
             episodes_per_scene=1,
             episodes_per_shard=1,
-            max_steps=150,
+            max_steps=max_steps,
             workers=1,
+            **settings,
         ),
         progress=False,
     )
+
+
+def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model, tmp_path):
+    _record_test_houses(tmp_path, max_steps=150)
     config = model.config
     clips = ClipDataset(
         tmp_path,
@@ -90,19 +95,7 @@ def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_
     from worldsim.revisit_evaluation import Variant, episode_memory, no_memory, predict_windows
     from worldsim.revisit_windows import WindowConfig, find_windows, load_windows
 
-    collect(
-        CollectionConfig(
-            output_dir=tmp_path,
-            split="test",
-            scene_count=2,
-            episodes_per_scene=1,
-            episodes_per_shard=1,
-            max_steps=80,
-            policy_mix={"look_around": 1.0},
-            workers=1,
-        ),
-        progress=False,
-    )
+    _record_test_houses(tmp_path, max_steps=80, policy_mix={"look_around": 1.0})
     store = TrajectoryStore(tmp_path)
     config = model.config
     length = 2 * config.n_future
