@@ -60,7 +60,7 @@ class Args:
     """With a dataset, the memory stage's share of clips whose memory is dropped, so the model
     still imagines unseen space."""
     workers: int = 2
-    """DataLoader worker processes reading a dataset."""
+    """DataLoader worker processes reading a dataset (and measuring its clip coverage once)."""
     output_dir: Path = Path("outputs/train_world_model")
     """Where each stage writes its folder."""
     memory: str = "feature_map"
@@ -110,6 +110,7 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
             empty_memory_fraction=args.empty_memory_fraction,
         ),
         latents=latents,
+        coverage_workers=max(args.workers, 1),
     )
     first = clips[0]["rgb"]
     if tuple(first.shape[-2:]) != (model.config.height, model.config.width):
@@ -173,6 +174,8 @@ def main(args: Args) -> None:
     else:
         token_dim = build_memory(**memory_spec(args)).token_dim
         model = WorldModel.from_config_name(args.config, memory_token_dim=token_dim)
+    if args.device == "auto" and torch.cuda.is_available():
+        model.to("cuda")  # the latent cache is encoded on the GPU too
     stages = STAGES if args.stage == "all" else (args.stage,)
     for stage in stages:
         model = run_stage(args, stage, model)

@@ -98,6 +98,9 @@ class TrainConfig:
         render_pose_noise_m: standard deviation of the translation jitter of the render's
             cameras, metres, >= 0.
         render_pose_noise_deg: standard deviation of their yaw jitter, degrees, >= 0.
+        max_seconds: wall-clock budget of this run's training, seconds, > 0, or None: when it is
+            spent the stage stops early (before ``steps``), writes a checkpoint and exports, as
+            if ``steps`` had been reached; a later run with the same settings resumes from there.
     """
 
     stage: str = "backbone"
@@ -119,6 +122,7 @@ class TrainConfig:
     context_noise: float = 0.0
     render_pose_noise_m: float = 0.02
     render_pose_noise_deg: float = 1.0
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -159,6 +163,8 @@ class TrainConfig:
         for name, value, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {value}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         steps = self.sample_inference_steps
         if steps is not None and steps < 1:
             raise ValueError(f"sample_inference_steps must be >= 1 or None, got {steps}")
@@ -362,7 +368,7 @@ class Trainer:
     def fit(
         self, batches: Iterable[dict[str, Tensor]], resume: bool = True
     ) -> list[dict[str, Any]]:
-        """Train until ``config.steps``, resuming from the newest checkpoint first.
+        """Train until ``config.steps`` or ``config.max_seconds``, resuming from a checkpoint.
 
         Args:
             batches: an iterable of training batches, cycled (the batch format of
@@ -424,8 +430,18 @@ class Trainer:
                         log.write(json.dumps(record) + "\n")
             if config.sample_every and self.step % config.sample_every == 0:
                 self.write_samples(first)
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+            out_of_time = (
+                config.max_seconds is not None
+                and time.perf_counter() - started >= config.max_seconds
+            )
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                print(
+                    f"stage {config.stage}: time budget of {config.max_seconds:g} s spent at step "
+                    f"{self.step} of {config.steps}"
+                )
+                break
         bar.close()
         if config.stage == "vae" and first is not None:
             self.unwrapped.set_latent_scaling_factor(1.0 / latent_std(self.unwrapped, first))

@@ -313,6 +313,23 @@ def test_coverage_config_is_validated():
         CoverageConfig(candidates=0)
 
 
+def test_coverage_measured_by_worker_processes_equals_one_process(tmp_path):
+    # Two episodes, so the two workers each take one.
+    write_store(
+        tmp_path, [wall_episode(WALL_POSES), wall_episode(WALL_POSES[::-1], scene="scene-b")]
+    )
+    config = ClipConfig(n_context=1, n_future=1, coverage=CoverageConfig(resolution=SIZE))
+    alone = ClipDataset(tmp_path, config, coverage_cache=tmp_path / "alone.npz")
+    pooled = ClipDataset(
+        tmp_path, config, coverage_cache=tmp_path / "pooled.npz", coverage_workers=2
+    )
+    assert alone.memory_coverage.max() > 0
+    np.testing.assert_array_equal(pooled.memory_coverage, alone.memory_coverage)
+    np.testing.assert_array_equal(pooled.memory_ranking, alone.memory_ranking)
+    with pytest.raises(ValueError, match="coverage_workers must be >= 1, got 0"):
+        ClipDataset(tmp_path, config, coverage_workers=0)
+
+
 # ------------------------------------------------------------------------------------ cache
 def test_cache_is_read_back_and_rebuilt_when_the_data_change(tmp_path):
     write_store(tmp_path, [wall_episode(WALL_POSES)])

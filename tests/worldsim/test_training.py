@@ -17,6 +17,8 @@ def test_train_config_validation():
         TrainConfig(learning_rate=2.0)
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match=r"max_seconds must be > 0 or None, got 0"):
+        TrainConfig(max_seconds=0)
 
 
 def test_box_room_render_hand_computed():
@@ -81,6 +83,22 @@ def test_checkpoints_resume_after_a_kill(tmp_path, tiny_batch):
     other = Trainer(make_tiny(num_layers=1), config, tmp_path, cpu=True)
     with pytest.raises(ValueError, match="num_layers: 2 vs 1"):
         other.resume()
+
+
+def test_a_spent_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path, tiny_batch):
+    # A budget far under one step's time: the run stops after its first step, saves where it
+    # stopped (so the same command resumes) and exports, although 50 steps were asked for.
+    config = TrainConfig(
+        stage="backbone", steps=50, checkpoint_every=100, sample_every=0, max_seconds=1e-6
+    )
+    trainer = Trainer(make_tiny(), config, tmp_path, cpu=True)
+    history = trainer.fit([tiny_batch])
+    assert trainer.step == 1 and [record["step"] for record in history] == []
+    assert [p.name for p in trainer.complete_checkpoints()] == ["step-00000001"]
+    assert (tmp_path / "model" / "config.json").is_file()
+    resumed = Trainer(make_tiny(seed=5), config, tmp_path, cpu=True)
+    resumed.fit([tiny_batch])
+    assert resumed.step == 2
 
 
 def replace_steps(config: TrainConfig, steps: int) -> TrainConfig:

@@ -16,6 +16,7 @@ import io
 import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -313,6 +314,8 @@ class ClipDataset(Dataset):
             bar shows in a terminal) and rebuilt when the data set's episodes change. Touch
             :attr:`memory_coverage` before starting ``DataLoader`` workers so they do not each
             measure it.
+        coverage_workers: processes that measure the coverage, episode by episode, >= 1
+            (1 = in this process; the result does not depend on it).
 
     Raises:
         DataFormatError: a bad dataset (see :class:`TrajectoryStore`).
@@ -328,7 +331,11 @@ class ClipDataset(Dataset):
         allow_incomplete: bool = False,
         latents: LatentCache | None = None,
         coverage_cache: str | Path | None = None,
+        coverage_workers: int = 1,
     ) -> None:
+        if coverage_workers < 1:
+            raise ValueError(f"coverage_workers must be >= 1, got {coverage_workers}")
+        self.coverage_workers = coverage_workers
         self.config = config or ClipConfig()
         self.store = (
             root
@@ -478,24 +485,21 @@ class ClipDataset(Dataset):
         config = self.config
         coverage = np.zeros(len(self), dtype=np.float32)
         ranking = np.full((len(self), config.coverage.candidates), -1, dtype=np.int64)
-        episodes = np.unique(self._episodes)
-        total = sum(self.store.episodes[int(index)].num_frames for index in episodes)
+        episodes = [int(index) for index in np.unique(self._episodes)]
+        chosen = {index: np.flatnonzero(self._episodes == index) for index in episodes}
+        jobs = [(self.store, index, self._starts[chosen[index]], config) for index in episodes]
+        total = sum(self.store.episodes[index].num_frames for index in episodes)
         with tqdm(total=total, desc="clip coverage", unit="frame", disable=None) as bar:
-            for index in episodes:
-                chosen = np.flatnonzero(self._episodes == index)
-                arrays = self.store.read_frames(
-                    int(index), slice(None), ("depth", "cam_to_world", "intrinsics")
-                )
-                coverage[chosen], ranking[chosen] = clip_coverage(
-                    arrays["depth"],
-                    arrays["cam_to_world"],
-                    arrays["intrinsics"],
-                    self._starts[chosen],
-                    config.n_context,
-                    config.n_future,
-                    config.coverage,
-                )
-                bar.update(self.store.episodes[int(index)].num_frames)
+            if self.coverage_workers == 1:
+                results = map(_episode_coverage, jobs)
+            else:
+                pool = ProcessPoolExecutor(self.coverage_workers, initializer=_one_thread)
+                results = pool.map(_episode_coverage, jobs)
+            for index, (clip_coverage_, picks) in zip(episodes, results, strict=True):
+                coverage[chosen[index]], ranking[chosen[index]] = clip_coverage_, picks
+                bar.update(self.store.episodes[index].num_frames)
+            if self.coverage_workers > 1:
+                pool.shutdown()
         return coverage, ranking
 
     @property
@@ -667,3 +671,25 @@ def collate_clips(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             memory[name][b, :count] = item[name]
     batch.update(memory)
     return batch
+
+
+def _one_thread() -> None:
+    """Worker initializer: one torch thread per coverage process (they run side by side)."""
+    torch.set_num_threads(1)
+
+
+def _episode_coverage(
+    job: tuple[TrajectoryStore, int, np.ndarray, ClipConfig],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clip_coverage` of the clips ``starts`` of one episode of ``store``."""
+    store, index, starts, config = job
+    arrays = store.read_frames(index, slice(None), ("depth", "cam_to_world", "intrinsics"))
+    return clip_coverage(
+        arrays["depth"],
+        arrays["cam_to_world"],
+        arrays["intrinsics"],
+        starts,
+        config.n_context,
+        config.n_future,
+        config.coverage,
+    )
