@@ -337,6 +337,7 @@ class Trainer:
                 f"(checkpoint vs this model: {details})"
             )
         self.accelerator.load_state(str(latest))
+        self.ema.to(self.accelerator.device)  # its state is loaded on the CPU
         self.generator.set_state(torch.load(latest / "generator.pt"))
         self.step = int(state["step"])
         scale = state["model_config"].get("vae_scaling_factor")
