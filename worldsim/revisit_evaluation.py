@@ -49,6 +49,16 @@ BIN_EDGES = (0.1, 0.5)
 """Memory-only shares that separate the bins 0-10 %, 10-50 % and >= 50 %."""
 BIN_NAMES = ("0-10 %", "10-50 %", ">= 50 %")
 """Names of the coverage bins, in order."""
+METRICS = (
+    "psnr",
+    "ssim",
+    "lpips",
+    "depth_l1",
+    "psnr_memory_only",
+    "psnr_unmapped",
+    "unmapped_share",
+)
+"""Columns of :func:`score_windows`' rows, in order."""
 
 
 MemoryBuilder = Callable[[WindowBatch, torch.device], "Memory | None"]
@@ -74,6 +84,23 @@ def episode_memory(prototype: Memory, shuffled: bool = False) -> MemoryBuilder:
         return memory
 
     return build
+
+
+def unmapped_pixels(batch: WindowBatch) -> Tensor:
+    """Future pixels that no memory or context frame shows: where a model must invent.
+
+    The windows' memory and context frames are put in a :class:`RenderedMemory` and rendered
+    at the future cameras (what the reprojection baseline draws); the pixels it leaves empty
+    are the ones reprojection fills from the last context frame and a model inpaints.
+
+    Returns:
+        (B, length, 1, H, W) bool.
+    """
+    memory = episode_memory(RenderedMemory())(batch, torch.device("cpu"))
+    context, future = batch.context, batch.future
+    insert_frames(memory, context.rgb, context.depth, context.intrinsics, context.cam_to_world)
+    render = memory.render(future.cam_to_world, future.intrinsics, tuple(future.rgb.shape[-2:]))
+    return ~render.mask
 
 
 def no_memory(batch: WindowBatch, device: torch.device) -> None:
@@ -188,12 +215,14 @@ class WindowPredictions:
         batch: their recorded frames and memory-only pixels.
         rgb: ``{variant: (N, length, 3, H, W)}`` float32 in [0, 1].
         depth: ``{variant: (N, length, 1, H, W)}`` float32 metres, or ``None`` (RGB-only model).
+        unmapped: (N, length, 1, H, W) bool, :func:`unmapped_pixels` of the windows.
     """
 
     windows: list[Window]
     batch: WindowBatch
     rgb: dict[str, Tensor]
     depth: dict[str, Tensor | None]
+    unmapped: Tensor
 
 
 def predict_windows(
@@ -241,6 +270,7 @@ def predict_windows(
         depth={
             name: None if parts[0] is None else torch.cat(parts) for name, parts in depth.items()
         },
+        unmapped=unmapped_pixels(batch),
     )
 
 
@@ -292,9 +322,12 @@ def score_windows(
 
     Returns:
         Rows with ``frames`` (subset), ``variant``, ``frames_n``, ``psnr`` (dB), ``ssim``,
-        ``lpips``, ``depth_l1`` (metres; absent for an RGB-only model) and ``psnr_memory_only``
-        (dB over the frames' memory-only pixels), for the subsets ``all``, the three coverage bins
-        and ``chunk 1`` .. ``chunk k``. A subset without frames gives ``frames_n = 0`` only.
+        ``lpips``, ``depth_l1`` (metres; absent for an RGB-only model), ``psnr_memory_only``
+        (dB over the frames' memory-only pixels), ``psnr_unmapped`` (dB over the pixels no
+        memory or context frame shows, :func:`unmapped_pixels`; frames without such pixels are
+        left out of its mean) and ``unmapped_share`` (their share of the frame), for the subsets
+        ``all``, the three coverage bins and ``chunk 1`` .. ``chunk k``. A subset without frames
+        gives ``frames_n = 0`` only.
     """
     if lpips_model is None:
         from worldsim.lpips import LPIPS
@@ -307,6 +340,7 @@ def score_windows(
     truth = batch.future.rgb.flatten(0, 1)  # (N*L, 3, H, W)
     truth_depth = batch.future.depth.flatten(0, 1)[:, None]  # (N*L, 1, 1, H, W)
     only = batch.memory_only.flatten(0, 1)  # (N*L, 1, H, W)
+    unmapped = predictions.unmapped.flatten(0, 1)  # (N*L, 1, H, W)
     length = batch.future.rgb.shape[1]
     bins = coverage_bins(batch.coverage).flatten().numpy()
     chunk = (np.arange(length) // n_future)[None].repeat(len(predictions.windows), 0).flatten()
@@ -320,6 +354,8 @@ def score_windows(
             "psnr": (psnr(pred, truth).per_item, "dB"),
             "ssim": (ssim(pred, truth).per_item, "[-1, 1]"),
             "psnr_memory_only": (masked_psnr(pred, truth, only).numpy(), "dB"),
+            "psnr_unmapped": (masked_psnr(pred, truth, unmapped).numpy(), "dB"),
+            "unmapped_share": (unmapped.double().mean((1, 2, 3)).numpy(), "fraction"),
         }
         if not isinstance(lpips_model, Exception):
             values["lpips"] = (lpips(pred, truth, lpips_model).per_item, "distance")
@@ -333,7 +369,7 @@ def score_windows(
         for name, values in per_frame.items():
             row: dict = {"frames": subset, "variant": name, "frames_n": int(chosen.sum())}
             if chosen.any():
-                for metric in ("psnr", "ssim", "lpips", "depth_l1", "psnr_memory_only"):
+                for metric in METRICS:
                     if metric == "lpips" and isinstance(lpips_model, Exception):
                         row[metric] = MetricResult.unavailable(metric, str(lpips_model))
                     elif metric in values:

@@ -165,6 +165,23 @@ def test_reprojection_beats_last_frame_on_memory_pixels_and_a_shuffled_memory_do
     assert rows[0]["frames_n"] == batch.coverage.numel() and rows[0]["lpips"].available
 
 
+def test_unmapped_pixels_are_where_reprojection_falls_back_to_the_last_frame(windows):
+    chosen, batch = windows
+    variants = [reprojection_variant(), last_frame_variant()]
+    predictions = predict_windows(chosen, batch, variants, batch_size=4)
+    unmapped = predictions.unmapped
+    assert unmapped.shape == (*batch.future.rgb.shape[:2], 1, *batch.future.rgb.shape[-2:])
+    assert 0 < unmapped.float().mean() < 0.5  # walls the windows saw before, some new ones
+    reprojected, last = predictions.rgb["reprojection"], predictions.rgb["last frame"]
+    hole = unmapped.expand_as(last)
+    assert torch.equal(reprojected[hole], last[hole])
+    assert not torch.equal(reprojected[~hole], last[~hole])
+    rows = {r["variant"]: r for r in score_windows(predictions, n_future=2) if r["frames"] == "all"}
+    assert rows["reprojection"]["psnr_unmapped"].value == rows["last frame"]["psnr_unmapped"].value
+    share = rows["reprojection"]["unmapped_share"].value
+    assert share == pytest.approx(float(unmapped.double().mean()))
+
+
 def test_model_variants_share_noise_and_memory_changes_the_frames(windows):
     chosen, batch = windows
     memory = build_memory("feature_map", encoder="pooled_color", voxel_size=0.25)
