@@ -471,11 +471,11 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
         keys = ("cem_iterations", "episodes", "success", "sim", "spl", "mean_steps")
         table.rows += [{"imagined in": label, **{k: row[k] for k in keys}} for row in rows]
     curves = {
-        metric: {
+        title: {
             label: [row[metric] for row in table.rows if row["imagined in"] == label]
             for label in simulators
         }
-        for metric in ("success", "sim")
+        for title, metric in (("success", "success"), ("SIM", "sim"))
     }
     plot_metric_curves(
         curves,
@@ -522,7 +522,10 @@ def adaptation(args: Args) -> Table:
     if any(before != befores[0] for before in befores):
         table.notes.append(f"The before-adaptation rows of the runs differ: {befores}.")
     plot_metric_curves(
-        {metric: [row[metric] for row in table.rows] for metric in ("success", "sim")},
+        {
+            title: [row[metric] for row in table.rows]
+            for title, metric in (("success", "success"), ("SIM", "sim"))
+        },
         args.output_dir / "fig6b.png",
         title="Fig. 6b: success and SIM in the ground truth",
         xlabel="hindsight rounds",

@@ -164,7 +164,7 @@ def plot_metric_curves(
         title: figure title.
         xlabel: label of the step axis.
         x: where each value lies on the step axis (e.g. the CEM iteration counts compared),
-            one per value of every curve; ``None``: 0, 1, 2, ...
+            one per value of every curve, ticked; ``None``: 0, 1, 2, ...
 
     Returns:
         The path written.
@@ -190,6 +190,8 @@ def plot_metric_curves(
                     f"curve {label!r} has {len(curve)} values but x has {len(steps)} positions"
                 )
             ax.plot(steps, curve, marker="o", markersize=3, label=label)
+        if x is not None:
+            ax.set_xticks(np.asarray(x, dtype=np.float64))  # ticks at the settings compared
         ax.set_title(metric)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
