@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import typing
@@ -20,16 +21,8 @@ from worldsim import cli
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(name: str, argv: list[str]):
-    module = load_example(name)
+    module = cli.load_example(name)
     args = tyro.cli(module.Args, args=argv)
     return module.main(args)
 
@@ -384,6 +377,89 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3
 
 
+def test_paper_tables(tmp_path, tiny_dataset):
+    argv = ["--quick", "--data-dir", str(tiny_dataset), "--output-dir", str(tmp_path)]
+    content = run("paper_tables", argv)
+    assert json.loads((tmp_path / "tables.json").read_text()) == content
+    assert content["quick"] and content["machine"]["torch"] == torch.__version__
+    for name in ("tables.md", "fig6a.png", "fig6b.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    tables = content["tables"]
+    assert list(tables) == ["table1", "table2", "fig6a", "fig6b"]
+    markdown = (tmp_path / "tables.md").read_text()
+    assert all(f"## {table['title']}" in markdown for table in tables.values())
+
+    # Table 1: every variant on 2 windows x 2 chunks x 2 frames of the tiny untrained model
+    table1 = [row for row in tables["table1"]["rows"] if row["frames"] == "all"]
+    variants = ["feature_map", "none", "shuffled"]
+    assert [row["variant"] for row in table1] == [
+        *(f"tiny-untrained: {variant}" for variant in variants),
+        "reprojection",
+        "last frame",
+    ]
+    for row in table1:
+        assert row["frames_n"] == 8
+        assert all(np.isfinite(row[key]) for key in ("psnr", "ssim", "lpips", "depth_l1"))
+    assert (tmp_path / "table1" / "evaluation.json").is_file()
+
+    # Table 2: the same episode and samples in every run (the policy alone agrees)
+    table2 = tables["table2"]["rows"]
+    rankers = ["the world model without memory", "the world model with memory"]
+    rankers.append("the ground truth (upper bound)")
+    assert [(row["method"], row["N"]) for row in table2] == [("policy alone", 1)] + [
+        (f"ranked by {ranker}", n) for ranker in rankers for n in (2, 4)
+    ]
+    for row in table2:
+        assert row["episodes"] == 1 and row["ate_m"] >= 0 and row["rpe_m"] >= 0
+        assert 0 < row["sim"] <= 100
+    alone = [
+        json.loads((tmp_path / "table2" / run / "rank_nomad.json").read_text())["rows"][0]
+        for run in ("world-model-no-memory", "world-model", "oracle")
+    ]
+    assert alone[0] == alone[1] == alone[2] and tables["table2"]["notes"] == []
+
+    # Fig. 6a: both simulators at 1 and 2 CEM iterations
+    fig6a = tables["fig6a"]["rows"]
+    assert [(row["imagined in"], row["cem_iterations"]) for row in fig6a] == [
+        ("world model", 1),
+        ("world model", 2),
+        ("ground truth", 1),
+        ("ground truth", 2),
+    ]
+    for row in fig6a:
+        assert row["episodes"] == 1 and 0 <= row["success"] <= 1 and 0 < row["sim"] <= 100
+
+    # Fig. 6b: before (round 0) and after each of 2 rounds, each round count its own run
+    fig6b = tables["fig6b"]["rows"]
+    assert [row["hindsight_rounds"] for row in fig6b] == [0, 1, 2]
+    for row in fig6b:
+        assert row["episodes"] == 1 and 0 <= row["success"] <= 1 and 0 < row["sim"] <= 100
+    assert all(np.isfinite(row["loss_last"]) for row in fig6b[1:])
+
+    # Every recorded command parses into its script's settings and names its own folder.
+    commands = [command for table in tables.values() for command in table["commands"]]
+    assert len(commands) == 1 + 3 + 2 + 2
+    folders = set()
+    for command in commands:
+        python, script, *words = shlex.split(command)
+        assert python == "python" and script.startswith("examples/")
+        parsed = tyro.cli(cli.load_example(Path(script).stem).Args, args=words)
+        assert parsed.seed == 0 and tmp_path in parsed.output_dir.parents
+        folders.add(parsed.output_dir)
+    assert len(folders) == len(commands)
+
+
+def test_paper_tables_settings():
+    module = cli.load_example("paper_tables")
+    quick = module.resolve(module.Args(quick=True))
+    assert (quick.checkpoint, quick.policy, quick.episodes) == ("tiny-untrained", "untrained", 1)
+    assert module.resolve(module.Args()).episodes == 20  # the full setting
+    table = module.video_quality(quick)  # no --data-dir: Table 1 is skipped, with a note
+    assert table.rows == [] and table.notes[0].startswith("Skipped: no --data-dir")
+    with pytest.raises(ValueError, match=r"every table, but --table2\.\* were given"):
+        run("paper_tables", ["--quick", "--table2.num-samples", "3"])
+
+
 def test_export_checkpoint(tmp_path):
     from tests.worldsim.conftest import make_tiny
     from worldsim.world_model import WorldModel
@@ -458,7 +534,7 @@ def flag_fields(args_type, prefix=""):
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_one_flag_name_per_concept(path):
-    module = load_example(path.stem) if path.parent == EXAMPLES else load_script(path)
+    module = cli.load_example(path.stem) if path.parent == EXAMPLES else load_script(path)
     fields = dict(flag_fields(module.Args))
     leaves = {name.rsplit(".", 1)[-1] for name in fields}
     assert {name: RETIRED_NAMES[name] for name in leaves & RETIRED_NAMES.keys()} == {}

@@ -28,6 +28,7 @@ example scripts of the source checkout this package is installed from (``pip ins
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -36,6 +37,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import torch
@@ -228,6 +230,31 @@ def examples_folder() -> Path:
     return folder
 
 
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as the module ``example_<name>`` (not run as ``__main__``).
+
+    The module is registered in ``sys.modules`` so that the postponed annotations of its
+    dataclasses resolve (tyro and ``typing.get_type_hints`` look the module up there).
+
+    Args:
+        name: the script's file name without ``.py``, e.g. ``"rank_nomad"``.
+
+    Returns:
+        The module: its ``Args`` and ``main``.
+
+    Raises:
+        FileNotFoundError: if the checkout has no such example script.
+    """
+    path = examples_folder() / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no example script {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_example(name: str) -> None:
     """Run ``examples/<name>.py`` as ``__main__`` with the current command-line arguments.
 
@@ -305,3 +332,8 @@ def explore_scene() -> None:
 def build_memory() -> None:
     """Console command ``pw-build-memory``: ``examples/build_memory.py``."""
     run_example("build_memory")
+
+
+def paper_tables() -> None:
+    """Console command ``pw-paper-tables``: ``examples/paper_tables.py``."""
+    run_example("paper_tables")

@@ -88,20 +88,31 @@ def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise ValueError(f"row {index} is a {type(row).__name__}, expected a dict of columns")
-    columns: list[str] = []
-    for row in rows:
-        columns += [str(k) for k in row if str(k) not in columns]
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_rows = [{str(k): _jsonable(v) for k, v in row.items()} for row in rows]
     json_path.write_text(json.dumps({"name": name, "rows": json_rows}, indent=2) + "\n")
+    md_path.write_text(f"# {name}\n\n{markdown_table(rows)}")
+    return json_path, md_path
 
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """A list of rows as a Markdown table, cells as in :func:`write_report`.
+
+    Args:
+        rows: ``{column: value}`` mappings; columns are the union of their keys in first-seen
+            order, a missing cell shows ``-``.
+
+    Returns:
+        The table's lines, each ending in a newline, then the footnotes of unavailable metrics
+        (numbered from 1) after a blank line.
+    """
+    columns: list[str] = []
+    for row in rows:
+        columns += [str(k) for k in row if str(k) not in columns]
     notes: list[str] = []
     lines = [
-        f"# {name}",
-        "",
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
     ]
@@ -110,8 +121,7 @@ def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"[^{i}]: {note}" for i, note in enumerate(notes, start=1)]
-    md_path.write_text("\n".join(lines) + "\n")
-    return json_path, md_path
+    return "\n".join(lines) + "\n"
 
 
 def _new_figure(width: float, height: float):
@@ -143,6 +153,7 @@ def plot_metric_curves(
     path: str | Path,
     title: str | None = None,
     xlabel: str = "step",
+    x: Sequence[float] | None = None,
 ) -> Path:
     """Plot per-step metric curves, one panel per metric, as a PNG.
 
@@ -152,12 +163,15 @@ def plot_metric_curves(
         path: output ``.png`` path (parent folders are created).
         title: figure title.
         xlabel: label of the step axis.
+        x: where each value lies on the step axis (e.g. the CEM iteration counts compared),
+            one per value of every curve, ticked; ``None``: 0, 1, 2, ...
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: for no curves or a curve that is not a non-empty 1-D sequence.
+        ValueError: for no curves, a curve that is not a non-empty 1-D sequence, or one whose
+            length differs from that of ``x``.
     """
     if not curves:
         raise ValueError("no curves to plot")
@@ -170,7 +184,14 @@ def plot_metric_curves(
     for ax, (metric, series) in zip(axes, panels.items(), strict=True):
         for label, values in series.items():
             curve = _as_curve(values)
-            ax.plot(np.arange(len(curve)), curve, marker="o", markersize=3, label=label)
+            steps = np.arange(len(curve)) if x is None else np.asarray(x, dtype=np.float64)
+            if steps.shape != curve.shape:
+                raise ValueError(
+                    f"curve {label!r} has {len(curve)} values but x has {len(steps)} positions"
+                )
+            ax.plot(steps, curve, marker="o", markersize=3, label=label)
+        if x is not None:
+            ax.set_xticks(np.asarray(x, dtype=np.float64))  # ticks at the settings compared
         ax.set_title(metric)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from worldsim.metrics import MetricResult
 from worldsim.report import (
+    markdown_table,
     plot_metric_curves,
     plot_trajectories,
     write_panel_video,
@@ -80,6 +81,20 @@ def test_plot_inputs_are_validated(tmp_path):
         plot_trajectories({"a": np.zeros((3, 2))}, tmp_path / "a.png")
     with pytest.raises(ValueError, match="no per-step values"):
         plot_metric_curves({"psnr": MetricResult("psnr", 1.0)}, tmp_path / "c.png")
+    with pytest.raises(ValueError, match="'sim' has 3 values but x has 2 positions"):
+        plot_metric_curves({"sim": [1.0, 2.0, 3.0]}, tmp_path / "c.png", x=[1, 2])
+
+
+def test_markdown_table_is_the_body_of_the_report(tmp_path):
+    rows = [{"method": "a", "psnr": 24.123456}, {"method": "b|c", "ssim": None}]
+    assert markdown_table(rows).splitlines() == [
+        "| method | psnr | ssim |",
+        "|---|---|---|",
+        "| a | 24.12 | - |",
+        "| b\\|c | - | - |",
+    ]
+    _, md_path = write_report(rows, tmp_path, "table")
+    assert md_path.read_text() == "# table\n\n" + markdown_table(rows)
 
 
 def test_panel_video_puts_labelled_sequences_side_by_side(tmp_path):
