@@ -154,6 +154,60 @@ class OracleRollout:
             agent_state=torch.from_numpy(state),
         )
 
+    def tour(self, scene: str | Path, steps: int, rng: np.random.Generator) -> RolloutStart:
+        """An earlier walk through a house: what an agent saw there before an episode.
+
+        The walk starts at a random navigable pose and goes from one random waypoint to the next
+        by the shortest path (:class:`envs.exploration.WaypointPolicy`), ``steps`` frames in
+        all. Put it into a map to give a planner a memory of the house
+        (:meth:`worldsim.learned_rollout.WorldModelRollout.map_of`); the simulator's state is
+        restored afterwards.
+
+        Args:
+            scene: scene id or ``.glb`` path.
+            steps: frames of the walk, >= 1.
+            rng: the random source of the start and the waypoints.
+
+        Returns:
+            One row of ``steps`` frames (``rgb``, ``depth``, ``cam_to_world``, ``intrinsics``,
+            the ``agent_state`` of its last frame).
+        """
+        from envs.exploration import WaypointPolicy
+
+        if steps < 1:
+            raise ValueError(f"a tour needs steps >= 1, got {steps}")
+        saved = self._save()
+        try:
+            self.sim.load_scene(scene)
+            self.sim.reset_agent(
+                self.sim.sample_navigable_point(rng), float(rng.uniform(-math.pi, math.pi))
+            )
+            observations = [self.sim.observe()]
+            for action in WaypointPolicy().actions(self.sim, rng):
+                if len(observations) == steps:
+                    break
+                self.sim.step(action)
+                observations.append(self.sim.observe())
+            state = np.array([*self.sim.position, self.sim.yaw], dtype=np.float64)
+        finally:
+            self._restore(saved)
+        frames = frames_to_tensors(
+            {
+                "rgb": np.stack([o["rgb"] for o in observations]),
+                "depth": np.stack([o["depth"] for o in observations]),
+                "cam_to_world": np.stack([o["pose"] for o in observations]),
+                "intrinsics": self.sim.intrinsics[None],
+            }
+        )
+        return RolloutStart(
+            rgb=frames["rgb"][None],
+            depth=frames["depth"][None],
+            cam_to_world=frames["cam_to_world"][None],
+            intrinsics=frames["intrinsics"],
+            scene=(str(scene),),
+            agent_state=torch.from_numpy(state)[None],
+        )
+
     # ----------------------------------------------------------------------------- rollouts
     def rollout(
         self,

@@ -51,6 +51,7 @@ from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim import cli
+from worldsim.memory import Memory
 from worldsim.report import plot_trajectories, write_panel_video, write_report
 from worldsim.rollout import RolloutModel
 
@@ -86,6 +87,9 @@ class Args:
     """Most actions per episode."""
     sampling_steps: int | None = None
     """DDIM steps per imagined chunk (None: the model's default; the shipped model's is 4)."""
+    tour_steps: int = 0
+    """Frames of an earlier walk through the house (random waypoints, from a random start) that
+    the world model's episode map starts from: what the agent saw there before (0: nothing)."""
     oracle: bool = True
     """Also run the planner with the ground truth as its imagination, for reference."""
     success_radius_m: float = 0.5
@@ -107,13 +111,13 @@ def navigate(
     cost: GoalCost,
     config: MPCConfig,
     seed: int,
+    prior_memory: Memory | None = None,
 ) -> tuple[MPCEpisode, torch.Tensor, float]:
     """One receding-horizon episode; returns it, the goal image and its wall time (s)."""
     start, goal = episode_start(truth, episode)
     begin = time.perf_counter()
-    run = run_mpc(
-        planner, truth, start, goal, cost, config, torch.Generator().manual_seed(seed), True
-    )
+    generator = torch.Generator().manual_seed(seed)
+    run = run_mpc(planner, truth, start, goal, cost, config, generator, True, prior_memory)
     return run, goal, time.perf_counter() - begin
 
 
@@ -162,6 +166,13 @@ def main(args: Args) -> list[dict]:
         sample_image_goal_episode(truth, args.scene, rng, args.min_goal_m, args.max_goal_m)
         for _ in range(args.episodes)
     ]
+    if args.tour_steps < 0:
+        raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {args.tour_steps}")
+    prior = None
+    if args.tour_steps > 0:
+        walk = truth.tour(args.scene, args.tour_steps, np.random.default_rng([args.seed, 1]))
+        prior = learned.map_of(walk)
+        print(f"earlier walk through {args.scene}: {args.tour_steps} frames in the map")
     planners: dict[str, RolloutModel] = {"world model": learned}
     if args.oracle:
         planners["oracle"] = truth
@@ -173,7 +184,13 @@ def main(args: Args) -> list[dict]:
         )
         for name, planner in planners.items():
             run, goal, seconds = navigate(
-                planner, truth, episode, cost, config, args.seed * 1000 + index
+                planner,
+                truth,
+                episode,
+                cost,
+                config,
+                args.seed * 1000 + index,
+                prior if planner is learned else None,
             )
             row = {
                 "planner": name,

@@ -97,6 +97,10 @@ class Args:
     """Largest start-to-goal geodesic distance, metres."""
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
+    tour_steps: int = 0
+    """Frames of an earlier walk through each house (random waypoints) that the world model's
+    episode maps start from: what the agent saw there before (0: nothing; the oracle ignores
+    it)."""
     cost_blur_px: float = 0.0
     """Gaussian blur of frames and goal before LPIPS, pixels (0: none; see planners.costs)."""
     seed: int = 0
@@ -138,6 +142,13 @@ def main(args: Args) -> list[dict[str, float]]:
         )
         for i in range(args.episodes)
     ]
+    if args.tour_steps < 0:
+        raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {args.tour_steps}")
+    priors = {}  # one earlier walk per house, the same for every episode and setting there
+    if learned is not None and args.tour_steps > 0:
+        for index, scene in enumerate(sorted({episode.scene for episode in episodes})):
+            walk = oracle.tour(scene, args.tour_steps, np.random.default_rng([args.seed, index]))
+            priors[scene] = learned.map_of(walk)
     rows, showcase = [], None
     for iterations in args.iterations:
         config = MPCConfig(
@@ -155,7 +166,8 @@ def main(args: Args) -> list[dict[str, float]]:
         for index, episode in enumerate(tqdm(episodes, desc=f"CEM, {iterations} iterations")):
             start, goal = episode_start(oracle, episode)
             generator = torch.Generator().manual_seed(args.seed * 1000 + index)
-            run = run_mpc(planner, oracle, start, goal, cost, config, generator)
+            prior = priors.get(episode.scene)
+            run = run_mpc(planner, oracle, start, goal, cost, config, generator, False, prior)
             final = run.agent_states[-1]
             sims.append(
                 sim_score(

@@ -143,13 +143,15 @@ def run_mpc(
     config: MPCConfig,
     generator: torch.Generator,
     progress: bool = False,
+    prior_memory: Memory | None = None,
 ) -> MPCEpisode:
     """Navigate to an image goal by CEM, imagining in ``planner`` and acting in ``truth``.
 
     A planner with a persistent memory (:class:`~worldsim.rollout.PersistentRolloutModel`, the
     learned simulator) keeps one map for the episode: the start's frames and every executed
     observation go into it as observed, and every decision imagines from it; plans copy it, so
-    nothing imagined enters it.
+    nothing imagined enters it. The map can start from ``prior_memory``, what the agent saw of
+    the house before the episode.
 
     Args:
         planner: the simulator plans are imagined in (the learned one, or the oracle).
@@ -160,6 +162,8 @@ def run_mpc(
         config: MPC and CEM settings.
         generator: random source of every plan.
         progress: show a progress bar over executed steps.
+        prior_memory: a one-row map of the house from before the episode (e.g.
+            ``planner.map_of(truth.tour(...))``), copied; only for a persistent planner.
 
     Returns:
         The episode.
@@ -169,8 +173,13 @@ def run_mpc(
     """
     _check_single_start(start)
     persistent = isinstance(planner, PersistentRolloutModel)
+    if prior_memory is not None and not persistent:
+        raise ValueError(
+            f"a prior memory needs a planner with a persistent memory, got "
+            f"{type(planner).__name__}; leave prior_memory out"
+        )
     # One map for the episode: what is executed is observed and goes in; plans only copy it.
-    state = planner.with_episode_memory(start) if persistent else start
+    state = planner.with_episode_memory(start, prior_memory) if persistent else start
     current_cost = float(cost.frames(state.rgb[:, -1:], goal)[0])
     costs, plans, chunks = [current_cost], [], []
     poses, frames = [state.cam_to_world[0, -1]], [state.rgb[0, -1]]

@@ -458,6 +458,17 @@ def test_paper_tables_settings():
     assert table.rows == [] and table.notes[0].startswith("Skipped: no --data-dir")
     with pytest.raises(ValueError, match=r"every table, but --table2\.\* were given"):
         run("paper_tables", ["--quick", "--table2.num-samples", "3"])
+    with pytest.raises(ValueError, match=r"distinct table names, got \['fig6b', 'fig6b'\]"):
+        module.Args(tables=("fig6b", "fig6b"))
+
+
+def test_paper_tables_makes_only_the_tables_asked_for(tmp_path):
+    content = run(
+        "paper_tables",
+        ["--quick", "--tables", "fig6b", "--output-dir", str(tmp_path), "--threads", "1"],
+    )
+    assert list(content["tables"]) == ["fig6b"]
+    assert (tmp_path / "fig6b.png").is_file() and not (tmp_path / "fig6a.png").exists()
 
 
 def test_export_checkpoint(tmp_path):

@@ -200,24 +200,59 @@ class WorldModelRollout:
         seed = row_generators(1, generator)[0].initial_seed()
         return [torch.Generator().manual_seed(seed) for _ in range(rows)]
 
-    def with_episode_memory(self, start: RolloutStart) -> RolloutStart:
-        """The one-row ``start`` with a fresh episode map holding its frames (observed).
+    def with_episode_memory(
+        self, start: RolloutStart, prior: Memory | None = None
+    ) -> RolloutStart:
+        """The one-row ``start`` with an episode map holding its frames (observed).
 
         A planner keeps this map for the whole episode and writes what it executes into it
         (:meth:`observe`); every rollout from the start copies it first. Without a memory
         prototype the start is returned unchanged.
 
+        Args:
+            start: the episode's start, one row.
+            prior: a map of the same house from before the episode (:meth:`map_of` of a
+                :meth:`envs.oracle.OracleRollout.tour`, say) that the episode map starts from;
+                it is copied, never written. ``None``: the map starts empty.
+
         Raises:
-            ValueError: for a start of more than one row.
+            ValueError: for a start of more than one row, or a prior of another row count or
+                kind than this simulator's memory.
         """
         if start.batch_size != 1:
             raise ValueError(f"an episode memory is for one start row, got {start.batch_size}")
         if self.memory is None:
             return start
-        memory = self.memory.select(torch.zeros(1, dtype=torch.int64))  # a fresh copy
-        memory.reset(1, self.model.device)
+        if prior is None:
+            memory = self.memory.select(torch.zeros(1, dtype=torch.int64))  # a fresh copy
+            memory.reset(1, self.model.device)
+        else:
+            if type(prior) is not type(self.memory) or prior.batch_size != 1:
+                raise ValueError(
+                    f"the prior map must be a one-row {type(self.memory).__name__} like this "
+                    f"simulator's memory, got a {prior.batch_size}-row {type(prior).__name__}"
+                )
+            memory = prior.select(torch.zeros(1, dtype=torch.int64))  # a copy to write into
         _insert_start(memory, start)
         return replace(start, memory=memory)
+
+    def map_of(self, walk: RolloutStart) -> Memory | None:
+        """A one-row map (this simulator's memory kind) of every frame of a recorded walk.
+
+        Args:
+            walk: one row of observed frames, e.g. :meth:`envs.oracle.OracleRollout.tour`.
+
+        Returns:
+            The map, its frames inserted as observed; ``None`` for a simulator without memory.
+        """
+        if walk.batch_size != 1:
+            raise ValueError(f"a map is made of one walk, got {walk.batch_size} rows")
+        if self.memory is None:
+            return None
+        memory = self.memory.select(torch.zeros(1, dtype=torch.int64))
+        memory.reset(1, self.model.device)
+        insert_frames(memory, walk.rgb, walk.depth, walk.intrinsics, walk.cam_to_world)
+        return memory
 
     def observe(self, state: RolloutStart, executed: RolloutResult) -> None:
         """Write the executed frames of a one-row state into its episode map (observed).

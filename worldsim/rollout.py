@@ -373,8 +373,17 @@ class PersistentRolloutModel(RolloutModel, Protocol):
     rollout copies the map, so imagination never writes into the episode's map.
     """
 
-    def with_episode_memory(self, start: RolloutStart) -> RolloutStart:
-        """The one-row ``start`` with a fresh episode map holding its frames as observed."""
+    def with_episode_memory(
+        self, start: RolloutStart, prior: Memory | None = None
+    ) -> RolloutStart:
+        """The one-row ``start`` with its episode map (a copy of ``prior``, else empty).
+
+        The start's frames go into the map as observed.
+        """
+        ...
+
+    def map_of(self, walk: RolloutStart) -> Memory | None:
+        """A one-row map of every frame of a recorded walk (observed), or ``None``."""
         ...
 
     def observe(self, state: RolloutStart, executed: RolloutResult) -> None:

@@ -28,6 +28,7 @@ from planners.cem import (
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import success
 from planners.mpc import MPCConfig, run_mpc
+from worldsim.geometry import Action
 
 SCENE = "house-train-0000"
 
@@ -334,3 +335,63 @@ def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
         truth.rgb, truth.depth, start.intrinsics[:, None].expand(1, 4, 3, 3), truth.cam_to_world
     )
     assert torch.equal(points.xyz, expected.points().xyz)
+
+
+def test_an_earlier_walk_is_the_start_of_the_episode_map_and_is_read(oracle, cost):
+    """A prior map (an earlier walk) starts the episode map, stays unchanged, and is what the
+    learned planner imagines from: at a pose of the walk its frame shows the walk's view."""
+    from worldsim.learned_rollout import WorldModelRollout
+    from worldsim.memory import build_memory
+    from worldsim.world_model import WorldModel
+
+    memory = build_memory("rendered", voxel_size=0.05)
+    memory.reset(1)
+    model = WorldModel.from_config_name(
+        "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
+    ).eval()
+    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    walk = oracle.tour(SCENE, 12, np.random.default_rng(3))
+    assert walk.rgb.shape == (1, 12, 3, 32, 32) and walk.depth.shape == (1, 12, 1, 32, 32)
+    again = oracle.tour(SCENE, 12, np.random.default_rng(3))
+    assert torch.equal(walk.cam_to_world, again.cam_to_world)  # the rng decides the walk
+    steps = (walk.cam_to_world[0, 1:, :3, 3] - walk.cam_to_world[0, :-1, :3, 3]).norm(dim=-1)
+    assert steps.max() <= oracle.sim.config.forward_step_m + 1e-5  # one action per frame
+    with pytest.raises(ValueError, match="a tour needs steps >= 1, got 0"):
+        oracle.tour(SCENE, 0, np.random.default_rng(3))
+    prior = planner.map_of(walk)
+    before = prior.points().xyz.clone()
+
+    start, goal_walk = _straight_ahead_case(oracle, 3, steps=4)
+    config = MPCConfig(
+        cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
+        execute_steps=2,
+        max_steps=2,
+        explore_above=0.0,
+    )
+    generator = torch.Generator().manual_seed(0)
+    goal = goal_walk.rgb[0, -1]
+    episode = run_mpc(planner, oracle, start, goal, cost, config, generator, False, prior)
+    assert torch.equal(prior.points().xyz, before)  # the prior is copied, never written
+    expected = build_memory("rendered", voxel_size=0.05)
+    expected.reset(1)
+    expected.update(
+        walk.rgb, walk.depth, walk.intrinsics[:, None].expand(1, 12, 3, 3), walk.cam_to_world
+    )
+    expected.update(start.rgb, start.depth, start.intrinsics[:, None], start.cam_to_world)
+    truth = oracle.rollout(start, episode.actions[None])
+    expected.update(
+        truth.rgb, truth.depth, start.intrinsics[:, None].expand(1, 2, 3, 3), truth.cam_to_world
+    )
+    assert torch.equal(episode.memory.points().xyz, expected.points().xyz)
+
+    # Read, not only kept: standing at the walk's last pose, the imagined frame (composited
+    # with the render) is the walk's view where the map covers it; without the map it is not.
+    here = oracle.start(SCENE, walk.agent_state[0, :3].numpy(), float(walk.agent_state[0, 3]))
+    turn = torch.full((1, 1), int(Action.TURN_LEFT))
+    seen = oracle.rollout(here, turn)
+    remembered = planner.rollout(planner.with_episode_memory(here, prior), turn)
+    forgotten = planner.rollout(planner.with_episode_memory(here), turn)
+    error = [(r.rgb[0, -1] - seen.rgb[0, -1]).abs().mean() for r in (remembered, forgotten)]
+    assert error[0] < 0.5 * error[1]
+    with pytest.raises(ValueError, match="one-row RenderedMemory"):
+        planner.with_episode_memory(here, build_memory("feature_map", encoder="pooled_color"))
