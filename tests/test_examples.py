@@ -500,7 +500,7 @@ def test_explore_scene_cli_help(flag, capsys):
 def test_navigate(tmp_path):
     argv = ["--checkpoint", "tiny-untrained", "--output-dir", str(tmp_path), "--episodes", "1"]
     argv += ["--num-samples", "4", "--horizon", "4", "--max-steps", "4", "--sampling-steps", "2"]
-    rows = run("navigate", argv)
+    rows = run("navigate", [*argv, "--tour-steps", "6"])
     assert [(row["planner"], row["episode"]) for row in rows] == [
         ("world model", 0),
         ("oracle", 0),
@@ -513,9 +513,12 @@ def test_navigate(tmp_path):
     table = json.loads((tmp_path / "navigate.json").read_text())["rows"]
     assert len(table) == 4
     video = imageio.mimread(tmp_path / "navigate.mp4")
-    assert len(video) == rows[0]["actions"] + 1  # the start view, then one frame per action
-    assert video[0].shape[:2] == (14 + 256, 3 * 256)  # goal | imagined | executed
+    # Both episodes in turn: the start view, then one frame per action, for each planner.
+    assert len(video) == rows[0]["actions"] + 1 + rows[1]["actions"] + 1
+    assert video[0].shape[:2] == (14 + 256 + 14, 3 * 256)  # goal | imagined | executed, caption
     assert imageio.imread(tmp_path / "topdown.png").std() > 10
+    with pytest.raises(ValueError, match="--tour-steps must be >= 0"):
+        run("navigate", [*argv, "--tour-steps", "-1"])
 
 
 SCRIPTS = sorted(EXAMPLES.glob("*.py")) + sorted((EXAMPLES.parent / "benchmarks").glob("*.py"))

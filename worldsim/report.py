@@ -302,7 +302,11 @@ def plot_trajectories(
 
 
 def write_panel_video(
-    panels: Mapping[str, Tensor], path: str | Path, fps: int = 4, height: int = 256
+    panels: Mapping[str, Tensor],
+    path: str | Path,
+    fps: int = 4,
+    height: int = 256,
+    captions: Sequence[str] | None = None,
 ) -> Path:
     """Labelled image sequences side by side as an mp4, e.g. goal | imagined | executed.
 
@@ -313,6 +317,8 @@ def write_panel_video(
         path: output ``.mp4`` path (parent folders are created).
         fps: frames per second.
         height: the frames are enlarged by a whole factor to about this many pixels high.
+        captions: one line of text per frame (S of them), drawn under the panels, e.g. the
+            step, the action and the cost; ``None``: no caption row.
 
     Returns:
         The path written.
@@ -344,9 +350,17 @@ def write_panel_video(
         draw.text((left + 3, 1), label, fill="white")
         left += column.shape[-1] * scale
     header_pixels = np.asarray(header)
-    video = np.concatenate(
-        [np.broadcast_to(header_pixels, (len(video), *header.size[::-1], 3)), video], axis=1
-    )
+    parts = [np.broadcast_to(header_pixels, (len(video), *header.size[::-1], 3)), video]
+    if captions is not None:
+        if len(captions) != len(video):
+            raise ValueError(f"give one caption per frame: {len(video)} frames, {len(captions)}")
+        rows = []
+        for caption in captions:
+            row = Image.new("RGB", (video.shape[2], 14), "black")
+            ImageDraw.Draw(row).text((3, 1), caption, fill="white")
+            rows.append(np.asarray(row))
+        parts.append(np.stack(rows))
+    video = np.concatenate(parts, axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimwrite(path, list(video), fps=fps, macro_block_size=1)

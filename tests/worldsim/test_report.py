@@ -115,3 +115,10 @@ def test_panel_video_puts_labelled_sequences_side_by_side(tmp_path):
         write_panel_video({"a": imagined, "b": executed[:2]}, tmp_path / "w.mp4")
     with pytest.raises(ValueError, match="no panels"):
         write_panel_video({}, tmp_path / "w.mp4")
+    captions = ["step 0", "", "step 2"]
+    path = write_panel_video({"imagined": imagined}, tmp_path / "c.mp4", captions=captions)
+    frames = imageio.mimread(path)
+    assert frames[0].shape[0] == 14 + 256 + 14
+    assert frames[0][-14:].max() > 200 and frames[1][-14:].max() < 30  # text only when given
+    with pytest.raises(ValueError, match="one caption per frame: 3 frames, 2"):
+        write_panel_video({"imagined": imagined}, tmp_path / "c.mp4", captions=captions[:2])
