@@ -200,9 +200,7 @@ class WorldModelRollout:
         seed = row_generators(1, generator)[0].initial_seed()
         return [torch.Generator().manual_seed(seed) for _ in range(rows)]
 
-    def with_episode_memory(
-        self, start: RolloutStart, prior: Memory | None = None
-    ) -> RolloutStart:
+    def with_episode_memory(self, start: RolloutStart, prior: Memory | None = None) -> RolloutStart:
         """The one-row ``start`` with an episode map holding its frames (observed).
 
         A planner keeps this map for the whole episode and writes what it executes into it

@@ -373,9 +373,7 @@ class PersistentRolloutModel(RolloutModel, Protocol):
     rollout copies the map, so imagination never writes into the episode's map.
     """
 
-    def with_episode_memory(
-        self, start: RolloutStart, prior: Memory | None = None
-    ) -> RolloutStart:
+    def with_episode_memory(self, start: RolloutStart, prior: Memory | None = None) -> RolloutStart:
         """The one-row ``start`` with its episode map (a copy of ``prior``, else empty).
 
         The start's frames go into the map as observed.
