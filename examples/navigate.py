@@ -1,12 +1,15 @@
 """The main job: CEM navigation to an image goal in an unseen house, imagined by the world model.
 
 An agent stands in a house none of the shipped models saw in training (the ``test`` split) and
-is shown a picture taken 1.5-2.5 m away. It plans by the cross-entropy method in the embedded
-world model (:mod:`planners.cem`: sample action sequences, imagine each with the RGB-D video
-diffusion model and its 3D feature memory, score the imagined last frame against the goal with
-LPIPS, refit, repeat), executes the first actions of the best plan in the ground-truth
-simulator, and replans from what it sees, until it believes it has arrived. The same planner
-with the ground truth as its imagination (the oracle) runs the same episodes for reference.
+is shown a picture taken 1.5-2.5 m away. It has walked through the house before (``--tour-steps``
+frames of a random-waypoint walk from a random start; 0 for none): the world model's persistent
+3D map holds that walk, and every view the agent sees during the episode goes in too. It plans
+by the cross-entropy method in the embedded world model (:mod:`planners.cem`: sample action
+sequences, imagine each with the RGB-D video diffusion model reading its map rendered into every
+imagined camera, score the imagined last frame against the goal with LPIPS, refit, repeat),
+executes the first actions of the best plan in the ground-truth simulator, and replans from what
+it sees, until it believes it has arrived. The same planner with the ground truth as its
+imagination (the oracle, which needs no walk) runs the same episodes for reference.
 
 Writes to ``--output-dir`` (``outputs/navigate``):
 
@@ -89,9 +92,10 @@ class Args:
     """Most actions per episode."""
     sampling_steps: int | None = None
     """DDIM steps per imagined chunk (None: the model's default; the shipped model's is 4)."""
-    tour_steps: int = 0
+    tour_steps: int = 300
     """Frames of an earlier walk through the house (random waypoints, from a random start) that
-    the world model's episode map starts from: what the agent saw there before (0: nothing)."""
+    the world model's episode map starts from: what the agent saw there before (0: nothing, the
+    agent knows only what it sees during the episode)."""
     oracle: bool = True
     """Also run the planner with the ground truth as its imagination, for reference."""
     success_radius_m: float = 0.5
