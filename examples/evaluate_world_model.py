@@ -60,6 +60,7 @@ from worldsim.evaluation import (
     evaluation_rows,
     predict_clips,
     with_last_frame_baseline,
+    with_reprojection_baseline,
 )
 from worldsim.report import write_report
 from worldsim.revisit_evaluation import (
@@ -214,12 +215,15 @@ def validate(args: Args, model: WorldModel, memory_name: str | None, folder: Pat
         max_clips=args.max_clips,
         batch_size=args.batch_size,
         num_inference_steps=args.sampling_steps,
+        # A model that reads a render was trained with its context frames in the map.
+        insert_context_frames=model.config.memory_render,
         seed=args.seed,
     )
     predictions = predict_clips(
         model, clips, {memory_name: memory, "none": None}, config, progress=True
     )
     predictions = with_last_frame_baseline(predictions, clips)
+    predictions = with_reprojection_baseline(predictions, clips)
     write_report(evaluation_rows(predictions), args.output_dir, VALIDATION_NAME)
     imageio.imwrite(
         args.output_dir / f"{VALIDATION_NAME}.png",

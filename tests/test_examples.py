@@ -373,6 +373,7 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
         ("all", "feature_map"),
         ("all", "none"),
         ("all", "last frame"),
+        ("all", "reprojection"),
     ]
     assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from worldsim.data import ClipDataset, collate_clips
 from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import insert_clip_memory, rollout_along_recorded_poses
+from worldsim.sampling import insert_clip_memory, insert_frames, rollout_along_recorded_poses
 
 if TYPE_CHECKING:
     from worldsim.lpips import LPIPS
@@ -292,6 +292,64 @@ def with_last_frame_baseline(predictions: Predictions, dataset: ClipDataset) -> 
         generated_depth={
             **predictions.generated_depth,
             LAST_FRAME: torch.stack(last_depth) if with_depth else None,
+        },
+    )
+
+
+REPROJECTION = "reprojection"
+"""Name of the baseline variant of :func:`with_reprojection_baseline`."""
+
+
+def with_reprojection_baseline(predictions: Predictions, dataset: ClipDataset) -> Predictions:
+    """Add the ``"reprojection"`` variant: the clip's memory and context rendered, no learning.
+
+    Each clip's memory frames and context frames go into a
+    :class:`~worldsim.memory.RenderedMemory`, which is rendered at the future cameras; pixels it
+    leaves empty repeat the last context frame. A model that reads its memory should beat it.
+
+    Args:
+        predictions: from :func:`predict_clips` on ``dataset``.
+        dataset: the clips the predictions were made for.
+
+    Returns:
+        New predictions with the extra variant (the others unchanged).
+    """
+    from worldsim.memory import RenderedMemory
+
+    n_future = predictions.rgb.shape[1]
+    memory = RenderedMemory()
+    rgb_out, depth_out = [], []
+    for index in predictions.clips:
+        batch = collate_clips([dataset[int(index)]])
+        n_context = batch["rgb"].shape[1] - n_future
+        insert_clip_memory(memory, batch, "cpu")
+        context = slice(0, n_context)
+        insert_frames(
+            memory,
+            batch["rgb"][:, context],
+            batch["depth"][:, context],
+            batch["intrinsics"][:, context],
+            batch["cam_to_world"][:, context],
+        )
+        future = slice(n_context, None)
+        size = tuple(batch["rgb"].shape[-2:])
+        render = memory.render(
+            batch["cam_to_world"][:, future], batch["intrinsics"][:, future], size
+        )
+        last_rgb = batch["rgb"][:, n_context - 1 : n_context].expand_as(render.rgb)
+        last_depth = batch["depth"][:, n_context - 1 : n_context].expand_as(render.depth)
+        rgb_out.append(torch.where(render.mask, render.rgb, last_rgb)[0])
+        depth_out.append(torch.where(render.mask, render.depth, last_depth)[0])
+    with_depth = any(depth is not None for depth in predictions.generated_depth.values())
+    return Predictions(
+        clips=predictions.clips,
+        is_revisit=predictions.is_revisit,
+        rgb=predictions.rgb,
+        depth=predictions.depth,
+        generated_rgb={**predictions.generated_rgb, REPROJECTION: torch.stack(rgb_out)},
+        generated_depth={
+            **predictions.generated_depth,
+            REPROJECTION: torch.stack(depth_out) if with_depth else None,
         },
     )
 

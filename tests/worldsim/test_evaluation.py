@@ -8,6 +8,7 @@ from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.evaluation import (
     LAST_FRAME,
+    REPROJECTION,
     EvaluationConfig,
     choose_clips,
     depth_error,
@@ -15,6 +16,7 @@ from worldsim.evaluation import (
     predict_clips,
     predict_future,
     with_last_frame_baseline,
+    with_reprojection_baseline,
 )
 from worldsim.memory import build_memory
 
@@ -134,6 +136,26 @@ def test_last_frame_baseline_repeats_the_last_context_frame(clips, model):
             assert torch.equal(predictions.generated_depth[LAST_FRAME][row, t], item["depth"][0])
     rows = evaluation_rows(predictions)
     assert [(r["subset"], r["memory"]) for r in rows][-2:] == [("all", "none"), ("all", LAST_FRAME)]
+
+
+def test_reprojection_baseline_renders_the_memory_and_repeats_the_last_frame_elsewhere(
+    clips, model
+):
+    config = EvaluationConfig(max_clips=4, batch_size=4, num_inference_steps=1)
+    base = with_last_frame_baseline(predict_clips(model, clips, {"none": None}, config), clips)
+    predictions = with_reprojection_baseline(base, clips)
+    assert list(predictions.generated_rgb) == ["none", LAST_FRAME, REPROJECTION]
+    reprojected = predictions.generated_rgb[REPROJECTION]
+    last = predictions.generated_rgb[LAST_FRAME]
+    truth = predictions.rgb
+    # Pixels the map leaves empty repeat the last frame; the others come from the render.
+    changed = (reprojected != last).any(dim=2)
+    assert changed.any() and not changed.all()
+    # The render of remembered frames at the future cameras explains the future better.
+    error = [((p - truth) ** 2).mean() for p in (reprojected, last)]
+    assert error[0] < 0.8 * error[1]
+    rows = evaluation_rows(predictions)
+    assert [r["memory"] for r in rows][-1] == REPROJECTION
 
 
 def test_depth_error_by_hand():
