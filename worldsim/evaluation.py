@@ -34,7 +34,7 @@ from worldsim.sampling import insert_clip_memory, insert_frames, rollout_along_r
 
 if TYPE_CHECKING:
     from worldsim.lpips import LPIPS
-    from worldsim.memory import Memory
+    from worldsim.memory import Memory, RenderedMemory
     from worldsim.world_model import WorldModel
 
 SUBSETS = ("revisit", "all")
@@ -282,18 +282,7 @@ def with_last_frame_baseline(predictions: Predictions, dataset: ClipDataset) -> 
         n_context = item["rgb"].shape[0] - n_future
         last_rgb.append(item["rgb"][n_context - 1].expand(n_future, -1, -1, -1))
         last_depth.append(item["depth"][n_context - 1].expand(n_future, -1, -1, -1))
-    with_depth = any(depth is not None for depth in predictions.generated_depth.values())
-    return Predictions(
-        clips=predictions.clips,
-        is_revisit=predictions.is_revisit,
-        rgb=predictions.rgb,
-        depth=predictions.depth,
-        generated_rgb={**predictions.generated_rgb, LAST_FRAME: torch.stack(last_rgb)},
-        generated_depth={
-            **predictions.generated_depth,
-            LAST_FRAME: torch.stack(last_depth) if with_depth else None,
-        },
-    )
+    return _with_variant(predictions, LAST_FRAME, torch.stack(last_rgb), torch.stack(last_depth))
 
 
 REPROJECTION = "reprojection"
@@ -323,34 +312,71 @@ def with_reprojection_baseline(predictions: Predictions, dataset: ClipDataset) -
         batch = collate_clips([dataset[int(index)]])
         n_context = batch["rgb"].shape[1] - n_future
         insert_clip_memory(memory, batch, "cpu")
-        context = slice(0, n_context)
-        insert_frames(
+        context, future = slice(0, n_context), slice(n_context, None)
+        rgb, depth, _ = reproject(
             memory,
             batch["rgb"][:, context],
             batch["depth"][:, context],
             batch["intrinsics"][:, context],
             batch["cam_to_world"][:, context],
+            batch["cam_to_world"][:, future],
+            batch["intrinsics"][:, future],
         )
-        future = slice(n_context, None)
-        size = tuple(batch["rgb"].shape[-2:])
-        render = memory.render(
-            batch["cam_to_world"][:, future], batch["intrinsics"][:, future], size
-        )
-        last_rgb = batch["rgb"][:, n_context - 1 : n_context].expand_as(render.rgb)
-        last_depth = batch["depth"][:, n_context - 1 : n_context].expand_as(render.depth)
-        rgb_out.append(torch.where(render.mask, render.rgb, last_rgb)[0])
-        depth_out.append(torch.where(render.mask, render.depth, last_depth)[0])
-    with_depth = any(depth is not None for depth in predictions.generated_depth.values())
+        rgb_out.append(rgb[0])
+        depth_out.append(depth[0])
+    return _with_variant(predictions, REPROJECTION, torch.stack(rgb_out), torch.stack(depth_out))
+
+
+def reproject(
+    memory: RenderedMemory,
+    rgb: Tensor,
+    depth: Tensor,
+    intrinsics: Tensor,
+    cam_to_world: Tensor,
+    future_cam_to_world: Tensor,
+    future_intrinsics: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The no-learning baseline: a map of what is known rendered at the future cameras.
+
+    The context frames are written into ``memory`` (which may already hold earlier frames) and
+    the map is rendered at every future camera; pixels it leaves empty repeat the last context
+    frame.
+
+    Args:
+        memory: the map of the earlier frames, B rows (written into).
+        rgb: (B, n_context, 3, H, W) context frames in [0, 1].
+        depth: (B, n_context, 1, H, W) metres.
+        intrinsics: (B, n_context, 3, 3) ``K``.
+        cam_to_world: (B, n_context, 4, 4) their poses.
+        future_cam_to_world: (B, L, 4, 4) the future cameras.
+        future_intrinsics: (B, L, 3, 3) their ``K``.
+
+    Returns:
+        ``(rgb, depth, mask)``: (B, L, 3, H, W), (B, L, 1, H, W) and the (B, L, 1, H, W) bool
+        pixels the map drew.
+    """
+    insert_frames(memory, rgb, depth, intrinsics, cam_to_world)
+    length = future_cam_to_world.shape[1]
+    render = memory.render(future_cam_to_world, future_intrinsics, tuple(rgb.shape[-2:]))
+    last_rgb = rgb[:, -1:].expand(-1, length, -1, -1, -1)
+    last_depth = depth[:, -1:].expand(-1, length, -1, -1, -1)
+    return (
+        torch.where(render.mask, render.rgb, last_rgb),
+        torch.where(render.mask, render.depth, last_depth),
+        render.mask,
+    )
+
+
+def _with_variant(predictions: Predictions, name: str, rgb: Tensor, depth: Tensor) -> Predictions:
+    """``predictions`` with one more variant (its depth dropped for an RGB-only model)."""
+    with_depth = any(d is not None for d in predictions.generated_depth.values())
     return Predictions(
         clips=predictions.clips,
         is_revisit=predictions.is_revisit,
         rgb=predictions.rgb,
         depth=predictions.depth,
-        generated_rgb={**predictions.generated_rgb, REPROJECTION: torch.stack(rgb_out)},
-        generated_depth={
-            **predictions.generated_depth,
-            REPROJECTION: torch.stack(depth_out) if with_depth else None,
-        },
+        generated_rgb={**predictions.generated_rgb, name: rgb},
+        generated_depth={**predictions.generated_depth, name: depth if with_depth else None},
     )
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.evaluation import depth_error
+from worldsim.evaluation import depth_error, reproject
 from worldsim.memory import RenderedMemory
 from worldsim.metrics import MetricResult, lpips, psnr, ssim
 from worldsim.sampling import insert_frames, rollout_along_recorded_poses
@@ -98,9 +98,16 @@ def unmapped_pixels(batch: WindowBatch) -> Tensor:
     """
     memory = episode_memory(RenderedMemory())(batch, torch.device("cpu"))
     context, future = batch.context, batch.future
-    insert_frames(memory, context.rgb, context.depth, context.intrinsics, context.cam_to_world)
-    render = memory.render(future.cam_to_world, future.intrinsics, tuple(future.rgb.shape[-2:]))
-    return ~render.mask
+    _, _, drawn = reproject(
+        memory,
+        context.rgb,
+        context.depth,
+        context.intrinsics,
+        context.cam_to_world,
+        future.cam_to_world,
+        future.intrinsics,
+    )
+    return ~drawn
 
 
 def no_memory(batch: WindowBatch, device: torch.device) -> None:
@@ -174,12 +181,16 @@ def predict(
             raise ValueError(
                 f"the reprojection baseline needs a RenderedMemory, got {type(memory).__name__}"
             )
-        insert_frames(memory, context.rgb, context.depth, context.intrinsics, context.cam_to_world)
-        render = memory.render(future.cam_to_world, future.intrinsics, tuple(future.rgb.shape[-2:]))
-        return (
-            torch.where(render.mask, render.rgb, last_rgb),
-            torch.where(render.mask, render.depth, last_depth),
+        rgb, depth, _ = reproject(
+            memory,
+            context.rgb,
+            context.depth,
+            context.intrinsics,
+            context.cam_to_world,
+            future.cam_to_world,
+            future.intrinsics,
         )
+        return rgb, depth
     config = model.config
     if (config.height, config.width) != tuple(future.rgb.shape[-2:]):
         raise ValueError(
