@@ -135,14 +135,7 @@ class OracleRollout:
                 observations.append(self.sim.observe())
         finally:
             self._restore(saved)
-        frames = frames_to_tensors(
-            {
-                "rgb": np.stack([o["rgb"] for o in observations]),
-                "depth": np.stack([o["depth"] for o in observations]),
-                "cam_to_world": np.stack([o["pose"] for o in observations]),
-                "intrinsics": np.repeat(self.sim.intrinsics[None], len(observations), axis=0),
-            }
-        )
+        frames = self._frames(observations)
         yaws_wrapped = np.array([wrap_angle(float(y)) for y in yaws])
         state = np.concatenate([positions, yaws_wrapped[:, None]], axis=1)
         return RolloutStart(
@@ -191,19 +184,12 @@ class OracleRollout:
             state = np.array([*self.sim.position, self.sim.yaw], dtype=np.float64)
         finally:
             self._restore(saved)
-        frames = frames_to_tensors(
-            {
-                "rgb": np.stack([o["rgb"] for o in observations]),
-                "depth": np.stack([o["depth"] for o in observations]),
-                "cam_to_world": np.stack([o["pose"] for o in observations]),
-                "intrinsics": self.sim.intrinsics[None],
-            }
-        )
+        frames = self._frames(observations)
         return RolloutStart(
             rgb=frames["rgb"][None],
             depth=frames["depth"][None],
             cam_to_world=frames["cam_to_world"][None],
-            intrinsics=frames["intrinsics"],
+            intrinsics=frames["intrinsics"][:1],
             scene=(str(scene),),
             agent_state=torch.from_numpy(state)[None],
         )
@@ -286,6 +272,17 @@ class OracleRollout:
             start.cam_to_world[:, -1].detach().cpu().double(), self.sim.config.sensor_height
         )
         return torch.cat([position, yaw[:, None]], dim=1).numpy()
+
+    def _frames(self, observations: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
+        """The simulator's observations as the tensors of :func:`frames_to_tensors`."""
+        return frames_to_tensors(
+            {
+                "rgb": np.stack([o["rgb"] for o in observations]),
+                "depth": np.stack([o["depth"] for o in observations]),
+                "cam_to_world": np.stack([o["pose"] for o in observations]),
+                "intrinsics": np.repeat(self.sim.intrinsics[None], len(observations), axis=0),
+            }
+        )
 
     def _save(self) -> tuple[str, np.ndarray, float] | None:
         """The simulator's scene and agent state, or ``None`` if no scene is loaded."""

@@ -245,12 +245,7 @@ class WorldModelRollout:
         """
         if walk.batch_size != 1:
             raise ValueError(f"a map is made of one walk, got {walk.batch_size} rows")
-        if self.memory is None:
-            return None
-        memory = self.memory.select(torch.zeros(1, dtype=torch.int64))
-        memory.reset(1, self.model.device)
-        insert_frames(memory, walk.rgb, walk.depth, walk.intrinsics, walk.cam_to_world)
-        return memory
+        return self.with_episode_memory(replace(walk, memory=None)).memory  # a fresh map of it
 
     def observe(self, state: RolloutStart, executed: RolloutResult) -> None:
         """Write the executed frames of a one-row state into its episode map (observed).
