@@ -17,6 +17,7 @@ import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -489,17 +490,19 @@ class ClipDataset(Dataset):
         chosen = {index: np.flatnonzero(self._episodes == index) for index in episodes}
         jobs = [(self.store, index, self._starts[chosen[index]], config) for index in episodes]
         total = sum(self.store.episodes[index].num_frames for index in episodes)
-        with tqdm(total=total, desc="clip coverage", unit="frame", disable=None) as bar:
-            if self.coverage_workers == 1:
-                results = map(_episode_coverage, jobs)
-            else:
-                pool = ProcessPoolExecutor(self.coverage_workers, initializer=_one_thread)
-                results = pool.map(_episode_coverage, jobs)
+        parallel = self.coverage_workers > 1
+        pool = (
+            ProcessPoolExecutor(self.coverage_workers, initializer=_one_thread)
+            if parallel
+            else nullcontext()
+        )
+        bar = tqdm(total=total, desc="clip coverage", unit="frame", disable=None)
+        with pool, bar:
+            mapping = pool.map if parallel else map
+            results = mapping(_episode_coverage, jobs)
             for index, (clip_coverage_, picks) in zip(episodes, results, strict=True):
                 coverage[chosen[index]], ranking[chosen[index]] = clip_coverage_, picks
                 bar.update(self.store.episodes[index].num_frames)
-            if self.coverage_workers > 1:
-                pool.shutdown()
         return coverage, ranking
 
     @property
