@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -108,6 +108,7 @@ def learned_planning_rollout(
     turn_step_deg: float | None = None,
     num_inference_steps: int | None = None,
     size: int | None = None,
+    map_views: float | Literal["auto"] | None = "auto",
 ) -> WorldModelRollout:
     """The learned simulator planners imagine in, for square frames of the ground truth.
 
@@ -119,6 +120,10 @@ def learned_planning_rollout(
         num_inference_steps: denoising steps per chunk; the model's default if ``None``.
         size: the frame size the caller renders the ground truth at; ``None`` takes the
             model's own.
+        map_views: as :class:`WorldModelRollout`; ``"auto"``: 1.0 for a model that pastes its
+            render and reads observed points only (candidates whose frames the map covers
+            entirely are answered by the render, exactly what the model would generate), else
+            ``None``.
 
     Returns:
         The world model behind the rollout protocol, with common noise over the candidate rows
@@ -136,9 +141,17 @@ def learned_planning_rollout(
         raise ValueError(
             f"--size {size} differs from the world model's frames ({height}); leave it out"
         )
+    if map_views == "auto":
+        config = model.config
+        exact = model.transformer.reads_render and config.render_composite
+        map_views = 1.0 if exact and not config.render_generated else None
     # Planners compare candidates: common random numbers make them differ by actions alone.
     return WorldModelRollout(
-        model, memory, num_inference_steps=num_inference_steps, common_noise=True
+        model,
+        memory,
+        num_inference_steps=num_inference_steps,
+        common_noise=True,
+        map_views=map_views,
     )
 
 

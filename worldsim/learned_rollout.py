@@ -17,6 +17,19 @@ Actions
     Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
     ``None``).
 
+Map views
+    With ``map_views = c``, a row whose returned frames the memory's *observed* points cover
+    (drawn, within the sensor's range) on at least a share ``c`` of the pixels of each frame is
+    answered by the map's render at those cameras, without generating: the render's pixels, and
+    the uncovered ones filled from their nearest covered neighbours. It only applies to a model
+    that pastes the render where it covers (``render_composite``) and reads only observed points
+    (``render_generated`` off): at ``c = 1`` the answer is then exactly the frames the model
+    would generate, since generated frames never change the observed points' render. Rows
+    below ``c`` are generated as usual, with the noise they would have drawn in the full batch.
+    Planners use it to score candidates that end in mapped space at the cost of a render. The
+    result's ``memory`` is the rollout's memory when every row is answered by the map (nothing
+    was generated), ``None`` when only some are.
+
 Batching and randomness
     All rows of a chunk go through one model call, ``batch_size`` rows at a time. Each row gets
     its own noise generator, seeded from the caller's generator before any row is processed, so
@@ -36,7 +49,14 @@ from torch import Tensor
 
 from worldsim.memory import Memory
 from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
-from worldsim.sampling import check_memory_fits, insert_frames, rollout, step_poses
+from worldsim.sampling import (
+    camera_path,
+    check_memory_fits,
+    insert_frames,
+    render_memory,
+    rollout,
+    step_poses,
+)
 
 if TYPE_CHECKING:
     from worldsim.world_model import WorldModel
@@ -91,6 +111,8 @@ class WorldModelRollout:
         common_noise: every row of one rollout call draws the same noise (common random
             numbers): candidates a planner compares then differ by their actions, not by their
             sampling luck. Off, each row has its own noise.
+        map_views: answer rows whose returned frames the map covers at least this share of
+            (module docstring), in (0, 1]; ``None`` generates every row.
 
     Attributes:
         image_size: ``(H, W)`` of the model's frames.
@@ -111,8 +133,26 @@ class WorldModelRollout:
         num_inference_steps: int | None = None,
         insert_start_frames: bool = True,
         common_noise: bool = False,
+        map_views: float | None = None,
     ) -> None:
         check_memory_fits(model, memory)
+        if map_views is not None:
+            if not 0 < map_views <= 1:
+                raise ValueError(f"map_views must be in (0, 1] or None, got {map_views}")
+            config = model.config
+            if not (
+                model.transformer.reads_render
+                and config.render_composite
+                and not config.render_generated
+            ):
+                raise ValueError(
+                    "map_views needs a model that reads the rendered memory, pastes it where it "
+                    "covers and reads observed points only (memory_render, render_composite, "
+                    f"not render_generated); this one has memory_render="
+                    f"{model.transformer.reads_render}, render_composite="
+                    f"{config.render_composite}, render_generated={config.render_generated}. "
+                    "Use map_views=None"
+                )
         limit = model.config.num_train_timesteps
         if num_inference_steps is not None and not 1 <= num_inference_steps <= limit:
             raise ValueError(
@@ -123,6 +163,7 @@ class WorldModelRollout:
         self.num_inference_steps = num_inference_steps
         self.insert_start_frames = insert_start_frames
         self.common_noise = common_noise
+        self.map_views = map_views
         self.image_size = (model.config.height, model.config.width)
 
     def rollout(
@@ -148,25 +189,66 @@ class WorldModelRollout:
             ``rgb`` (B, F, 3, H, W) and ``depth`` (B, F, 1, H, W) float32 on the CPU (depth is 0
             for an RGB-only model), ``cam_to_world`` (B, L, 4, 4) float32 integrated from the
             start's last pose, ``collided`` and ``agent_state`` ``None``, ``memory`` the updated
-            memory (``None`` without one).
+            memory (``None`` without one, or when ``map_views`` answered some rows but not all).
 
         Raises:
             ValueError: for an invalid request (:func:`check_rollout_request`) or a start memory
                 that does not fit the model or the start.
         """
         check_rollout_request(self, start, actions, batch_size, num_frames)
-        model = self.model
         rows, horizon = actions.shape[:2]
         num_frames = horizon if num_frames is None else num_frames
-        n_context, n_future = model.config.n_context, model.config.n_future
         memory = self._rollout_memory(start)
+        noise = self._noise(rows, generator)
+        steps = self._padded_steps(actions)  # (B, chunks * n_future, 4, 4)
+        answered = None
+        if self.map_views is not None and memory is not None:
+            views, answered = self._map_views(start, steps, memory, horizon, num_frames)
+            if bool(answered.all()):
+                return replace(views, memory=memory)
+        if answered is None or not bool(answered.any()):
+            return self._generate(start, steps, memory, noise, horizon, num_frames, batch_size)
+        # Some rows from the map, the others generated with the noise they would have drawn.
+        rest = (~answered).nonzero()[:, 0]
+        generated = self._generate(
+            start.select(rest),
+            steps[rest],
+            memory.select(rest),
+            [noise[i] for i in rest.tolist()],
+            horizon,
+            num_frames,
+            batch_size,
+        )
+        rgb, depth = views.rgb.clone(), views.depth.clone()
+        rgb[rest], depth[rest] = generated.rgb, generated.depth
+        # The rows' memories now live in two objects: the result carries none (module docstring).
+        return RolloutResult(rgb=rgb, depth=depth, cam_to_world=views.cam_to_world)
 
+    def _padded_steps(self, actions: Tensor) -> Tensor:
+        """(B, chunks * n_future, 4, 4) float64 step poses, the last chunk padded with stops."""
+        rows, horizon = actions.shape[:2]
+        n_future = self.model.config.n_future
         chunks = math.ceil(horizon / n_future)
-        steps = step_poses(actions.cpu(), model).double()  # (B, L, 4, 4)
+        steps = step_poses(actions.cpu(), self.model).double()  # (B, L, 4, 4)
         padding = torch.eye(4, dtype=steps.dtype).expand(rows, chunks * n_future - horizon, 4, 4)
-        steps = torch.cat([steps, padding], dim=1)  # (B, chunks * n_future, 4, 4)
-        real = torch.zeros(rows, chunks * n_future, dtype=torch.bool)
+        return torch.cat([steps, padding], dim=1)
+
+    def _generate(
+        self,
+        start: RolloutStart,
+        steps: Tensor,
+        memory: Memory | None,
+        noise: list[torch.Generator],
+        horizon: int,
+        num_frames: int,
+        batch_size: int | None,
+    ) -> RolloutResult:
+        """Generate every row chunk by chunk (Algorithm 1a); padded steps never reach memory."""
+        model = self.model
+        rows = steps.shape[0]
+        real = torch.zeros(rows, steps.shape[1], dtype=torch.bool)
         real[:, :horizon] = True  # padded frames never reach the memory
+        n_context = model.config.n_context
         generated = rollout(
             model,
             _context(start.rgb, n_context),  # (B, n_context, 3, H, W)
@@ -177,7 +259,7 @@ class WorldModelRollout:
             memory=memory,
             insert_start_frames=False,  # done by _rollout_memory, without the repeated frames
             num_inference_steps=self.num_inference_steps,
-            generator=self._noise(rows, generator),
+            generator=noise,
             memory_frames=real,
             batch_size=batch_size,
         )
@@ -192,6 +274,32 @@ class WorldModelRollout:
             cam_to_world=generated.cam_to_world[:, :horizon].cpu(),
             memory=memory,
         )
+
+    def _map_views(
+        self, start: RolloutStart, steps: Tensor, memory: Memory, horizon: int, num_frames: int
+    ) -> tuple[RolloutResult, Tensor]:
+        """The map's render at the returned frames' cameras, and which rows it answers.
+
+        Returns:
+            ``(views, answered)``: a result of every row (frames: the render with holes
+            filled; ``memory`` None) and (B,) bool, True where each returned frame's coverage
+            is at least ``map_views``.
+        """
+        model = self.model
+        reference = start.cam_to_world[:, -1].to(model.device)
+        poses = camera_path(reference, steps.to(model.device), model.config.n_future)
+        cameras = poses[:, horizon - num_frames : horizon]  # (B, F, 4, 4)
+        rows = cameras.shape[0]
+        k = start.intrinsics.float().to(model.device)[:, None].expand(rows, num_frames, 3, 3)
+        render = render_memory(memory, cameras, k, self.image_size).observed_only()
+        covered = model.render_coverage(render.depth, render.mask)  # (B, F, 1, H, W)
+        answered = covered.flatten(2).float().mean(-1).amin(-1) >= self.map_views  # (B,)
+        views = RolloutResult(
+            rgb=fill_holes(render.rgb, covered, 0.5).cpu(),
+            depth=fill_holes(render.depth, covered, 0.0).cpu(),
+            cam_to_world=poses[:, :horizon].float().cpu(),
+        )
+        return views, answered.cpu()
 
     def _noise(self, rows: int, generator: torch.Generator | None) -> list[torch.Generator]:
         """One noise generator per row: independent, or all alike with ``common_noise``."""
@@ -265,6 +373,11 @@ class WorldModelRollout:
         rows = start.batch_size
         if start.memory is not None:
             check_memory_fits(self.model, start.memory)
+            if self.insert_start_frames and start.memory.rows_alike() and _rows_alike(start):
+                # One start repeated for K candidates (planners): its frames go in once.
+                memory = start.memory.select(torch.zeros(1, dtype=torch.int64))
+                _insert_start(memory, start.select([0]))
+                return memory.select(torch.zeros(rows, dtype=torch.int64))
             memory = start.memory.select(torch.arange(rows))
         elif self.memory is not None:
             self.memory.reset(1, self.model.device)
@@ -278,6 +391,35 @@ class WorldModelRollout:
         if self.insert_start_frames:
             _insert_start(memory, start)
         return memory
+
+
+def fill_holes(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
+    """Fill unknown pixels from their known neighbours, ``passes`` rings deep, else ``default``.
+
+    Each pass gives every unknown pixel with a known pixel among its 8 neighbours their mean.
+
+    Args:
+        image: (B, F, C, H, W) float.
+        known: (B, F, 1, H, W) bool.
+        default: the value of pixels still unknown after the passes.
+        passes: rings of pixels filled, >= 0.
+
+    Returns:
+        (B, F, C, H, W) ``image`` where known, filled elsewhere.
+    """
+    shape = image.shape
+    values = (image * known).flatten(0, 1)  # (B*F, C, H, W)
+    weight = known.flatten(0, 1).to(image.dtype)  # (B*F, 1, H, W)
+    for _ in range(passes):
+        if bool(weight.all()):
+            break
+        total = torch.nn.functional.avg_pool2d(values, 3, 1, 1, count_include_pad=False)
+        count = torch.nn.functional.avg_pool2d(weight, 3, 1, 1, count_include_pad=False)
+        grow = (weight == 0) & (count > 0)
+        values = torch.where(grow, total / count.clamp_min(1e-12), values)
+        weight = torch.where(grow, torch.ones_like(weight), weight)
+    values = torch.where(weight > 0, values, torch.full_like(values, default))
+    return values.reshape(shape)
 
 
 def _rows_alike(start: RolloutStart) -> bool:

@@ -108,6 +108,26 @@ def chain_poses(steps: Tensor) -> Tensor:
     return torch.stack(poses, dim=1)
 
 
+def camera_path(reference: Tensor, steps: Tensor, chunk: int) -> Tensor:
+    """The cameras a rollout generates: step poses chained chunk by chunk, as :func:`rollout`.
+
+    Args:
+        reference: (B, 4, 4) ``cam_to_world`` of the last start frame.
+        steps: (B, L, 4, 4) relative step poses (:func:`step_poses`), L a multiple of ``chunk``.
+        chunk: frames per chunk (``n_future``).
+
+    Returns:
+        (B, L, 4, 4) float64 ``cam_to_world`` of every step, bit-identical to the rollout's.
+    """
+    reference = reference.double()
+    parts = []
+    for first in range(0, steps.shape[1], chunk):
+        targets = reference[:, None] @ chain_poses(steps[:, first : first + chunk].double())
+        parts.append(targets)  # (B, chunk, 4, 4)
+        reference = targets[:, -1]
+    return torch.cat(parts, dim=1)
+
+
 @torch.no_grad()
 def sample_chunk(
     model: WorldModel,

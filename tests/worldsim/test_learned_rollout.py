@@ -11,7 +11,7 @@ from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
-from worldsim.learned_rollout import WorldModelRollout, row_generators
+from worldsim.learned_rollout import WorldModelRollout, fill_holes, row_generators
 from worldsim.memory import build_memory
 from worldsim.rollout import RolloutModel, RolloutStart
 from worldsim.sampling import chain_poses, step_poses
@@ -275,3 +275,62 @@ def test_common_noise_makes_equal_candidates_equal(start):
     own = WorldModelRollout(model, num_inference_steps=2)
     result = own.rollout(twins, actions, generator=torch.Generator().manual_seed(0))
     assert (result.rgb[0] - result.rgb[1]).abs().mean() > 100 * ROUNDING  # the control
+
+
+def test_map_views_answer_mapped_rows_with_the_render_and_generate_the_rest(start):
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
+    prototype = build_memory("rendered", voxel_size=0.05)
+    rows = start.select([0, 0])
+    n_future = model.config.n_future
+    actions = torch.zeros(2, n_future, 3)  # waypoints (dx, dz, dyaw)
+    actions[0, :, 2] = 0.05  # row 0 turns a little: a mostly mapped view
+    actions[1, :, 2] = 1.5  # row 1 turns by near quarter turns: mostly unmapped
+    seed = 7
+    plain = WorldModelRollout(model, prototype, num_inference_steps=1, common_noise=True)
+    expected = plain.rollout(rows, actions, generator=torch.Generator().manual_seed(seed))
+    mapped = WorldModelRollout(
+        model, prototype, num_inference_steps=1, common_noise=True, map_views=0.6
+    )
+    result = mapped.rollout(rows, actions, generator=torch.Generator().manual_seed(seed))
+    # What the model reads: the start frames' map rendered at the result's cameras.
+    memory = build_memory("rendered", voxel_size=0.05)
+    memory.reset(2)
+    k = rows.intrinsics[:, None].expand(2, rows.num_frames, 3, 3)
+    memory.update(rows.rgb, rows.depth, k, rows.cam_to_world)
+    k = rows.intrinsics[:, None].expand(2, n_future, 3, 3)
+    render = memory.render(result.cam_to_world, k, (model.config.height, model.config.width))
+    covered = model.render_coverage(render.depth, render.mask)
+    share = covered.flatten(2).float().mean(-1).amin(-1)
+    assert 1 > share[0] >= 0.6 > share[1]  # row 0 is answered by the map, row 1 generated
+    assert torch.equal(result.cam_to_world, expected.cam_to_world)
+    # The answered row is the generated frames wherever the map covers (the composite pastes
+    # the render there), filled from its neighbours elsewhere, without running the model.
+    row_covered = covered[0].expand_as(result.rgb[0])
+    assert torch.equal(result.rgb[0][row_covered], expected.rgb[0][row_covered])
+    assert not torch.equal(result.rgb[0], expected.rgb[0])  # the holes are filled, not generated
+    assert (result.rgb[0][~row_covered] - 0.5).abs().max() < 0.5  # filled values lie in [0, 1]
+    torch.testing.assert_close(result.rgb[1], expected.rgb[1], atol=ROUNDING, rtol=0)
+    assert result.memory is None  # the rows' memories live in two objects
+    # Control: without the map's answer the standing row's holes are the model's own pixels.
+    assert torch.equal(
+        expected.rgb[0][row_covered], render.rgb[0].expand_as(row_covered)[row_covered]
+    )
+
+
+def test_map_views_need_a_composite_render_model_and_a_share_in_range(model):
+    with pytest.raises(ValueError, match="map_views needs a model that reads the rendered"):
+        WorldModelRollout(model, _memory(), map_views=1.0)
+    render_model = make_tiny(memory_token_dim=0, memory_render=True)
+    with pytest.raises(ValueError, match=r"map_views must be in \(0, 1\]"):
+        WorldModelRollout(render_model, build_memory("rendered"), map_views=1.5)
+
+
+def test_fill_holes_takes_the_mean_of_known_neighbours_then_the_default():
+    image = torch.zeros(1, 1, 1, 5, 5)
+    image[..., :, :2] = 1.0
+    known = torch.zeros(1, 1, 1, 5, 5, dtype=torch.bool)
+    known[..., :, :2] = True
+    filled = fill_holes(image, known, default=-1.0, passes=1)
+    assert torch.equal(filled[..., :, :2], image[..., :, :2])  # known pixels stay
+    assert torch.equal(filled[..., :, 2], torch.ones(1, 1, 1, 5))  # one ring: neighbours' mean
+    assert torch.equal(filled[..., :, 3:], torch.full((1, 1, 1, 5, 2), -1.0))  # beyond: default

@@ -201,6 +201,31 @@ def test_vectorised_render_equals_a_per_point_loop(generator):
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
+def test_culled_render_equals_a_per_point_loop(generator):
+    # Cells of 16 voxels are 0.25 m here, and the views are narrow (53 degrees) and face three
+    # ways around a map that surrounds them, so most (cell, view) pairs are culled.
+    config = RenderedMemoryConfig(voxel_size=1 / 64, max_splat_radius=1.5, near_plane=0.5)
+    memory = RenderedMemory(config)
+    memory.reset(1)
+    rgb, depth, k, pose = dyadic_frames(generator, 1, 3, 8)
+    quarter = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])
+    pose[0, 1, :3, :3], pose[0, 2, :3, :3] = quarter, quarter @ quarter
+    memory.update(rgb, depth, k, pose)
+    targets = torch.eye(4).repeat(1, 3, 1, 1)
+    targets[0, 1, :3, :3], targets[0, 2, :3, :3] = quarter.T, quarter @ quarter
+    targets[0, :, :3, 3] = torch.tensor([[0.25, 0.0, -0.5], [0.0, 0.125, 0.25], [-0.25, 0, 0]])
+    narrow = torch.tensor([[8.0, 0, 4], [0, 8, 4], [0, 0, 1]]).expand(1, 3, 3, 3)
+    out = memory.render(targets, narrow, (8, 8))
+    rgb_ref, depth_ref, mask_ref = reference_render(memory, targets, narrow, (8, 8))
+    assert out.mask.sum() > 60
+    assert torch.equal(out.mask, mask_ref)
+    assert torch.equal(out.rgb, rgb_ref)
+    assert torch.equal(out.depth, depth_ref)
+    world_to_cam = torch.linalg.inv(targets[0])
+    image, _ = memory._pairs(world_to_cam, narrow[0], torch.zeros(3, dtype=torch.long), (8, 8))
+    assert image.numel() < 0.6 * 3 * int(memory.num_points())  # the cull did act
+
+
 # Keep rule, eviction, rows -------------------------------------------------------------------
 
 
@@ -305,6 +330,14 @@ def test_select_copies_rows_independently():
     assert torch.equal(after.rgb[1:], view.rgb[1:])
     unchanged = memory.render(poses, k, (4, 4))
     assert all(torch.equal(a, b) for a, b in zip(unchanged, before, strict=True))
+    # Copies share storage until written (copy on write): writing the source after a select
+    # leaves the copy as it was, and the copy's points are its rows' points.
+    copy = memory.select(torch.tensor([0, 0]))
+    memory.update(rgb[:2], depth[:2], k1[:2], pose[:2])
+    assert not torch.equal(memory.render(poses, k, (4, 4)).rgb, before.rgb)
+    kept = copy.render(poses[[0, 0]], k[[0, 0]], (4, 4))
+    assert all(torch.equal(a, b[[0, 0]]) for a, b in zip(kept, before, strict=True))
+    assert copy.points().rows.tolist() == [0] * 16 + [1] * 16
 
 
 # Interface and bad input ---------------------------------------------------------------------

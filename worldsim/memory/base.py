@@ -134,9 +134,17 @@ class Memory(nn.Module):
             index: (B',) integer row indices in ``[0, B)``; repeats allowed.
 
         Returns:
-            A memory of batch size B' whose state shares no storage with this one.
+            A memory of batch size B' whose rows behave as copies: writing into it never
+            changes this one, nor the other way round.
         """
         raise NotImplementedError
+
+    def rows_alike(self) -> bool:
+        """Whether every row is known to hold the same map (e.g. one row selected K times).
+
+        ``False`` means unknown; a memory that can tell cheaply overrides this.
+        """
+        return self._require_reset() == 1
 
     # Shared helpers -----------------------------------------------------------------------
 

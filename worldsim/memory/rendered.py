@@ -47,7 +47,14 @@ Rendering (:meth:`RenderedMemory.render`)
     surface the pixel takes the sample that lies on its own ray: a view the map holds renders back
     to itself. Both passes are ``scatter_reduce(amin)``, the second over one int64 key (float32 bits
     of the offset above, the index below): min is order-free, so the render is bit-identical
-    whatever the order of the parallel writes.
+    whatever the order of the parallel writes. Before any of this, whole cells of 16^3 voxels
+    whose bounding sphere lies outside a target's frustum (widened by ``max_splat_radius``
+    pixels) or before its near plane are skipped: a conservative cull that changes no pixel.
+
+Copies
+    :meth:`RenderedMemory.select` returns rows that share the source's storage until they are
+    written to (copy on write), so K candidates planned from one episode map cost one map, and
+    their renders project its points once per camera rather than per copy.
 
 Tokens
     This memory is read through :meth:`RenderedMemory.render`, not through tokens:
@@ -83,6 +90,8 @@ _HALF = 1 << (BITS - 1)
 _AXES = 3
 _ROW_SHIFT = BITS * _AXES
 _INDEX_BITS = 32  # low bits of a z-buffer key: the point's index in its row
+_CELL_SHIFT = 4  # a culling cell is 2^4 voxels on a side
+_CELL_BITS = BITS - _CELL_SHIFT
 _EMPTY = torch.iinfo(torch.long).max
 SOURCES = ("observed", "generated")
 """Where an update's frames come from (see the module docstring)."""
@@ -215,6 +224,26 @@ class MapPoints(NamedTuple):
     size: Tensor
 
 
+class _Cells(NamedTuple):
+    """The storage grouped into culling cells (rows first, then cell key).
+
+    Attributes:
+        order: (M,) storage positions, cell by cell.
+        first: (C,) position in ``order`` of each cell's first point.
+        count: (C,) points per cell.
+        centre: (C, 3) world centre of each cell, metres.
+        row_first: (P,) index of each storage row's first cell.
+        row_count: (P,) cells per storage row.
+    """
+
+    order: Tensor
+    first: Tensor
+    count: Tensor
+    centre: Tensor
+    row_first: Tensor
+    row_count: Tensor
+
+
 class RenderedMemory(Memory):
     """Persistent coloured point map, voxel-downsampled, rendered by z-buffered splatting.
 
@@ -236,6 +265,9 @@ class RenderedMemory(Memory):
         self._evicted_warned = False
         self._clear(1)
 
+    # Storage: the tensors below hold P storage rows; ``_rows`` (B,) names the storage row of
+    # each of the B rows when they share a source's storage (copy on write), else it is None.
+
     def _clear(self, batch_size: int) -> None:
         device = self.device
         self.keys = torch.zeros(0, dtype=torch.long, device=device)  # (M,) sorted row|voxel
@@ -244,7 +276,9 @@ class RenderedMemory(Memory):
         self.size = torch.zeros(0, device=device)  # (M,) metres
         self.observed = torch.zeros(0, dtype=torch.bool, device=device)  # (M,)
         self.last_seen = torch.zeros(0, dtype=torch.long, device=device)  # (M,)
-        self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)  # (P,)
+        self._rows: Tensor | None = None  # (B,) storage row of each row, None = the identity
+        self._cells: _Cells | None = None  # culling cells, rebuilt after a write
 
     # Interface ------------------------------------------------------------------------------
 
@@ -278,6 +312,7 @@ class RenderedMemory(Memory):
                 frames), or a (B, T) bool tensor, True where the frame is observed.
         """
         frames = self._check_frames(rgb, depth, intrinsics, cam_to_world, valid)
+        self._own_storage()
         observed = self._frame_sources(source, rgb.shape[:2])[
             frames.batch_index.to(self.device), frames.time_index.to(self.device)
         ]  # (Nv,)
@@ -323,39 +358,62 @@ class RenderedMemory(Memory):
         )
 
     def select(self, index: Tensor) -> RenderedMemory:
-        """Copies of rows ``index`` (see :meth:`Memory.select`); repeats allowed."""
+        """Copies of rows ``index`` (see :meth:`Memory.select`); repeats allowed.
+
+        The copies share this memory's storage until either is written to (copy on write).
+        """
         index = self._check_select_index(index)
         out = RenderedMemory(self.config)
         out.device, out.batch_size = self.device, index.numel()
         out._evicted_warned = self._evicted_warned
+        for name in ("keys", "xyz", "rgb", "size", "observed", "last_seen", "counts", "_cells"):
+            setattr(out, name, getattr(self, name))  # shared: writes replace, never modify
+        out._rows = self._storage_rows()[index]
+        out.steps = self.steps[index].clone()
+        return out
+
+    def rows_alike(self) -> bool:
+        """Whether every row is a copy of one storage row (a row selected K times)."""
+        rows = self._storage_rows()
+        return bool((rows == rows[0]).all())
+
+    def _storage_rows(self) -> Tensor:
+        """(B,) the storage row of each row."""
+        if self._rows is None:
+            return torch.arange(self.batch_size, device=self.device)
+        return self._rows
+
+    def _own_storage(self) -> None:
+        """Give the rows storage of their own (one storage row each) before a write."""
+        if self._rows is None:
+            return
+        index = self._rows
         starts = self.counts.cumsum(0) - self.counts
-        take = self.counts[index]  # (B',)
+        take = self.counts[index]  # (B,)
         new_rows = torch.repeat_interleave(torch.arange(index.numel(), device=self.device), take)
         offset = (
             torch.arange(int(take.sum()), device=self.device) - (take.cumsum(0) - take)[new_rows]
         )
-        source = starts[index][new_rows] + offset  # (M',) positions in this storage
+        source = starts[index][new_rows] + offset  # (M',) positions in the shared storage
         voxel_bits = (1 << _ROW_SHIFT) - 1
-        out.keys = (new_rows << _ROW_SHIFT) | (self.keys[source] & voxel_bits)
-        out.xyz = self.xyz[source].clone()
-        out.rgb = self.rgb[source].clone()
-        out.size = self.size[source].clone()
-        out.observed = self.observed[source].clone()
-        out.last_seen = self.last_seen[source].clone()
-        out.counts = take.clone()
-        out.steps = self.steps[index].clone()
-        return out
+        self.keys = (new_rows << _ROW_SHIFT) | (self.keys[source] & voxel_bits)
+        for name in ("xyz", "rgb", "size", "observed", "last_seen"):
+            setattr(self, name, getattr(self, name)[source])
+        self.counts = take
+        self._rows = None
+        self._cells = None
 
     # Queries --------------------------------------------------------------------------------
 
     def num_points(self) -> Tensor:
         """(B,) points per row (a copy)."""
         self._require_reset()
-        return self.counts.clone()
+        return self.counts[self._storage_rows()].clone()
 
     def points(self) -> MapPoints:
         """All stored points in storage order (row, then voxel key), as copies."""
         self._require_reset()
+        self._own_storage()
         return MapPoints(
             self.keys >> _ROW_SHIFT,
             self.xyz.clone(),
@@ -384,65 +442,55 @@ class RenderedMemory(Memory):
         batch, frames = poses.shape[:2]
         height, width = size
         config = self.config
+        images = batch * frames
+        camera_row = self._storage_rows().repeat_interleave(frames)  # (G,) storage row per image
+        world_to_cam = invert_rigid(poses).reshape(images, 4, 4)  # (G, 4, 4)
+        k = k.reshape(images, 3, 3)
+        starts = self.counts.cumsum(0) - self.counts  # (P,)
 
-        # Pad the flat storage to (B, N) so all rows project in one batched matmul.
-        rows = self.keys >> _ROW_SHIFT  # (M,)
-        starts = self.counts.cumsum(0) - self.counts
-        rank = torch.arange(rows.numel(), device=self.device) - starts[rows]
-        width_n = int(self.counts.max()) if rows.numel() else 0
-        padded = torch.zeros(batch, width_n, 3, device=self.device)
-        padded[rows, rank] = self.xyz  # (B, N, 3)
-        size_padded = torch.zeros(batch, width_n, device=self.device)
-        size_padded[rows, rank] = self.size  # (B, N)
-        present = torch.zeros(batch, width_n, dtype=torch.bool, device=self.device)
-        present[rows, rank] = True
-        observed = torch.zeros(batch, width_n, dtype=torch.bool, device=self.device)
-        observed[rows, rank] = self.observed  # (B, N)
-        world_to_cam = invert_rigid(poses)  # (B, T, 4, 4)
-        camera = torch.einsum("btij,bnj->btni", world_to_cam[..., :3, :3], padded)
-        camera = camera + world_to_cam[:, :, None, :3, 3]  # (B, T, N, 3)
-        z = camera[..., 2]
-        drawn = present[:, None] & (z >= config.near_plane) & torch.isfinite(z)  # (B, T, N)
-        # Cull points whose square cannot reach a pixel centre: every footprint is at most
-        # max_splat_radius pixels, so a centre farther outside the image draws nothing.
-        depth_safe = z.clamp_min(config.near_plane)
-        u_all = k[..., 0, 0, None] * camera[..., 0] / depth_safe + k[..., 0, 2, None]  # (B, T, N)
-        v_all = k[..., 1, 1, None] * camera[..., 1] / depth_safe + k[..., 1, 2, None]
+        # (image, point) pairs of the cells that can reach each image, then per point: in front
+        # of the near plane and its centre within max_splat_radius pixels of the image.
+        image, position = self._pairs(world_to_cam, k, camera_row, size)  # (Q,) each
+        x, y, z = _to_camera(world_to_cam, self.xyz[position], image)
         reach = config.max_splat_radius
-        drawn &= (u_all > -reach) & (u_all < width + reach)
-        drawn &= (v_all > -reach) & (v_all < height + reach)
-        b, t, n = drawn.nonzero(as_tuple=True)  # (Q,) each
-        x, y, z = camera[b, t, n].unbind(-1)
-        fx, fy = k[b, t, 0, 0], k[b, t, 1, 1]
-        u = fx * x / z + k[b, t, 0, 2]
-        v = fy * y / z + k[b, t, 1, 2]
-        pixels = batch * frames * height * width
-        target = b * frames + t  # (Q,) index into B*T
-        point_size = size_padded[b, n]  # (Q,)
-        arrays = (u, v, z, n, point_size, fx, fy, target)
-        shape = (pixels // (height * width), height, width)
+        fx, fy = k[image, 0, 0], k[image, 1, 1]
+        depth_safe = z.clamp_min(config.near_plane)
+        u = fx * x / depth_safe + k[image, 0, 2]
+        v = fy * y / depth_safe + k[image, 1, 2]
+        drawn = (z >= config.near_plane) & torch.isfinite(z)
+        drawn &= (u > -reach) & (u < width + reach) & (v > -reach) & (v < height + reach)
+        image, position, z, fx, fy = (array[drawn] for array in (image, position, z, fx, fy))
+        u = fx * x[drawn] / z + k[image, 0, 2]
+        v = fy * y[drawn] / z + k[image, 1, 2]
+        index = position - starts[camera_row[image]]  # (Q,) index in its storage row
+        arrays = (u, v, z, index, self.size[position], fx, fy, image)
+        pixels = images * height * width
+        shape = (images, height, width)
         buffer = torch.full((pixels,), _EMPTY, dtype=torch.int64, device=self.device)
         # Observed points first, generated ones only where no observed point covers a pixel;
         # each source's wider fill splat only where its own and earlier splats left a hole.
-        from_observed = observed[b, n]  # (Q,)
+        from_observed = self.observed[position]  # (Q,)
         scales = (config.splat_scale, config.fill_scale)
         for source in (from_observed, ~from_observed):
             if not source.any():
                 continue
             points = [array[source] for array in arrays]
             for scale in scales:
-                if scale is not None and bool((buffer == _EMPTY).any()):
-                    layer = _splat(*points, shape, config, scale)
-                    buffer = torch.where(buffer == _EMPTY, layer, buffer)
+                empty = buffer == _EMPTY
+                if scale is None or not bool(empty.any()):
+                    continue
+                if not bool(empty.all()):  # only points that can reach a hole matter now
+                    points = _reaching_holes(points, empty.reshape(shape), config, scale)
+                layer = _splat(*points, shape, config, scale)
+                buffer = torch.where(empty, layer, buffer)
 
-        mask = buffer != _EMPTY  # (B*T*H*W,)
+        mask = buffer != _EMPTY  # (G*H*W,)
         hit = mask.nonzero()[:, 0]
-        winner = buffer[hit] & ((1 << _INDEX_BITS) - 1)  # index in the row
-        hit_row = torch.div(hit, frames * height * width, rounding_mode="floor")
-        hit_target = torch.div(hit, height * width, rounding_mode="floor")
-        point = (starts[hit_row] + winner).long()  # index in the flat storage
+        winner = buffer[hit] & ((1 << _INDEX_BITS) - 1)  # index in the storage row
+        hit_image = torch.div(hit, height * width, rounding_mode="floor")
+        point = (starts[camera_row[hit_image]] + winner).long()  # index in the flat storage
         depth_out = torch.zeros(pixels, device=self.device)
-        depth_out[hit] = camera.reshape(batch * frames, width_n, 3)[hit_target, winner, 2]
+        depth_out[hit] = _to_camera(world_to_cam, self.xyz[point], hit_image)[2]
         rgb_out = torch.zeros(pixels, 3, device=self.device)
         rgb_out[hit] = self.rgb[point]
         observed_out = torch.zeros_like(mask)
@@ -450,16 +498,93 @@ class RenderedMemory(Memory):
         seen_out = torch.full_like(buffer, -1)
         seen_out[hit] = self.last_seen[point]
 
-        def image(flat: Tensor) -> Tensor:
+        def image_of(flat: Tensor) -> Tensor:
             return flat.reshape(batch, frames, height, width, -1).permute(0, 1, 4, 2, 3)
 
         return MemoryRender(
-            rgb=image(rgb_out),  # (B, T, 3, H, W)
-            depth=image(depth_out),  # (B, T, 1, H, W)
-            mask=image(mask),
-            observed=image(observed_out),
-            last_seen=image(seen_out),
+            rgb=image_of(rgb_out),  # (B, T, 3, H, W)
+            depth=image_of(depth_out),  # (B, T, 1, H, W)
+            mask=image_of(mask),
+            observed=image_of(observed_out),
+            last_seen=image_of(seen_out),
         )
+
+    def _pairs(
+        self, world_to_cam: Tensor, k: Tensor, camera_row: Tensor, size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """(image, storage position) of every point in a cell that can reach the image.
+
+        A cell is kept when its bounding sphere is not wholly before the near plane or wholly
+        outside one of the four planes through the camera centre and the image borders widened
+        by ``max_splat_radius`` pixels: every point the per-point test would draw is kept.
+
+        Args:
+            world_to_cam: (G, 4, 4) the images' world-to-camera transforms.
+            k: (G, 3, 3) their ``K``.
+            camera_row: (G,) the storage row each image renders.
+            size: ``(H, W)`` of the images.
+
+        Returns:
+            ``(image, position)``: (Q,) int64 each.
+        """
+        cells = self._culling_cells()
+        height, width = size
+        reach = self.config.max_splat_radius
+        per_image = cells.row_count[camera_row]  # (G,) candidate cells
+        image = torch.repeat_interleave(
+            torch.arange(camera_row.numel(), device=self.device), per_image
+        )
+        local = (
+            torch.arange(image.numel(), device=self.device)
+            - (per_image.cumsum(0) - per_image)[image]
+        )
+        cell = cells.row_first[camera_row][image] + local  # (Q',)
+        x, y, z = _to_camera(world_to_cam, cells.centre[cell], image)
+        # Sphere radius: half the cell diagonal, a little more for float rounding.
+        radius = (1 << _CELL_SHIFT) * self.config.voxel_size * (3**0.5 / 2) * 1.001 + 1e-4
+        fx, fy, cx, cy = k[image, 0, 0], k[image, 1, 1], k[image, 0, 2], k[image, 1, 2]
+        keep = z >= self.config.near_plane - radius
+        # Plane n . p = 0 with inward normal n; the sphere is outside when n . c < -r |n|.
+        for a, b in ((fx, cx + reach), (-fx, width + reach - cx)):
+            keep &= a * x + b * z >= -radius * torch.sqrt(a.square() + b.square())
+        for a, b in ((fy, cy + reach), (-fy, height + reach - cy)):
+            keep &= a * y + b * z >= -radius * torch.sqrt(a.square() + b.square())
+        image, cell = image[keep], cell[keep]
+        count = cells.count[cell]
+        pair = torch.repeat_interleave(torch.arange(cell.numel(), device=self.device), count)
+        local = torch.arange(pair.numel(), device=self.device) - (count.cumsum(0) - count)[pair]
+        return image[pair], cells.order[cells.first[cell][pair] + local]
+
+    def _culling_cells(self) -> _Cells:
+        """The storage grouped by cells of 16^3 voxels (cached until the next write)."""
+        if self._cells is not None:
+            return self._cells
+        mask = (1 << BITS) - 1
+        voxel = [(self.keys >> (BITS * (_AXES - 1 - a))) & mask for a in range(_AXES)]
+        cell_key = self.keys >> _ROW_SHIFT
+        for coordinate in voxel:
+            cell_key = (cell_key << _CELL_BITS) | (coordinate >> _CELL_SHIFT)
+        order = torch.sort(cell_key, stable=True).indices  # (M,)
+        unique, count = torch.unique_consecutive(cell_key[order], return_counts=True)
+        first = count.cumsum(0) - count  # (C,)
+        coordinates = torch.stack(
+            [
+                (unique >> (_CELL_BITS * (_AXES - 1 - a))) & ((1 << _CELL_BITS) - 1)
+                for a in range(_AXES)
+            ],
+            dim=-1,
+        )  # (C, 3) cell coordinates, offset by _HALF voxels
+        side = 1 << _CELL_SHIFT
+        centre = (
+            (coordinates * side + side // 2 - _HALF).double() * self.config.voxel_size
+        ).float()
+        cell_row = unique >> (_CELL_BITS * _AXES)
+        rows = self.counts.numel()
+        row_count = torch.bincount(cell_row, minlength=rows)
+        self._cells = _Cells(
+            order, first, count, centre, row_count.cumsum(0) - row_count, row_count
+        )
+        return self._cells
 
     # Internals ------------------------------------------------------------------------------
 
@@ -547,13 +672,17 @@ class RenderedMemory(Memory):
             candidate = first[old]
             replace = observed[candidate] | ~self.observed[at]  # generated never beats observed
             at_r, candidate_r = at[replace], candidate[replace]
-            self.xyz[at_r] = points[candidate_r]
-            self.rgb[at_r] = colours[candidate_r]
-            self.size[at_r] = size[candidate_r]
-            self.observed[at_r] = observed[candidate_r]
-            self.last_seen[at] = torch.maximum(self.last_seen[at], seen[old])
+            # Out of place: a select() made before this write may still share these tensors.
+            self.xyz = self.xyz.index_put((at_r,), points[candidate_r])
+            self.rgb = self.rgb.index_put((at_r,), colours[candidate_r])
+            self.size = self.size.index_put((at_r,), size[candidate_r])
+            self.observed = self.observed.index_put((at_r,), observed[candidate_r])
+            latest = torch.maximum(self.last_seen[at], seen[old])
+            self.last_seen = self.last_seen.index_put((at,), latest)
+            self._cells = None
         new = (~found).nonzero()[:, 0]
         if new.numel():
+            self._cells = None
             self._merge(
                 unique[new],
                 position[new],
@@ -563,7 +692,8 @@ class RenderedMemory(Memory):
                 observed[first[new]],
                 seen[new],
             )
-            self.counts += torch.bincount(unique[new] >> _ROW_SHIFT, minlength=self.batch_size)
+            added = torch.bincount(unique[new] >> _ROW_SHIFT, minlength=self.batch_size)
+            self.counts = self.counts + added  # out of place: copies may share ``counts``
             if int(self.counts.max()) > self.config.max_points:
                 self._evict()
 
@@ -624,6 +754,94 @@ class RenderedMemory(Memory):
         for name in ("keys", "xyz", "rgb", "size", "observed", "last_seen"):
             setattr(self, name, getattr(self, name)[keep])
         self.counts = self.counts - excess
+        self._cells = None
+
+
+def _to_camera(world_to_cam: Tensor, xyz: Tensor, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Camera coordinates ``(x, y, z)`` (Q,) each of points seen by images.
+
+    Args:
+        world_to_cam: (G, 4, 4) the images' transforms.
+        xyz: (Q, 3) world points.
+        image: (Q,) non-decreasing image of each point.
+
+    Computed image by image, element-wise, so a point's coordinates are bit-identical however
+    many points are transformed with it.
+    """
+    counts = torch.bincount(image, minlength=world_to_cam.shape[0]).tolist()
+    parts: list[list[Tensor]] = [[], [], []]
+    for g, points in enumerate(torch.split(xyz, counts)):
+        if not counts[g]:
+            continue
+        rotation, shift = world_to_cam[g, :3, :3], world_to_cam[g, :3, 3]
+        px, py, pz = points.unbind(-1)
+        for i in range(_AXES):
+            parts[i].append(
+                rotation[i, 0] * px + rotation[i, 1] * py + rotation[i, 2] * pz + shift[i]
+            )
+    empty = xyz.new_zeros(0)
+    return tuple(torch.cat(part) if part else empty for part in parts)
+
+
+def _footprint(
+    u: Tensor,
+    v: Tensor,
+    z: Tensor,
+    size: Tensor,
+    fx: Tensor,
+    fy: Tensor,
+    config: RenderedMemoryConfig,
+    scale: float,
+    height: int,
+    width: int,
+) -> tuple[Tensor, ...]:
+    """``(col0, col1, row0, row1, radius_u, radius_v)`` of each point's square (Q,) each.
+
+    The pixels whose centre (c + 0.5) lies within [u - r, u + r], as inclusive bounds (empty
+    when ``col1 < col0``), clamped to the image in float first so far off-screen points cannot
+    overflow the integer conversion.
+    """
+    extent = scale * size / z
+    radius_u = (fx * extent).clamp(0.5, config.max_splat_radius)
+    radius_v = (fy * extent).clamp(0.5, config.max_splat_radius)
+    col0 = torch.ceil(u - radius_u - 0.5).clamp(0, width).long()
+    col1 = torch.floor(u + radius_u - 0.5).clamp(-1, width - 1).long()
+    row0 = torch.ceil(v - radius_v - 0.5).clamp(0, height).long()
+    row1 = torch.floor(v + radius_v - 0.5).clamp(-1, height - 1).long()
+    return col0, col1, row0, row1, radius_u, radius_v
+
+
+def _reaching_holes(
+    points: list[Tensor], empty: Tensor, config: RenderedMemoryConfig, scale: float
+) -> list[Tensor]:
+    """The points (arrays as :func:`_splat` takes them) whose square covers an empty pixel.
+
+    A splat that only fills empty pixels is decided there by the points covering them, so
+    dropping the others changes nothing; a summed-area table counts each square's holes.
+
+    Args:
+        points: ``(u, v, z, index, size, fx, fy, image)`` (Q,) each.
+        empty: (G, H, W) bool, True where no point has been drawn.
+        config: the memory's settings.
+        scale: footprint half-width in projected point sizes.
+    """
+    u, v, z, _, size, fx, fy, image = points
+    images, height, width = empty.shape
+    col0, col1, row0, row1, _, _ = _footprint(u, v, z, size, fx, fy, config, scale, height, width)
+    table = torch.zeros(images, height + 1, width + 1, dtype=torch.int32, device=empty.device)
+    table[:, 1:, 1:] = empty.int().cumsum(1).cumsum(2)  # holes in [0, i) x [0, j)
+    flat = table.reshape(-1)
+    base = image * (height + 1) * (width + 1)
+    top, bottom = row0.clamp(max=height), (row1 + 1).clamp(min=0)
+    left, right = col0.clamp(max=width), (col1 + 1).clamp(min=0)
+    holes = (
+        flat[base + bottom * (width + 1) + right]
+        - flat[base + top * (width + 1) + right]
+        - flat[base + bottom * (width + 1) + left]
+        + flat[base + top * (width + 1) + left]
+    )
+    keep = (holes > 0) & (col1 >= col0) & (row1 >= row0)
+    return [array[keep] for array in points]
 
 
 def _splat(
@@ -659,15 +877,9 @@ def _splat(
         where no point covers the pixel.
     """
     images, height, width = shape
-    extent = scale * size / z
-    radius_u = (fx * extent).clamp(0.5, config.max_splat_radius)
-    radius_v = (fy * extent).clamp(0.5, config.max_splat_radius)
-    # Pixels whose centre (c + 0.5) lies within [u - r, u + r]; clamped to the image in float
-    # first so far off-screen points cannot overflow the integer conversion.
-    col0 = torch.ceil(u - radius_u - 0.5).clamp(0, width).long()
-    col1 = torch.floor(u + radius_u - 0.5).clamp(-1, width - 1).long()
-    row0 = torch.ceil(v - radius_v - 0.5).clamp(0, height).long()
-    row1 = torch.floor(v + radius_v - 0.5).clamp(-1, height - 1).long()
+    col0, col1, row0, row1, radius_u, radius_v = _footprint(
+        u, v, z, size, fx, fy, config, scale, height, width
+    )
     cols = (col1 - col0 + 1).clamp(min=0)
     lines = (row1 - row0 + 1).clamp(min=0)
     area = cols * lines  # (Q,) pixels per footprint
