@@ -9,6 +9,7 @@ describing the memory the model was trained with, which is then the default memo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from worldsim.learned_rollout import WorldModelRollout
-from worldsim.memory import Memory, build_memory
+from worldsim.memory import Memory, RenderedMemory, build_memory
 from worldsim.sampling import check_memory_fits
 from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
@@ -109,6 +110,7 @@ def learned_planning_rollout(
     num_inference_steps: int | None = None,
     size: int | None = None,
     map_views: float | Literal["auto"] | None = "auto",
+    level_of_detail: float | None = 1.0,
 ) -> WorldModelRollout:
     """The learned simulator planners imagine in, for square frames of the ground truth.
 
@@ -124,6 +126,10 @@ def learned_planning_rollout(
             render and reads observed points only (candidates whose frames the map covers
             entirely are answered by the render, exactly what the model would generate), else
             ``None``.
+        level_of_detail: for a :class:`~worldsim.memory.RenderedMemory`, its
+            ``level_of_detail`` while planning: far cells drawn from coarser voxels no wider than
+            this many pixels (about 3x faster renders of a house-sized map at 1.0, 29-32 dB from
+            the exact render); ``None`` draws every point.
 
     Returns:
         The world model behind the rollout protocol, with common noise over the candidate rows
@@ -141,6 +147,9 @@ def learned_planning_rollout(
         raise ValueError(
             f"--size {size} differs from the world model's frames ({height}); leave it out"
         )
+    if isinstance(memory, RenderedMemory):
+        memory = RenderedMemory(dataclasses.replace(memory.config, level_of_detail=level_of_detail))
+        memory.reset(1, model.device)
     if map_views == "auto":
         config = model.config
         exact = model.transformer.reads_render and config.render_composite

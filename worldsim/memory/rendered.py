@@ -51,6 +51,15 @@ Rendering (:meth:`RenderedMemory.render`)
     whose bounding sphere lies outside a target's frustum (widened by ``max_splat_radius``
     pixels) or before its near plane are skipped: a conservative cull that changes no pixel.
 
+Level of detail (``level_of_detail``, off by default)
+    A far cell projects many points into each pixel, and only the front one shows. With
+    ``level_of_detail = s`` a cell whose nearest point is ``d`` metres from a camera is drawn from
+    one point per voxel of ``2^l`` voxels on a side, the largest ``l <= 3`` with ``2^l *
+    voxel_size <= s * d / max(fx, fy)`` (``s`` pixels' width at ``d``): the point an observed
+    frame put there first, then the one nearest that coarse voxel's centre (then the smaller
+    voxel key), its size at least the coarse voxel. Renders then differ slightly from the exact
+    ones (the sample of a surface a pixel shows) and cost several times less.
+
 Copies
     :meth:`RenderedMemory.select` returns rows that share the source's storage until they are
     written to (copy on write), so K candidates planned from one episode map cost one map, and
@@ -92,6 +101,7 @@ _ROW_SHIFT = BITS * _AXES
 _INDEX_BITS = 32  # low bits of a z-buffer key: the point's index in its row
 _CELL_SHIFT = 4  # a culling cell is 2^4 voxels on a side
 _CELL_BITS = BITS - _CELL_SHIFT
+_LEVELS = 4  # level of detail l in [0, 4): one point per 2^l voxels on a side
 _EMPTY = torch.iinfo(torch.long).max
 SOURCES = ("observed", "generated")
 """Where an update's frames come from (see the module docstring)."""
@@ -114,6 +124,8 @@ class RenderedMemoryConfig:
             (0, max_depth).
         surface_band: relative depth band behind a pixel's front point within which points count
             as the same surface (the band is ``surface_band * z_front + voxel_size``), in [0, 1].
+        level_of_detail: draw far cells from coarser voxels no wider than this many pixels
+            (module docstring), in (0, 4], or None to draw every point (exact).
         token_dim: D reported by :meth:`RenderedMemory.tokens` (which gives N = 0), >= 1.
     """
 
@@ -125,6 +137,7 @@ class RenderedMemoryConfig:
     max_splat_radius: float = 4.0
     near_plane: float = 0.05
     surface_band: float = 0.03
+    level_of_detail: float | None = None
     token_dim: int = 1
 
     def __post_init__(self) -> None:
@@ -155,6 +168,11 @@ class RenderedMemoryConfig:
             )
         if not 0 <= self.surface_band <= 1:
             raise ValueError(f"{owner}.surface_band must be in [0, 1], got {self.surface_band}")
+        if self.level_of_detail is not None and not 0 < self.level_of_detail <= 4:
+            raise ValueError(
+                f"{owner}.level_of_detail must be in (0, 4] pixels or None, "
+                f"got {self.level_of_detail}"
+            )
         if self.token_dim < 1:
             raise ValueError(f"{owner}.token_dim must be >= 1, got {self.token_dim}")
 
@@ -228,15 +246,17 @@ class _Cells(NamedTuple):
     """The storage grouped into culling cells (rows first, then cell key).
 
     Attributes:
-        order: (M,) storage positions, cell by cell.
-        first: (C,) position in ``order`` of each cell's first point.
-        count: (C,) points per cell.
+        order: (M',) storage positions, level by level (level 0: every point), cell by cell.
+        size: (M',) the point size at that level, metres.
+        first: (L, C) position in ``order`` of each cell's first point at each level.
+        count: (L, C) points per cell and level.
         centre: (C, 3) world centre of each cell, metres.
         row_first: (P,) index of each storage row's first cell.
         row_count: (P,) cells per storage row.
     """
 
     order: Tensor
+    size: Tensor
     first: Tensor
     count: Tensor
     centre: Tensor
@@ -450,7 +470,7 @@ class RenderedMemory(Memory):
 
         # (image, point) pairs of the cells that can reach each image, then per point: in front
         # of the near plane and its centre within max_splat_radius pixels of the image.
-        image, position = self._pairs(world_to_cam, k, camera_row, size)  # (Q,) each
+        image, position, point_size = self._pairs(world_to_cam, k, camera_row, size)  # (Q,)
         x, y, z = _to_camera(world_to_cam, self.xyz[position], image)
         reach = config.max_splat_radius
         fx, fy = k[image, 0, 0], k[image, 1, 1]
@@ -459,11 +479,13 @@ class RenderedMemory(Memory):
         v = fy * y / depth_safe + k[image, 1, 2]
         drawn = (z >= config.near_plane) & torch.isfinite(z)
         drawn &= (u > -reach) & (u < width + reach) & (v > -reach) & (v < height + reach)
-        image, position, z, fx, fy = (array[drawn] for array in (image, position, z, fx, fy))
+        image, position, point_size, z, fx, fy = (
+            array[drawn] for array in (image, position, point_size, z, fx, fy)
+        )
         u = fx * x[drawn] / z + k[image, 0, 2]
         v = fy * y[drawn] / z + k[image, 1, 2]
         index = position - starts[camera_row[image]]  # (Q,) index in its storage row
-        arrays = (u, v, z, index, self.size[position], fx, fy, image)
+        arrays = (u, v, z, index, point_size, fx, fy, image)
         pixels = images * height * width
         shape = (images, height, width)
         buffer = torch.full((pixels,), _EMPTY, dtype=torch.int64, device=self.device)
@@ -511,8 +533,8 @@ class RenderedMemory(Memory):
 
     def _pairs(
         self, world_to_cam: Tensor, k: Tensor, camera_row: Tensor, size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
-        """(image, storage position) of every point in a cell that can reach the image.
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(image, storage position, size) of every point in a cell that can reach the image.
 
         A cell is kept when its bounding sphere is not wholly before the near plane or wholly
         outside one of the four planes through the camera centre and the image borders widened
@@ -525,7 +547,8 @@ class RenderedMemory(Memory):
             size: ``(H, W)`` of the images.
 
         Returns:
-            ``(image, position)``: (Q,) int64 each.
+            ``(image, position, size)``: (Q,) int64, int64 and float (the point's size at the
+            cell's level of detail, metres).
         """
         cells = self._culling_cells()
         height, width = size
@@ -550,10 +573,17 @@ class RenderedMemory(Memory):
         for a, b in ((fy, cy + reach), (-fy, height + reach - cy)):
             keep &= a * y + b * z >= -radius * torch.sqrt(a.square() + b.square())
         image, cell = image[keep], cell[keep]
-        count = cells.count[cell]
+        level = torch.zeros_like(cell)
+        if self.config.level_of_detail is not None:
+            nearest = (z[keep] - radius).clamp_min(self.config.near_plane)
+            pixel = nearest / torch.maximum(fx, fy)[keep]  # metres per pixel at the nearest point
+            coarse = torch.log2(self.config.level_of_detail * pixel / self.config.voxel_size)
+            level = torch.floor(coarse).clamp(0, _LEVELS - 1).long()
+        count = cells.count[level, cell]
         pair = torch.repeat_interleave(torch.arange(cell.numel(), device=self.device), count)
         local = torch.arange(pair.numel(), device=self.device) - (count.cumsum(0) - count)[pair]
-        return image[pair], cells.order[cells.first[cell][pair] + local]
+        entry = cells.first[level, cell][pair] + local
+        return image[pair], cells.order[entry], cells.size[entry]
 
     def _culling_cells(self) -> _Cells:
         """The storage grouped by cells of 16^3 voxels (cached until the next write)."""
@@ -566,7 +596,6 @@ class RenderedMemory(Memory):
             cell_key = (cell_key << _CELL_BITS) | (coordinate >> _CELL_SHIFT)
         order = torch.sort(cell_key, stable=True).indices  # (M,)
         unique, count = torch.unique_consecutive(cell_key[order], return_counts=True)
-        first = count.cumsum(0) - count  # (C,)
         coordinates = torch.stack(
             [
                 (unique >> (_CELL_BITS * (_AXES - 1 - a))) & ((1 << _CELL_BITS) - 1)
@@ -581,10 +610,59 @@ class RenderedMemory(Memory):
         cell_row = unique >> (_CELL_BITS * _AXES)
         rows = self.counts.numel()
         row_count = torch.bincount(cell_row, minlength=rows)
+        orders, sizes, counts = [order], [self.size[order]], [count]
+        if self.config.level_of_detail is not None:
+            cell_of = torch.empty_like(order)
+            cell_of[order] = torch.repeat_interleave(
+                torch.arange(unique.numel(), device=self.device), count
+            )  # (M,) cell index of each stored point
+            for level in range(1, _LEVELS):
+                picked = self._coarse_points(voxel, level)  # storage positions, key order
+                # Coarse voxels nest in cells, so every cell keeps at least one point.
+                by_cell = picked[torch.sort(cell_of[picked], stable=True).indices]
+                orders.append(by_cell)
+                sizes.append(self.size[by_cell].clamp_min(self.config.voxel_size * (1 << level)))
+                counts.append(torch.bincount(cell_of[by_cell], minlength=unique.numel()))
+        count_all = torch.stack(counts)  # (L', C)
+        offsets = torch.tensor([0] + [o.numel() for o in orders[:-1]], device=self.device)
+        first = count_all.cumsum(1) - count_all + offsets.cumsum(0)[:, None]
+        if count_all.shape[0] < _LEVELS:  # no level of detail: every level reads level 0
+            count_all = count_all.expand(_LEVELS, -1)
+            first = first.expand(_LEVELS, -1)
         self._cells = _Cells(
-            order, first, count, centre, row_count.cumsum(0) - row_count, row_count
+            torch.cat(orders),
+            torch.cat(sizes),
+            first,
+            count_all,
+            centre,
+            row_count.cumsum(0) - row_count,
+            row_count,
         )
         return self._cells
+
+    def _coarse_points(self, voxel: list[Tensor], level: int) -> Tensor:
+        """Storage positions of one point per voxel of ``2^level`` voxels (module docstring).
+
+        Args:
+            voxel: the stored points' voxel coordinates (offset by ``_HALF``), (M,) per axis.
+            level: the level of detail, >= 1.
+
+        Returns:
+            (M_l,) int64 positions, in coarse-key order.
+        """
+        key = self.keys >> _ROW_SHIFT
+        for coordinate in voxel:
+            key = (key << BITS) | (coordinate >> level)
+        coarse = 1 << level
+        centre = torch.stack([(c >> level) * coarse + coarse / 2 - _HALF for c in voxel], dim=-1)
+        offset = (self.xyz / self.config.voxel_size - centre).square().sum(-1)  # (M,)
+        # Observed first, then nearest the coarse centre, then the smaller key (stable sorts,
+        # least significant rule first; storage is key-sorted).
+        order = torch.sort(offset, stable=True).indices
+        order = order[torch.sort((~self.observed[order]).long(), stable=True).indices]
+        order = order[torch.sort(key[order], stable=True).indices]
+        _, group = torch.unique_consecutive(key[order], return_counts=True)
+        return order[group.cumsum(0) - group]
 
     # Internals ------------------------------------------------------------------------------
 
