@@ -252,6 +252,23 @@ def test_rank_nomad_with_the_learned_simulator(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_compare_costs(tmp_path):
+    argv = ["--output-dir", str(tmp_path), "--episodes", "1", "--num-samples", "4"]
+    argv += ["--horizon", "4", "--tour-steps", "20", "--coverages", "1.0", "0.5"]
+    rows = {row["cost input"]: row for row in run("compare_costs", argv)}
+    assert list(rows) == ["imagined", "map >= 1", "map >= 0.5", "oracle"]
+    # At c = 1 the map answers candidates with exactly the frames the model would generate.
+    for key in ("spearman", "regret_m"):
+        assert rows["map >= 1"][key] == pytest.approx(rows["imagined"][key], abs=1e-6)
+    assert rows["imagined"]["map_answered"] == 0
+    assert rows["map >= 1"]["map_answered"] <= rows["map >= 0.5"]["map_answered"]
+    assert rows["oracle"]["regret_m"] >= 0 and -1 <= rows["oracle"]["spearman"] <= 1
+    for name in ("compare_costs.md", "compare_costs.json", "cost_vs_distance.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    with pytest.raises(ValueError, match=r"--coverages must lie in \(0, 1\]"):
+        run("compare_costs", [*argv, "--coverages", "1.5"])
+
+
 def test_adapt_policy(tmp_path):
     argv = ["--checkpoint", "tiny-untrained", "--policy", "untrained", "--preset", "tiny"]
     argv += ["--output-dir", str(tmp_path)]
