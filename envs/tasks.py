@@ -166,3 +166,38 @@ def planning_simulator(
         checkpoint, device, memory, turn_step_deg, num_inference_steps, size
     )
     return rollout, rollout.image_size[0], rollout.model.action_spec.turn_step_deg
+
+
+def earlier_walks(
+    oracle: OracleRollout,
+    learned: WorldModelRollout | None,
+    scenes: list[str] | tuple[str, ...],
+    steps: int,
+    seed: int,
+) -> dict[str, Memory]:
+    """One map per house of an earlier walk through it: what the agent saw there before.
+
+    Args:
+        oracle: the ground truth that walks (:meth:`~envs.oracle.OracleRollout.tour`).
+        learned: the learned simulator whose memory kind the maps have; ``None`` (the oracle
+            plans, it needs no map) gives no maps.
+        scenes: the houses, each walked once (repeats ignored).
+        steps: frames per walk, >= 0 (0: no maps).
+        seed: the walks' seed; the house with index ``i`` in sorted order walks with
+            ``np.random.default_rng([seed, i])``.
+
+    Returns:
+        ``{scene: one-row map}``, empty without a learned simulator with memory or walk.
+
+    Raises:
+        ValueError: for a negative ``steps``.
+    """
+    if steps < 0:
+        raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {steps}")
+    if learned is None or learned.memory is None or steps == 0:
+        return {}
+    maps = {}
+    for index, scene in enumerate(sorted(set(scenes))):
+        walk = oracle.tour(scene, steps, np.random.default_rng([seed, index]))
+        maps[scene] = learned.map_of(walk)
+    return maps

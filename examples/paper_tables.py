@@ -205,6 +205,9 @@ class Args:
     """Houses the episodes of Table 2 and Fig. 6a cycle through."""
     episodes: int | None = None
     """Episodes per table (None: 20; with --quick: 1)."""
+    tour_steps: int = 300
+    """Frames of an earlier walk through each house that the world model's episode maps start
+    from in Table 2 and Fig. 6a (0: none; with --quick: at most 10)."""
     table1: VideoQuality = field(default_factory=VideoQuality)
     """Table 1: video quality of the memory variants."""
     table2: Ranking = field(default_factory=Ranking)
@@ -233,6 +236,10 @@ class Args:
         _check_positive("args", num_scenes=self.num_scenes)
         if self.episodes is not None:
             _check_positive("args", episodes=self.episodes)
+        if self.tour_steps < 0:
+            raise ValueError(
+                f"--tour-steps must be >= 0 (0: no earlier walk), got {self.tour_steps}"
+            )
         if not self.tables or len(set(self.tables)) != len(self.tables):
             raise ValueError(f"--tables needs distinct table names, got {list(self.tables)}")
 
@@ -256,6 +263,7 @@ def resolve(args: Args) -> Args:
         preset="tiny" if untrained else args.preset,
         sampling_steps=args.sampling_steps or 1,
         episodes=args.episodes or 1,
+        tour_steps=min(args.tour_steps, 10),
         **QUICK_TABLES,
     )
 
@@ -409,7 +417,9 @@ def ranking(args: Args, size: int, turn_step_deg: float) -> Table:
         device=args.device,
         threads=args.threads,
     )
-    learned = dict(checkpoint=args.checkpoint, sampling_steps=args.sampling_steps)
+    learned = dict(
+        checkpoint=args.checkpoint, sampling_steps=args.sampling_steps, tour_steps=args.tour_steps
+    )
     rankers = {
         "the world model without memory": ("world-model-no-memory", "world-model", "none"),
         "the world model with memory": ("world-model", "world-model", None),
@@ -463,7 +473,11 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
     simulators = {
         "world model": (
             "world-model",
-            dict(checkpoint=args.checkpoint, sampling_steps=args.sampling_steps),
+            dict(
+                checkpoint=args.checkpoint,
+                sampling_steps=args.sampling_steps,
+                tour_steps=args.tour_steps,
+            ),
         ),
         "ground truth": ("oracle", dict(size=size, turn_step_deg=turn_step_deg)),
     }

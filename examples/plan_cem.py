@@ -41,7 +41,12 @@ from tqdm.auto import tqdm
 from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
-from envs.tasks import episode_start, planning_simulator, sample_image_goal_episode
+from envs.tasks import (
+    earlier_walks,
+    episode_start,
+    planning_simulator,
+    sample_image_goal_episode,
+)
 from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
@@ -142,13 +147,10 @@ def main(args: Args) -> list[dict[str, float]]:
         )
         for i in range(args.episodes)
     ]
-    if args.tour_steps < 0:
-        raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {args.tour_steps}")
-    priors = {}  # one earlier walk per house, the same for every episode and setting there
-    if learned is not None and args.tour_steps > 0:
-        for index, scene in enumerate(sorted({episode.scene for episode in episodes})):
-            walk = oracle.tour(scene, args.tour_steps, np.random.default_rng([args.seed, index]))
-            priors[scene] = learned.map_of(walk)
+    # One earlier walk per house, the same for every episode and setting there.
+    priors = earlier_walks(
+        oracle, learned, [episode.scene for episode in episodes], args.tour_steps, args.seed
+    )
     rows, showcase = [], None
     for iterations in args.iterations:
         config = MPCConfig(

@@ -45,7 +45,12 @@ from tqdm.auto import tqdm
 from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
-from envs.tasks import ImageGoalEpisode, planning_simulator, sample_image_goal_episode
+from envs.tasks import (
+    ImageGoalEpisode,
+    earlier_walks,
+    planning_simulator,
+    sample_image_goal_episode,
+)
 from planners.costs import GoalCost
 from planners.metrics import absolute_trajectory_error, relative_pose_error, sim_score
 from planners.nomad import load_policy
@@ -98,6 +103,10 @@ class Args:
     """Largest, metres."""
     max_path_steps: int = 40
     """Longest ground-truth path, actions."""
+    tour_steps: int = 0
+    """Frames of an earlier walk through each house (random waypoints) that the world model's
+    episode maps start from: what the agent saw there before (0: nothing; the oracle and a
+    world model without memory ignore it)."""
     seed: int = 0
     """Seed of episodes and samples."""
     device: str = "cpu"
@@ -177,6 +186,8 @@ def main(args: Args) -> list[dict[str, float]]:
     cost = GoalCost(device=args.device)
     rng = np.random.default_rng(args.seed)
     scenes = scene_ids(args.split, args.num_scenes)
+    used = [scenes[index % len(scenes)] for index in range(args.episodes)]
+    priors = earlier_walks(oracle, learned, used, args.tour_steps, args.seed)
     methods = ["policy alone", *[f"ranked by {args.planner}, N={n}" for n in args.num_samples]]
     scores: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     showcase = None
@@ -204,15 +215,22 @@ def main(args: Args) -> list[dict[str, float]]:
         )
         generator = torch.Generator().manual_seed(args.seed * 1000 + index)
         candidates = sampler.sample(start, goal, max(args.num_samples), generator)
+        # The world model imagines from the episode's map: the earlier walk, if any, and the
+        # start's views (a copy per ranking; the oracle needs none).
+        imagine_from = start
+        if learned is not None:
+            imagine_from = learned.with_episode_memory(start, priors.get(episode.scene))
         first_poses, first_final, _ = executed_poses(oracle, start, candidates[0])
         scores["policy alone"].append(score(first_poses, first_final, reference, episode))
         for count, method in zip(args.num_samples, methods[1:], strict=True):
-            ranking = rank_candidates(planner, start, candidates[:count], goal, cost, generator)
+            ranking = rank_candidates(
+                planner, imagine_from, candidates[:count], goal, cost, generator
+            )
             poses, final, frames = executed_poses(oracle, start, ranking.best_actions)
             scores[method].append(score(poses, final, reference, episode))
             if index == 0 and count == max(args.num_samples):
                 imagined = planner.rollout(
-                    start, ranking.best_actions[None], generator=generator
+                    imagine_from, ranking.best_actions[None], generator=generator
                 ).rgb[0]
                 showcase = (episode, reference, first_poses, poses, imagined, frames, goal)
     rows = [

@@ -395,3 +395,27 @@ def test_an_earlier_walk_is_the_start_of_the_episode_map_and_is_read(oracle, cos
     assert error[0] < 0.5 * error[1]
     with pytest.raises(ValueError, match="one-row RenderedMemory"):
         planner.with_episode_memory(here, build_memory("feature_map", encoder="pooled_color"))
+
+
+def test_earlier_walks_give_one_map_per_house_of_the_seeded_walk(oracle):
+    from envs.tasks import earlier_walks
+    from worldsim.learned_rollout import WorldModelRollout
+    from worldsim.memory import build_memory
+    from worldsim.world_model import WorldModel
+
+    memory = build_memory("rendered", voxel_size=0.05)
+    memory.reset(1)
+    model = WorldModel.from_config_name(
+        "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
+    ).eval()
+    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    maps = earlier_walks(oracle, planner, [SCENE, SCENE], 6, seed=4)
+    assert list(maps) == [SCENE]  # each house walked once
+    expected = planner.map_of(oracle.tour(SCENE, 6, np.random.default_rng([4, 0])))
+    assert torch.equal(maps[SCENE].points().xyz, expected.points().xyz)
+    # No map where nothing would read it: the oracle plans, no walk, or no memory.
+    assert earlier_walks(oracle, None, [SCENE], 6, 4) == {}
+    assert earlier_walks(oracle, planner, [SCENE], 0, 4) == {}
+    assert earlier_walks(oracle, WorldModelRollout(model), [SCENE], 6, 4) == {}
+    with pytest.raises(ValueError, match="--tour-steps must be >= 0"):
+        earlier_walks(oracle, planner, [SCENE], -1, 4)
