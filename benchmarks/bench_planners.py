@@ -1,25 +1,28 @@
 """Wall time of one CEM decision and one ranking decision at N = 8, 16, 60.
 
 Each decision plans from one start towards an image goal in a training house, imagining in one
-of three simulators:
+of three simulators (a world model from the episode map: an earlier ``tour_steps``-frame walk
+through the house and the start's views, as ``navigate.py`` plans):
 
 - ``oracle``: the ground truth at 64x64 (the floor: rendering only);
 - ``tiny``: an untrained tiny world model (32x32, a colour-feature memory) with an untrained
   tiny policy, the smoke-test setting;
-- ``shipped``: the embedded world model (64x64, VGG16 feature memory) and the embedded policy,
-  the main job's setting.
+- ``shipped``: the embedded world model (64x64, rendered memory; candidates whose end views the
+  map covers are answered by its render, far cells drawn coarser: ``learned_planning_rollout``)
+  and the embedded policy, the main job's setting.
 
 A CEM decision is ``iterations`` rounds of N sampled sequences of ``horizon`` steps plus, in the
 first round, the turn-then-walk probes (one rollout per turn count), all imagined and scored by
 LPIPS; a ranking decision samples N trajectories from the NoMaD-style policy and imagines and
 scores each. The defaults are those of the main job (``examples/navigate.py``: L = 8, two
-iterations, probes up to 6 turns, 10 DDIM steps per chunk). Times are medians over ``repeats``
+iterations, probes up to 6 turns, the model's own DDIM steps, a 300-frame walk). Times are
+medians over ``repeats``
 after one warm-up decision per simulator; ratios are against N = 8 of the same decision and
 simulator, measured in the same run.
 
 Run::
 
-    python benchmarks/bench_planners.py                       # about 8 minutes on 2 CPU cores
+    python benchmarks/bench_planners.py                       # about 3 minutes on 2 CPU cores
     python benchmarks/bench_planners.py --simulators oracle tiny --num-samples 8 16   # quick
 """
 
@@ -35,7 +38,7 @@ import torch
 
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
-from envs.tasks import episode_start, sample_image_goal_episode
+from envs.tasks import earlier_walks, episode_start, sample_image_goal_episode
 from planners.cem import CEMConfig, plan_cem
 from planners.costs import GoalCost
 from planners.nomad import UNTRAINED, load_policy
@@ -58,8 +61,10 @@ class Args:
     """CEM iterations."""
     probe_turns: int = 6
     """Most turns of a CEM probe."""
-    sampling_steps: int = 10
-    """DDIM steps per chunk of a world model."""
+    sampling_steps: int | None = None
+    """DDIM steps per chunk of a world model (None: the model's default)."""
+    tour_steps: int = 300
+    """Frames of the earlier walk through the house in a world model's episode map (0: none)."""
     repeats: int = 1
     """Timed decisions per setting (median reported)."""
     device: str = "cpu"
@@ -122,6 +127,9 @@ def main(args: Args) -> list[dict[str, float]]:
         planner = oracle if learned is None else learned
         episode = sample_image_goal_episode(oracle, "house-train-0000", np.random.default_rng(0))
         start, goal = episode_start(oracle, episode, policy.config.context_size + 1)
+        if learned is not None:
+            walks = earlier_walks(oracle, learned, [episode.scene], args.tour_steps, args.seed)
+            start = learned.with_episode_memory(start.select([0]), walks.get(episode.scene))
         sampler = NoMaDSampler(policy.to(args.device), oracle.sim.config.action_spec)
         generator = torch.Generator().manual_seed(args.seed)
         cem = partial(cem_decision, planner, start.select([0]), goal, cost, args)

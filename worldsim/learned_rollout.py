@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from worldsim.memory import Memory
+from worldsim.memory.rendered import fill_holes
 from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
 from worldsim.sampling import (
     camera_path,
@@ -391,35 +392,6 @@ class WorldModelRollout:
         if self.insert_start_frames:
             _insert_start(memory, start)
         return memory
-
-
-def fill_holes(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
-    """Fill unknown pixels from their known neighbours, ``passes`` rings deep, else ``default``.
-
-    Each pass gives every unknown pixel with a known pixel among its 8 neighbours their mean.
-
-    Args:
-        image: (B, F, C, H, W) float.
-        known: (B, F, 1, H, W) bool.
-        default: the value of pixels still unknown after the passes.
-        passes: rings of pixels filled, >= 0.
-
-    Returns:
-        (B, F, C, H, W) ``image`` where known, filled elsewhere.
-    """
-    shape = image.shape
-    values = (image * known).flatten(0, 1)  # (B*F, C, H, W)
-    weight = known.flatten(0, 1).to(image.dtype)  # (B*F, 1, H, W)
-    for _ in range(passes):
-        if bool(weight.all()):
-            break
-        total = torch.nn.functional.avg_pool2d(values, 3, 1, 1, count_include_pad=False)
-        count = torch.nn.functional.avg_pool2d(weight, 3, 1, 1, count_include_pad=False)
-        grow = (weight == 0) & (count > 0)
-        values = torch.where(grow, total / count.clamp_min(1e-12), values)
-        weight = torch.where(grow, torch.ones_like(weight), weight)
-    values = torch.where(weight > 0, values, torch.full_like(values, default))
-    return values.reshape(shape)
 
 
 def _rows_alike(start: RolloutStart) -> bool:

@@ -46,6 +46,7 @@ from worldsim.geometry import (
     intrinsics_from_hfov,
     plucker_rays,
 )
+from worldsim.memory.rendered import grow_into_holes
 from worldsim.pretrained import ModelMixin, check_pretrained_folder
 from worldsim.transformer import WorldTransformer
 from worldsim.vae import RGBDAutoencoder
@@ -174,6 +175,9 @@ class WorldModel(ModelMixin, ConfigMixin):
             ones elsewhere: warp what is known, inpaint what is not. Points the model generated
             itself are only an input (pasting them back would freeze its own mistakes into
             every later frame). ``False`` returns the generated pixels everywhere.
+        render_fill: with ``render_composite``, rings of uncovered pixels next to covered ones
+            that take the mean of their covered neighbours' render before the generated pixels
+            are used (splat holes and silhouette edges); 0 for none.
         render_generated: the render the network reads also shows points the model generated
             (``True``), or only observed ones (``False``: what a model trained on renders of
             observed frames has learned to trust; its generated frames still enter the map).
@@ -210,6 +214,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         memory_token_dim: int = 128,
         memory_render: bool = False,
         render_composite: bool = True,
+        render_fill: int = 0,
         render_generated: bool = False,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
@@ -240,6 +245,8 @@ class WorldModel(ModelMixin, ConfigMixin):
                 self.vae.num_latent_frames(frames)
             except ValueError as error:
                 raise ValueError(f"{name}={frames}: {error}") from None
+        if render_fill < 0:
+            raise ValueError(f"render_fill must be >= 0 rings of pixels, got {render_fill}")
         if memory_render and not use_depth:
             raise ValueError(
                 "memory_render=True needs use_depth=True: the render is RGB-D, lifted from "
@@ -566,11 +573,16 @@ class WorldModel(ModelMixin, ConfigMixin):
                 passes observed points only).
 
         Returns:
-            ``(rgb, depth)``: unchanged without ``render_composite``.
+            ``(rgb, depth)``: unchanged without ``render_composite``; with ``render_fill``, the
+            rings of holes next to the covered pixels filled from the render too.
         """
         if not self.config.render_composite:
             return rgb, depth
         covered = self.render_coverage(render_depth, mask)
+        if self.config.render_fill:
+            render = torch.cat([render_rgb, render_depth], dim=2)  # (B, F, 4, H, W)
+            render, covered = grow_into_holes(render, covered, self.config.render_fill)
+            render_rgb, render_depth = render[:, :, :3], render[:, :, 3:]
         return torch.where(covered, render_rgb, rgb), torch.where(covered, render_depth, depth)
 
     def encode_render(self, rgb: Tensor, depth: Tensor, mask: Tensor) -> Tensor:

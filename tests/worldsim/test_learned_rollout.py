@@ -11,8 +11,9 @@ from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
-from worldsim.learned_rollout import WorldModelRollout, fill_holes, row_generators
+from worldsim.learned_rollout import WorldModelRollout, row_generators
 from worldsim.memory import build_memory
+from worldsim.memory.rendered import fill_holes
 from worldsim.rollout import RolloutModel, RolloutStart
 from worldsim.sampling import chain_poses, step_poses
 from worldsim.sampling import rollout as reference_rollout

@@ -263,3 +263,23 @@ def _chunk_cameras(model, reference, actions, intrinsics):
     targets = reference.double()[:, None] @ chain_poses(step_poses(actions, model).double())
     frames = actions.shape[1]
     return targets.float(), intrinsics[:, None].expand(-1, frames, 3, 3)
+
+
+def test_render_fill_takes_rings_next_to_the_render_from_it_and_generates_the_rest():
+    model = make_tiny(memory_token_dim=0, memory_render=True, render_fill=1)
+    shape = (1, 1, 1, 32, 32)
+    generated_rgb, generated_depth = torch.zeros(1, 1, 3, 32, 32), torch.full(shape, 3.0)
+    render_rgb, render_depth = torch.full((1, 1, 3, 32, 32), 0.8), torch.full(shape, 1.0)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[..., :10] = True  # the render covers the left ten columns
+    rgb, depth = model.composite_render(
+        generated_rgb, generated_depth, render_rgb, render_depth, mask
+    )
+    assert torch.equal(rgb[..., :11], render_rgb[..., :11])  # covered, and the ring next to it
+    assert torch.equal(depth[..., :11], render_depth[..., :11])
+    assert torch.equal(rgb[..., 11:], generated_rgb[..., 11:])  # beyond the ring: generated
+    plain = type(model).from_config(model.config, render_fill=0)
+    rgb, _ = plain.composite_render(generated_rgb, generated_depth, render_rgb, render_depth, mask)
+    assert torch.equal(rgb[..., 10:], generated_rgb[..., 10:])  # the control: no ring
+    with pytest.raises(ValueError, match="render_fill must be >= 0 rings of pixels, got -1"):
+        make_tiny(memory_render=True, memory_token_dim=0, render_fill=-1)

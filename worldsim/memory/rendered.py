@@ -835,6 +835,51 @@ class RenderedMemory(Memory):
         self._cells = None
 
 
+def grow_into_holes(image: Tensor, known: Tensor, passes: int) -> tuple[Tensor, Tensor]:
+    """Fill unknown pixels next to known ones with their known neighbours' mean, ring by ring.
+
+    Each pass gives every unknown pixel with a known pixel among its 8 neighbours their mean.
+
+    Args:
+        image: (B, F, C, H, W) float.
+        known: (B, F, 1, H, W) bool.
+        passes: rings of pixels filled, >= 0.
+
+    Returns:
+        ``(image, known)``: the image with the rings filled (unknown pixels beyond them keep
+        their values) and (B, F, 1, H, W) bool, True where known or filled.
+    """
+    shape = image.shape
+    values = (image * known).flatten(0, 1)  # (B*F, C, H, W)
+    weight = known.flatten(0, 1).to(image.dtype)  # (B*F, 1, H, W)
+    for _ in range(passes):
+        if bool(weight.all()):
+            break
+        total = torch.nn.functional.avg_pool2d(values, 3, 1, 1, count_include_pad=False)
+        count = torch.nn.functional.avg_pool2d(weight, 3, 1, 1, count_include_pad=False)
+        grow = (weight == 0) & (count > 0)
+        values = torch.where(grow, total / count.clamp_min(1e-12), values)
+        weight = torch.where(grow, torch.ones_like(weight), weight)
+    filled = weight.reshape(*shape[:2], 1, *shape[3:]) > 0
+    return torch.where(filled, values.reshape(shape), image), filled
+
+
+def fill_holes(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
+    """Fill unknown pixels from their known neighbours, ``passes`` rings deep, else ``default``.
+
+    Args:
+        image: (B, F, C, H, W) float.
+        known: (B, F, 1, H, W) bool.
+        default: the value of pixels still unknown after the passes.
+        passes: rings of pixels filled (:func:`grow_into_holes`), >= 0.
+
+    Returns:
+        (B, F, C, H, W) ``image`` where known, filled elsewhere.
+    """
+    grown, filled = grow_into_holes(image, known, passes)
+    return torch.where(filled, grown, torch.full_like(grown, default))
+
+
 def _to_camera(world_to_cam: Tensor, xyz: Tensor, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Camera coordinates ``(x, y, z)`` (Q,) each of points seen by images.
 
