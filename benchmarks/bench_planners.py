@@ -155,9 +155,12 @@ def main(args: Args) -> list[dict[str, float]]:
                 )
                 print(f"{kind:>8} {name:>8} N={count:<3} {seconds:8.2f} s", flush=True)
     device = args.device if args.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
+    steps = args.sampling_steps or "the model's"
     print(
         f"\nplanner decision wall time, {device}; CEM: L={args.horizon}, {args.iterations} "
-        f"iterations, probes up to {args.probe_turns} turns; {args.sampling_steps} DDIM steps"
+        f"iterations, probes up to {args.probe_turns} turns; "
+        f"{steps} DDIM steps; "
+        f"a {args.tour_steps}-frame walk in the map"
     )
     print(f"{'decision':>9} {'simulator':>9} {'size':>5} {'N':>4} {'seconds':>9} {'x vs N8':>8}")
     for row in rows:
