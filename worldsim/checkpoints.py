@@ -133,7 +133,8 @@ def learned_planning_rollout(
 
     Returns:
         The world model behind the rollout protocol, with common noise over the candidate rows
-        of a call; ``image_size`` is its frame size.
+        of a call, writing generated frames into a rollout's memory unless the model reads a
+        render of observed points only; ``image_size`` is its frame size.
 
     Raises:
         ValueError: for a model with non-square frames, or one whose frames differ from
@@ -154,13 +155,15 @@ def learned_planning_rollout(
         config = model.config
         exact = model.transformer.reads_render and config.render_composite
         map_views = 1.0 if exact and not config.render_generated else None
-    # Planners compare candidates: common random numbers make them differ by actions alone.
+    # Planners compare candidates: common random numbers make them differ by actions alone;
+    # they keep no candidate's memory, so generated frames go in only where they are read.
     return WorldModelRollout(
         model,
         memory,
         num_inference_steps=num_inference_steps,
         common_noise=True,
         map_views=map_views,
+        write_generated=not model.transformer.reads_render or model.config.render_generated,
     )
 
 

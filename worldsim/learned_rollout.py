@@ -114,6 +114,10 @@ class WorldModelRollout:
             sampling luck. Off, each row has its own noise.
         map_views: answer rows whose returned frames the map covers at least this share of
             (module docstring), in (0, 1]; ``None`` generates every row.
+        write_generated: write the generated frames into the rollout's memory (its
+            ``RolloutResult.memory``). Off saves the time where nothing reads them: a model
+            without ``render_generated`` never reads its generated points, and planners do not
+            keep a candidate's memory.
 
     Attributes:
         image_size: ``(H, W)`` of the model's frames.
@@ -135,6 +139,7 @@ class WorldModelRollout:
         insert_start_frames: bool = True,
         common_noise: bool = False,
         map_views: float | None = None,
+        write_generated: bool = True,
     ) -> None:
         check_memory_fits(model, memory)
         if map_views is not None:
@@ -165,6 +170,7 @@ class WorldModelRollout:
         self.insert_start_frames = insert_start_frames
         self.common_noise = common_noise
         self.map_views = map_views
+        self.write_generated = write_generated
         self.image_size = (model.config.height, model.config.width)
 
     def rollout(
@@ -248,7 +254,7 @@ class WorldModelRollout:
         model = self.model
         rows = steps.shape[0]
         real = torch.zeros(rows, steps.shape[1], dtype=torch.bool)
-        real[:, :horizon] = True  # padded frames never reach the memory
+        real[:, :horizon] = self.write_generated  # padded frames never reach the memory
         n_context = model.config.n_context
         generated = rollout(
             model,

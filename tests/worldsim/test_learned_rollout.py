@@ -335,3 +335,22 @@ def test_fill_holes_takes_the_mean_of_known_neighbours_then_the_default():
     assert torch.equal(filled[..., :, :2], image[..., :, :2])  # known pixels stay
     assert torch.equal(filled[..., :, 2], torch.ones(1, 1, 1, 5))  # one ring: neighbours' mean
     assert torch.equal(filled[..., :, 3:], torch.full((1, 1, 1, 5, 2), -1.0))  # beyond: default
+
+
+def test_write_generated_off_leaves_the_memory_and_not_the_frames_of_a_render_model(start):
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
+    actions = torch.ones(1, model.config.n_future, dtype=torch.int64)  # move forward
+    results = {}
+    for write in (True, False):
+        memory = build_memory("rendered", voxel_size=0.05)
+        memory.reset(1)
+        learned = WorldModelRollout(model, memory, num_inference_steps=1, write_generated=write)
+        row = learned.with_episode_memory(start.select([0]))
+        before = int(row.memory.num_points()[0])
+        result = learned.rollout(row, actions, generator=torch.Generator().manual_seed(2))
+        results[write] = (result, before)
+    # The model reads observed points only: the frames are the same either way ...
+    assert torch.equal(results[True][0].rgb, results[False][0].rgb)
+    # ... and only the default writes the generated frames into the rollout's memory.
+    assert int(results[True][0].memory.num_points()[0]) > results[True][1]
+    assert int(results[False][0].memory.num_points()[0]) == results[False][1]
