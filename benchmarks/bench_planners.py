@@ -22,7 +22,7 @@ simulator, measured in the same run.
 
 Run::
 
-    python benchmarks/bench_planners.py                       # about 3 minutes on 2 CPU cores
+    python benchmarks/bench_planners.py                       # a few minutes on 2 CPU cores
     python benchmarks/bench_planners.py --simulators oracle tiny --num-samples 8 16   # quick
 """
 
