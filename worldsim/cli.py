@@ -337,3 +337,8 @@ def build_memory() -> None:
 def paper_tables() -> None:
     """Console command ``pw-paper-tables``: ``examples/paper_tables.py``."""
     run_example("paper_tables")
+
+
+def compare_costs() -> None:
+    """Console command ``pw-compare-costs``: ``examples/compare_costs.py``."""
+    run_example("compare_costs")
