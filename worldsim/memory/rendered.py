@@ -479,11 +479,10 @@ class RenderedMemory(Memory):
         v = fy * y / depth_safe + k[image, 1, 2]
         drawn = (z >= config.near_plane) & torch.isfinite(z)
         drawn &= (u > -reach) & (u < width + reach) & (v > -reach) & (v < height + reach)
-        image, position, point_size, z, fx, fy = (
-            array[drawn] for array in (image, position, point_size, z, fx, fy)
+        # Drawn points have z >= near_plane, so their u, v above already divide by z itself.
+        image, position, point_size, z, fx, fy, u, v = (
+            array[drawn] for array in (image, position, point_size, z, fx, fy, u, v)
         )
-        u = fx * x[drawn] / z + k[image, 0, 2]
-        v = fy * y[drawn] / z + k[image, 1, 2]
         index = position - starts[camera_row[image]]  # (Q,) index in its storage row
         arrays = (u, v, z, index, point_size, fx, fy, image)
         pixels = images * height * width
