@@ -168,6 +168,23 @@ def planning_simulator(
     return rollout, rollout.image_size[0], rollout.model.action_spec.turn_step_deg
 
 
+def sample_image_goal_episodes(
+    oracle: OracleRollout,
+    scenes: list[str] | tuple[str, ...],
+    count: int,
+    rng: np.random.Generator,
+    min_distance_m: float = 1.5,
+    max_distance_m: float = 3.0,
+) -> list[ImageGoalEpisode]:
+    """``count`` episodes (:func:`sample_image_goal_episode`), cycling through ``scenes``."""
+    return [
+        sample_image_goal_episode(
+            oracle, scenes[i % len(scenes)], rng, min_distance_m, max_distance_m
+        )
+        for i in range(count)
+    ]
+
+
 def earlier_walks(
     oracle: OracleRollout,
     learned: WorldModelRollout | None,

@@ -42,13 +42,16 @@ from tqdm.auto import tqdm
 from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
-from envs.tasks import episode_start, planning_simulator, sample_image_goal_episode
+from envs.tasks import (
+    earlier_walks,
+    episode_start,
+    planning_simulator,
+    sample_image_goal_episodes,
+)
 from planners.cem import CEMConfig, initial_categorical, sample_categorical
 from planners.costs import GoalCost
 from worldsim import cli
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.report import write_report
-from worldsim.rollout import RolloutResult, RolloutStart
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,6 @@ class Args:
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the comparison; returns the table's rows."""
-    if args.tour_steps < 0:
-        raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {args.tour_steps}")
     for share in args.coverages:
         if not 0 < share <= 1:
             raise ValueError(f"--coverages must lie in (0, 1], got {share}")
@@ -98,17 +99,12 @@ def main(args: Args) -> list[dict[str, float]]:
     cost = GoalCost()
     rng = np.random.default_rng(args.seed)
     scenes = scene_ids(args.split, args.num_scenes)
-    episodes = [
-        sample_image_goal_episode(
-            oracle, scenes[i % len(scenes)], rng, args.min_goal_m, args.max_goal_m
-        )
-        for i in range(args.episodes)
-    ]
-    priors = {}
-    if args.tour_steps > 0:
-        for index, scene in enumerate(sorted({episode.scene for episode in episodes})):
-            walk = oracle.tour(scene, args.tour_steps, np.random.default_rng([args.seed, index]))
-            priors[scene] = learned.map_of(walk)
+    episodes = sample_image_goal_episodes(
+        oracle, scenes, args.episodes, rng, args.min_goal_m, args.max_goal_m
+    )
+    priors = earlier_walks(
+        oracle, learned, [episode.scene for episode in episodes], args.tour_steps, args.seed
+    )
     inputs = {"imagined": None, **{f"map >= {share:g}": share for share in args.coverages}}
     allowed = CEMConfig().allowed_actions
     scores = {name: [] for name in (*inputs, "oracle")}  # per episode: (costs, distances)
@@ -136,7 +132,11 @@ def main(args: Args) -> list[dict[str, float]]:
             )
             seconds[name].append(time.perf_counter() - begin)
             scores[name].append((cost(result, goal).numpy(), distance))
-            answered[name].append(map_share(learned, mapped, result) if share else 0.0)
+            if share is None:
+                answered[name].append(0.0)
+            else:
+                coverage = learned.map_coverage(mapped.repeat(args.num_samples), actions, 1)
+                answered[name].append(float((coverage >= share).float().mean()))
     rows = []
     for name, runs in scores.items():
         correlations = [spearmanr(costs, distance).statistic for costs, distance in runs]
@@ -161,18 +161,6 @@ def main(args: Args) -> list[dict[str, float]]:
             f"regret {row['regret_m']:.2f} m"
         )
     return rows
-
-
-def map_share(learned: WorldModelRollout, start: RolloutStart, result: RolloutResult) -> float:
-    """Share of candidates whose end view the start's map covers enough to answer it."""
-    model = learned.model
-    cameras = result.cam_to_world[:, -1:].to(model.device)  # (K, 1, 4, 4)
-    rows = cameras.shape[0]
-    k = start.intrinsics.float().to(model.device)[:, None].expand(rows, 1, 3, 3)
-    memory = start.memory.select(torch.zeros(rows, dtype=torch.int64))
-    render = memory.render(cameras, k, learned.image_size).observed_only()
-    covered = model.render_coverage(render.depth, render.mask).flatten(1).float().mean(-1)
-    return float((covered >= learned.map_views).float().mean())
 
 
 def plot_costs(scores: dict[str, list], path: Path) -> Path:

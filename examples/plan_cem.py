@@ -45,7 +45,7 @@ from envs.tasks import (
     earlier_walks,
     episode_start,
     planning_simulator,
-    sample_image_goal_episode,
+    sample_image_goal_episodes,
 )
 from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
@@ -141,12 +141,9 @@ def main(args: Args) -> list[dict[str, float]]:
     cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
     scenes = scene_ids(args.split, args.num_scenes)
-    episodes = [
-        sample_image_goal_episode(
-            oracle, scenes[i % len(scenes)], rng, args.min_goal_m, args.max_goal_m
-        )
-        for i in range(args.episodes)
-    ]
+    episodes = sample_image_goal_episodes(
+        oracle, scenes, args.episodes, rng, args.min_goal_m, args.max_goal_m
+    )
     # One earlier walk per house, the same for every episode and setting there.
     priors = earlier_walks(
         oracle, learned, [episode.scene for episode in episodes], args.tour_steps, args.seed

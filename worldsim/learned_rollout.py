@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from worldsim.memory import Memory
-from worldsim.memory.rendered import fill_holes
+from worldsim.memory.rendered import MemoryRender, fill_holes
 from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
 from worldsim.sampling import (
     camera_path,
@@ -282,6 +282,55 @@ class WorldModelRollout:
             memory=memory,
         )
 
+    def map_coverage(
+        self, start: RolloutStart, actions: Tensor, num_frames: int | None = None
+    ) -> Tensor:
+        """Per row, the least share of a returned frame's pixels the map's observed points cover.
+
+        A row is answered by the map when this is at least ``map_views``.
+
+        Args:
+            start: B start states (their memory, or this simulator's, is read, never written).
+            actions: (B, L) int64 ids or (B, L, 3) float waypoints.
+            num_frames: the frames of the last this many steps count (``None``: every step).
+
+        Returns:
+            (B,) float in [0, 1], on the CPU.
+
+        Raises:
+            ValueError: as :meth:`rollout`, or for a simulator without memory.
+        """
+        check_rollout_request(self, start, actions, None, num_frames)
+        horizon = actions.shape[1]
+        memory = self._rollout_memory(start)
+        if memory is None:
+            raise ValueError("map_coverage needs a simulator with a memory")
+        steps = self._padded_steps(actions)
+        num_frames = horizon if num_frames is None else num_frames
+        _, _, share, _ = self._map_render(start, steps, memory, horizon, num_frames)
+        return share.cpu()
+
+    def _map_render(
+        self, start: RolloutStart, steps: Tensor, memory: Memory, horizon: int, num_frames: int
+    ) -> tuple[MemoryRender, Tensor, Tensor, Tensor]:
+        """The map's observed points rendered at the returned frames' cameras.
+
+        Returns:
+            ``(render, covered, share, poses)``: the render (B, F, ...), (B, F, 1, H, W) bool
+            where it covers (drawn, within the sensor's range), (B,) the least covered share of
+            a row's frames, and (B, L', 4, 4) float64 cameras of every (padded) step.
+        """
+        model = self.model
+        reference = start.cam_to_world[:, -1].to(model.device)
+        poses = camera_path(reference, steps.to(model.device), model.config.n_future)
+        cameras = poses[:, horizon - num_frames : horizon]  # (B, F, 4, 4)
+        rows = cameras.shape[0]
+        k = start.intrinsics.float().to(model.device)[:, None].expand(rows, num_frames, 3, 3)
+        render = render_memory(memory, cameras, k, self.image_size).observed_only()
+        covered = model.render_coverage(render.depth, render.mask)  # (B, F, 1, H, W)
+        share = covered.flatten(2).float().mean(-1).amin(-1)  # (B,)
+        return render, covered, share, poses
+
     def _map_views(
         self, start: RolloutStart, steps: Tensor, memory: Memory, horizon: int, num_frames: int
     ) -> tuple[RolloutResult, Tensor]:
@@ -292,15 +341,8 @@ class WorldModelRollout:
             filled; ``memory`` None) and (B,) bool, True where each returned frame's coverage
             is at least ``map_views``.
         """
-        model = self.model
-        reference = start.cam_to_world[:, -1].to(model.device)
-        poses = camera_path(reference, steps.to(model.device), model.config.n_future)
-        cameras = poses[:, horizon - num_frames : horizon]  # (B, F, 4, 4)
-        rows = cameras.shape[0]
-        k = start.intrinsics.float().to(model.device)[:, None].expand(rows, num_frames, 3, 3)
-        render = render_memory(memory, cameras, k, self.image_size).observed_only()
-        covered = model.render_coverage(render.depth, render.mask)  # (B, F, 1, H, W)
-        answered = covered.flatten(2).float().mean(-1).amin(-1) >= self.map_views  # (B,)
+        render, covered, share, poses = self._map_render(start, steps, memory, horizon, num_frames)
+        answered = share >= self.map_views  # (B,)
         views = RolloutResult(
             rgb=fill_holes(render.rgb, covered, 0.5).cpu(),
             depth=fill_holes(render.depth, covered, 0.0).cpu(),

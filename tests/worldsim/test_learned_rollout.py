@@ -303,6 +303,7 @@ def test_map_views_answer_mapped_rows_with_the_render_and_generate_the_rest(star
     covered = model.render_coverage(render.depth, render.mask)
     share = covered.flatten(2).float().mean(-1).amin(-1)
     assert 1 > share[0] >= 0.6 > share[1]  # row 0 is answered by the map, row 1 generated
+    assert torch.equal(mapped.map_coverage(rows, actions), share)  # what decides it
     assert torch.equal(result.cam_to_world, expected.cam_to_world)
     # The answered row is the generated frames wherever the map covers (the composite pastes
     # the render there), filled from its neighbours elsewhere, without running the model.
