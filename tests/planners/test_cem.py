@@ -10,7 +10,7 @@ from envs.embedded.scenes import scene_ids
 from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
-from envs.tasks import episode_start, sample_image_goal_episode
+from envs.tasks import earlier_walks, episode_start, sample_image_goal_episode
 from planners.cem import (
     CEMConfig,
     initial_categorical,
@@ -29,6 +29,9 @@ from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import success
 from planners.mpc import MPCConfig, run_mpc
 from worldsim.geometry import Action
+from worldsim.learned_rollout import WorldModelRollout
+from worldsim.memory import build_memory
+from worldsim.world_model import WorldModel
 
 SCENE = "house-train-0000"
 
@@ -301,18 +304,19 @@ def test_prefix_scored_probes_equal_rolling_out_every_probe(oracle, cost):
     torch.testing.assert_close(costs, two(every, goal), atol=1e-5, rtol=0)
 
 
-def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
-    """The learned planner's map holds every executed view and nothing it only imagined."""
-    from worldsim.learned_rollout import WorldModelRollout
-    from worldsim.memory import build_memory
-    from worldsim.world_model import WorldModel
-
+def _render_planner():
+    """A learned planner of the tiny render-reading model with a rendered memory (one row)."""
     memory = build_memory("rendered", voxel_size=0.05)
     memory.reset(1)
     model = WorldModel.from_config_name(
         "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
     ).eval()
-    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    return WorldModelRollout(model, memory, num_inference_steps=1)
+
+
+def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
+    """The learned planner's map holds every executed view and nothing it only imagined."""
+    planner = _render_planner()
     start, walk = _straight_ahead_case(oracle, 3, steps=4)
     config = MPCConfig(
         cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
@@ -340,16 +344,7 @@ def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
 def test_an_earlier_walk_is_the_start_of_the_episode_map_and_is_read(oracle, cost):
     """A prior map (an earlier walk) starts the episode map, stays unchanged, and is what the
     learned planner imagines from: at a pose of the walk its frame shows the walk's view."""
-    from worldsim.learned_rollout import WorldModelRollout
-    from worldsim.memory import build_memory
-    from worldsim.world_model import WorldModel
-
-    memory = build_memory("rendered", voxel_size=0.05)
-    memory.reset(1)
-    model = WorldModel.from_config_name(
-        "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
-    ).eval()
-    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    planner = _render_planner()
     walk = oracle.tour(SCENE, 12, np.random.default_rng(3))
     assert walk.rgb.shape == (1, 12, 3, 32, 32) and walk.depth.shape == (1, 12, 1, 32, 32)
     again = oracle.tour(SCENE, 12, np.random.default_rng(3))
@@ -398,17 +393,7 @@ def test_an_earlier_walk_is_the_start_of_the_episode_map_and_is_read(oracle, cos
 
 
 def test_earlier_walks_give_one_map_per_house_of_the_seeded_walk(oracle):
-    from envs.tasks import earlier_walks
-    from worldsim.learned_rollout import WorldModelRollout
-    from worldsim.memory import build_memory
-    from worldsim.world_model import WorldModel
-
-    memory = build_memory("rendered", voxel_size=0.05)
-    memory.reset(1)
-    model = WorldModel.from_config_name(
-        "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
-    ).eval()
-    planner = WorldModelRollout(model, memory, num_inference_steps=1)
+    planner = _render_planner()
     maps = earlier_walks(oracle, planner, [SCENE, SCENE], 6, seed=4)
     assert list(maps) == [SCENE]  # each house walked once
     expected = planner.map_of(oracle.tour(SCENE, 6, np.random.default_rng([4, 0])))
@@ -416,6 +401,6 @@ def test_earlier_walks_give_one_map_per_house_of_the_seeded_walk(oracle):
     # No map where nothing would read it: the oracle plans, no walk, or no memory.
     assert earlier_walks(oracle, None, [SCENE], 6, 4) == {}
     assert earlier_walks(oracle, planner, [SCENE], 0, 4) == {}
-    assert earlier_walks(oracle, WorldModelRollout(model), [SCENE], 6, 4) == {}
+    assert earlier_walks(oracle, WorldModelRollout(planner.model), [SCENE], 6, 4) == {}
     with pytest.raises(ValueError, match="--tour-steps must be >= 0"):
         earlier_walks(oracle, planner, [SCENE], -1, 4)
