@@ -97,8 +97,22 @@ def unmapped_pixels(batch: WindowBatch) -> Tensor:
         (B, length, 1, H, W) bool.
     """
     memory = episode_memory(RenderedMemory())(batch, torch.device("cpu"))
+    _, _, drawn = reproject_window(memory, batch)
+    return ~drawn
+
+
+def reproject_window(memory: RenderedMemory, batch: WindowBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`~worldsim.evaluation.reproject` of the windows' context at their future cameras.
+
+    Args:
+        memory: the map of the windows' earlier frames, B rows (the context is written into it).
+        batch: the windows.
+
+    Returns:
+        ``(rgb, depth, drawn)`` of the future frames, as :func:`~worldsim.evaluation.reproject`.
+    """
     context, future = batch.context, batch.future
-    _, _, drawn = reproject(
+    return reproject(
         memory,
         context.rgb,
         context.depth,
@@ -107,7 +121,6 @@ def unmapped_pixels(batch: WindowBatch) -> Tensor:
         future.cam_to_world,
         future.intrinsics,
     )
-    return ~drawn
 
 
 def no_memory(batch: WindowBatch, device: torch.device) -> None:
@@ -181,15 +194,7 @@ def predict(
             raise ValueError(
                 f"the reprojection baseline needs a RenderedMemory, got {type(memory).__name__}"
             )
-        rgb, depth, _ = reproject(
-            memory,
-            context.rgb,
-            context.depth,
-            context.intrinsics,
-            context.cam_to_world,
-            future.cam_to_world,
-            future.intrinsics,
-        )
+        rgb, depth, _ = reproject_window(memory, batch)
         return rgb, depth
     config = model.config
     if (config.height, config.width) != tuple(future.rgb.shape[-2:]):
