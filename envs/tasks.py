@@ -139,6 +139,7 @@ def planning_simulator(
     turn_step_deg: float | None = None,
     num_inference_steps: int | None = None,
     size: int | None = None,
+    collisions: bool = False,
 ) -> tuple[WorldModelRollout | None, int, float]:
     """What a planning example imagines in, at which frame size, turning by which angle.
 
@@ -152,6 +153,7 @@ def planning_simulator(
             :data:`ORACLE_TURN_STEP_DEG` with the oracle.
         num_inference_steps: as :func:`learned_planning_rollout`.
         size: square frame size; ``None``: the world model's, or 64 with the oracle.
+        collisions: as :func:`learned_planning_rollout` (the oracle always collides).
 
     Returns:
         ``(rollout, size, turn_step_deg)``: the learned rollout (``None`` for the oracle), the
@@ -163,7 +165,7 @@ def planning_simulator(
     if planner != "world-model":
         raise ValueError(f"planner must be 'oracle' or 'world-model', got {planner!r}")
     rollout = learned_planning_rollout(
-        checkpoint, device, memory, turn_step_deg, num_inference_steps, size
+        checkpoint, device, memory, turn_step_deg, num_inference_steps, size, collisions=collisions
     )
     return rollout, rollout.image_size[0], rollout.model.action_spec.turn_step_deg
 

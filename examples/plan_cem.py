@@ -4,7 +4,8 @@ For each episode (a start and an image goal 1.5-3 m away in a house), plan by CE
 planning simulator, execute the first steps in the ground truth, replan; repeat for several
 numbers of CEM iterations. Writes a metrics table (``plan_cem.md`` / ``.json``), SIM against
 iterations (``sim_vs_iterations.png``), a top-down plot of the trajectories (``topdown.png``) and
-a video of the imagined vs. executed views (``imagined_vs_executed.mp4``).
+a video of the imagined vs. executed views (``imagined_vs_executed.mp4``); ``episodes.json`` has
+every episode's end distance, success, SIM, steps and why it stopped.
 
 The planning simulator is the ground-truth oracle (``--planner oracle``: "imagined" equals
 "executed") or the learned world model (``--planner world-model``: the embedded checkpoint, or
@@ -30,6 +31,7 @@ With the learned simulator (the embedded checkpoint unless ``--checkpoint`` name
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,6 +108,9 @@ class Args:
     """Frames of an earlier walk through each house (random waypoints) that the world model's
     episode maps start from: what the agent saw there before (0: nothing; the oracle ignores
     it)."""
+    collisions: bool = False
+    """The world model's imagined camera collides with the walls its map has observed (the
+    oracle always collides)."""
     cost_blur_px: float = 0.0
     """Gaussian blur of frames and goal before LPIPS, pixels (0: none; see planners.costs)."""
     seed: int = 0
@@ -133,6 +138,7 @@ def main(args: Args) -> list[dict[str, float]]:
         args.turn_step_deg,
         args.sampling_steps,
         args.size,
+        collisions=args.collisions,
     )
     oracle = OracleRollout(
         config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step_deg)
@@ -148,7 +154,7 @@ def main(args: Args) -> list[dict[str, float]]:
     priors = earlier_walks(
         oracle, learned, [episode.scene for episode in episodes], args.tour_steps, args.seed
     )
-    rows, showcase = [], None
+    rows, showcase, details = [], None, []
     for iterations in args.iterations:
         config = MPCConfig(
             cem=CEMConfig(
@@ -182,6 +188,20 @@ def main(args: Args) -> list[dict[str, float]]:
             shortest.append(episode.geodesic_distance)
             taken.append(path_length(run.agent_states[:, :3].numpy()))
             steps.append(len(run.actions))
+            offset = final[:3].numpy() - episode.goal_position
+            details.append(
+                {
+                    "cem_iterations": iterations,
+                    "episode": index,
+                    "scene": episode.scene,
+                    "geodesic_m": float(episode.geodesic_distance),
+                    "end_distance_m": float(np.hypot(offset[0], offset[2])),
+                    "success": successes[-1],
+                    "sim": sims[-1],
+                    "steps": len(run.actions),
+                    "stop_reason": run.stop_reason,
+                }
+            )
             if index == 0:
                 showcase = (episode, run, goal)
         rows.append(
@@ -196,6 +216,7 @@ def main(args: Args) -> list[dict[str, float]]:
             }
         )
     write_report(rows, args.output_dir, "plan_cem")
+    (args.output_dir / "episodes.json").write_text(json.dumps(details, indent=1) + "\n")
     plot_metric_curves(
         {"SIM": [row["sim"] for row in rows], "success": [row["success"] for row in rows]},
         args.output_dir / "sim_vs_iterations.png",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from worldsim.collision import MapCollisionConfig
 from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import Memory, RenderedMemory, build_memory
 from worldsim.sampling import check_memory_fits
@@ -111,6 +112,7 @@ def learned_planning_rollout(
     size: int | None = None,
     map_views: float | Literal["auto"] | None = "auto",
     level_of_detail: float | None = 1.0,
+    collisions: bool = False,
 ) -> WorldModelRollout:
     """The learned simulator planners imagine in, for square frames of the ground truth.
 
@@ -130,6 +132,9 @@ def learned_planning_rollout(
             ``level_of_detail`` while planning: far cells drawn from coarser voxels no wider than
             this many pixels (about 3x faster renders of a house-sized map at 1.0, 29-32 dB from
             the exact render); ``None`` draws every point.
+        collisions: give the imagined camera the ground truth's body, which the walls of the
+            map's observed points block (:mod:`worldsim.collision`); a
+            :class:`~worldsim.memory.RenderedMemory` only (else a ``ValueError``).
 
     Returns:
         The world model behind the rollout protocol, with common noise over the candidate rows
@@ -164,6 +169,7 @@ def learned_planning_rollout(
         common_noise=True,
         map_views=map_views,
         write_generated=not model.transformer.reads_render or model.config.render_generated,
+        collisions=MapCollisionConfig() if collisions else None,
     )
 
 

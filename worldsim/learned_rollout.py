@@ -15,7 +15,10 @@ Actions
     Discrete ids become relative camera poses with the model's step sizes and waypoints through
     :func:`worldsim.geometry.waypoint_to_relative_pose` (:func:`worldsim.sampling.step_poses`).
     Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
-    ``None``).
+    ``None``), unless ``collisions`` gives its camera a body: then every move is made against
+    the walls that the memory's observed points show (:mod:`worldsim.collision`), a blocked
+    move slides or stops as in the ground truth, the frames are imagined from where the body
+    really ends, and ``RolloutResult.collided`` says which steps were blocked.
 
 Map views
     With ``map_views = c``, a row whose returned frames the memory's *observed* points cover
@@ -47,8 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.memory import Memory
-from worldsim.memory.rendered import MemoryRender, fill_holes
+from worldsim.memory.rendered import MemoryRender, RenderedMemory, fill_holes
 from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
 from worldsim.sampling import (
     camera_path,
@@ -118,6 +122,9 @@ class WorldModelRollout:
             ``RolloutResult.memory``). Off saves the time where nothing reads them: a model
             without ``render_generated`` never reads its generated points, and planners do not
             keep a candidate's memory.
+        collisions: the camera's body, whose moves the walls of the map's observed points
+            block (module docstring); ``None``: free-space motion. Needs a
+            :class:`~worldsim.memory.RenderedMemory`.
 
     Attributes:
         image_size: ``(H, W)`` of the model's frames.
@@ -140,8 +147,14 @@ class WorldModelRollout:
         common_noise: bool = False,
         map_views: float | None = None,
         write_generated: bool = True,
+        collisions: MapCollisionConfig | None = None,
     ) -> None:
         check_memory_fits(model, memory)
+        if collisions is not None and not isinstance(memory, RenderedMemory):
+            raise ValueError(
+                "collisions need the walls of a map of points: a RenderedMemory, got "
+                f"{type(memory).__name__ if memory is not None else None}; use collisions=None"
+            )
         if map_views is not None:
             if not 0 < map_views <= 1:
                 raise ValueError(f"map_views must be in (0, 1] or None, got {map_views}")
@@ -171,6 +184,7 @@ class WorldModelRollout:
         self.common_noise = common_noise
         self.map_views = map_views
         self.write_generated = write_generated
+        self.collisions = collisions
         self.image_size = (model.config.height, model.config.width)
 
     def rollout(
@@ -195,7 +209,8 @@ class WorldModelRollout:
         Returns:
             ``rgb`` (B, F, 3, H, W) and ``depth`` (B, F, 1, H, W) float32 on the CPU (depth is 0
             for an RGB-only model), ``cam_to_world`` (B, L, 4, 4) float32 integrated from the
-            start's last pose, ``collided`` and ``agent_state`` ``None``, ``memory`` the updated
+            start's last pose, ``collided`` (B, L) with ``collisions``, else ``None``,
+            ``agent_state`` ``None``, ``memory`` the updated
             memory (``None`` without one, or when ``map_views`` answered some rows but not all).
 
         Raises:
@@ -207,14 +222,15 @@ class WorldModelRollout:
         num_frames = horizon if num_frames is None else num_frames
         memory = self._rollout_memory(start)
         noise = self._noise(rows, generator)
-        steps = self._padded_steps(actions)  # (B, chunks * n_future, 4, 4)
+        steps, collided = self._padded_steps(start, actions, memory)  # (B, L', 4, 4), (B, L)
         answered = None
         if self.map_views is not None and memory is not None:
             views, answered = self._map_views(start, steps, memory, horizon, num_frames)
             if bool(answered.all()):
-                return replace(views, memory=memory)
+                return replace(views, memory=memory, collided=collided)
         if answered is None or not bool(answered.any()):
-            return self._generate(start, steps, memory, noise, horizon, num_frames, batch_size)
+            generated = self._generate(start, steps, memory, noise, horizon, num_frames, batch_size)
+            return replace(generated, collided=collided)
         # Some rows from the map, the others generated with the noise they would have drawn.
         rest = (~answered).nonzero()[:, 0]
         generated = self._generate(
@@ -229,16 +245,43 @@ class WorldModelRollout:
         rgb, depth = views.rgb.clone(), views.depth.clone()
         rgb[rest], depth[rest] = generated.rgb, generated.depth
         # The rows' memories now live in two objects: the result carries none (module docstring).
-        return RolloutResult(rgb=rgb, depth=depth, cam_to_world=views.cam_to_world)
+        return RolloutResult(
+            rgb=rgb, depth=depth, cam_to_world=views.cam_to_world, collided=collided
+        )
 
-    def _padded_steps(self, actions: Tensor) -> Tensor:
-        """(B, chunks * n_future, 4, 4) float64 step poses, the last chunk padded with stops."""
+    def _padded_steps(
+        self, start: RolloutStart, actions: Tensor, memory: Memory | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Step poses, the last chunk padded with stops, and which steps a wall blocked.
+
+        Returns:
+            ``(steps, collided)``: (B, chunks * n_future, 4, 4) float64, and (B, L) bool with
+            ``collisions`` (else ``None``).
+        """
         rows, horizon = actions.shape[:2]
         n_future = self.model.config.n_future
         chunks = math.ceil(horizon / n_future)
         steps = step_poses(actions.cpu(), self.model).double()  # (B, L, 4, 4)
+        collided = None
+        if self.collisions is not None and memory is not None:
+            steps, collided = self._collide(start, steps, memory)
         padding = torch.eye(4, dtype=steps.dtype).expand(rows, chunks * n_future - horizon, 4, 4)
-        return torch.cat([steps, padding], dim=1)
+        return torch.cat([steps, padding], dim=1), collided
+
+    def _collide(self, start: RolloutStart, steps: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Every row's steps made against the walls of its map (``collisions``)."""
+        config = self.collisions
+        references = start.cam_to_world[:, -1].double().cpu()  # (B, 4, 4)
+        colliders: dict[int, MapCollider] = {}
+        alike = memory.rows_alike()
+        out, collided = torch.empty_like(steps), torch.zeros(steps.shape[:2], dtype=torch.bool)
+        for row in range(steps.shape[0]):
+            floor = float(references[row, 1, 3]) - config.sensor_height
+            source = 0 if alike else row
+            if source not in colliders or colliders[source].floor_height != floor:
+                colliders[source] = MapCollider.from_memory(memory, source, floor, config)
+            out[row], collided[row] = colliders[source].constrain(references[row], steps[row])
+        return out, collided
 
     def _generate(
         self,
@@ -305,7 +348,7 @@ class WorldModelRollout:
         memory = self._rollout_memory(start)
         if memory is None:
             raise ValueError("map_coverage needs a simulator with a memory")
-        steps = self._padded_steps(actions)
+        steps, _ = self._padded_steps(start, actions, memory)
         num_frames = horizon if num_frames is None else num_frames
         _, _, share, _ = self._map_render(start, steps, memory, horizon, num_frames)
         return share.cpu()

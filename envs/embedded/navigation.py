@@ -26,12 +26,12 @@ from scipy.sparse import csgraph
 
 from envs.embedded.navmesh import (
     NavConfig,
-    _clearance_footprint,
     _rasterise_centres,
     _rasterise_slab,
     _upward_faces,
     detect_floor_height,
 )
+from worldsim.collision import clearance_footprint
 
 _MOVES = (
     ((0, 1), ()),
@@ -170,7 +170,7 @@ class NavGrid:
             cell,
             shape,
         )
-        footprint = _clearance_footprint(cell, config.agent_radius)
+        footprint = clearance_footprint(cell, config.agent_radius)
         blocked = ndimage.binary_dilation(occupancy, structure=footprint)
         navigable = floor & ~blocked
         if config.keep_largest_component and navigable.any():

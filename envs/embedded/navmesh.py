@@ -288,19 +288,6 @@ def _rasterise_slab(
     return mask
 
 
-def _clearance_footprint(cell_size: float, radius: float) -> np.ndarray:
-    """Cell offsets whose square comes closer than ``radius`` to the centre cell's square.
-
-    Returns:
-        (2k+1, 2k+1) bool structuring element: dilating an obstacle mask by it blocks every cell
-        that has some point nearer than ``radius`` to some point of an obstacle cell.
-    """
-    reach = math.ceil(radius / cell_size) + 1
-    offsets = np.arange(-reach, reach + 1)
-    gap = np.maximum(np.abs(offsets) - 1, 0) * cell_size  # distance between the squares per axis
-    return np.hypot(gap[:, None], gap[None, :]) < radius
-
-
 def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The z component of the 2D cross product of (..., 2) vectors."""
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
