@@ -138,8 +138,14 @@ def sample_chunk(
     num_inference_steps: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     render: Tensor | None = None,
+    init_latents: Tensor | None = None,
+    init_share: float | None = None,
 ) -> Tensor:
-    """Denoise the latents of one future chunk.
+    """Denoise the latents of one future chunk, from pure noise or from a guess (SDEdit).
+
+    With a guess, the first ``round(init_share * steps)`` DDIM timesteps are skipped, as in
+    diffusers' image-to-image pipelines: the guess's latents are noised to the first timestep
+    left (the same noise as without a guess, ``scheduler.add_noise``) and denoised from there.
 
     Args:
         model: the world model.
@@ -151,26 +157,44 @@ def sample_chunk(
         generator: draws the initial noise (one generator, or one per batch row).
         render: (B, F, Cm, h, w) encoded memory render (:meth:`WorldModel.encode_render`), or
             ``None``.
+        init_latents: (B, F, C, h, w) latents of a guess of the chunk (:func:`render_guess`), or
+            ``None`` to start from pure noise.
+        init_share: share in ``[0, 1]`` of the steps the guess replaces; the model's
+            ``render_init`` if ``None``. Ignored without ``init_latents``.
 
     Returns:
-        (B, F, C, h, w) denoised latents.
+        (B, F, C, h, w) denoised latents (``init_latents`` itself when the share skips every
+        step).
     """
     steps = num_inference_steps or model.config.num_inference_steps
     if steps < 1 or steps > model.config.num_train_timesteps:
         raise ValueError(
             f"num_inference_steps must be in [1, {model.config.num_train_timesteps}], got {steps}"
         )
+    share = model.config.render_init if init_share is None else init_share
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"init_share must be a share of the steps in [0, 1], got {share}")
     batch = context_latents.shape[0]
+    shape = model.future_latent_shape(batch)
+    if init_latents is not None and tuple(init_latents.shape) != shape:
+        raise ValueError(
+            f"init_latents must have shape {shape} (the chunk's latents), got "
+            f"{tuple(init_latents.shape)}"
+        )
     scheduler = model.make_scheduler()
     scheduler.set_timesteps(steps, device=context_latents.device)
-    latents = randn_tensor(
-        model.future_latent_shape(batch),
-        generator=generator,
-        device=context_latents.device,
-        dtype=context_latents.dtype,
+    skipped = round(share * steps) if init_latents is not None else 0
+    if skipped == steps:
+        return init_latents
+    noise = randn_tensor(
+        shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype
     )
-    latents = latents * scheduler.init_noise_sigma
-    for timestep in scheduler.timesteps:
+    timesteps = scheduler.timesteps[skipped:]
+    if skipped:
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    for timestep in timesteps:
         prediction = model.predict(
             latents,
             timestep.expand(batch),
@@ -182,6 +206,38 @@ def sample_chunk(
         )
         latents = scheduler.step(prediction, timestep, latents).prev_sample
     return latents
+
+
+def render_guess(
+    model: WorldModel, context_rgb: Tensor, context_depth: Tensor, render: MemoryRender | None
+) -> tuple[Tensor, Tensor]:
+    """A chunk's frames as the reprojection baseline guesses them, where ``render_init`` starts.
+
+    The render's observed points where they cover a pixel (:meth:`WorldModel.render_coverage`),
+    the last context frame's RGB-D elsewhere.
+
+    Args:
+        model: the world model (its sensor range decides coverage).
+        context_rgb: (B, n_context, 3, H, W) conditioning RGB in [0, 1].
+        context_depth: (B, n_context, 1, H, W) conditioning depth, metres.
+        render: the memory rendered into the chunk's cameras, or ``None`` (covers nothing).
+
+    Returns:
+        ``(rgb, depth)``: (B, n_future, 3, H, W) in [0, 1] and (B, n_future, 1, H, W) metres,
+        in ``context_rgb``'s device and dtype.
+    """
+    batch, frames = context_rgb.shape[0], model.config.n_future
+    last_rgb = context_rgb[:, -1:].expand(batch, frames, -1, -1, -1)  # (B, F, 3, H, W)
+    last_depth = context_depth[:, -1:].expand(batch, frames, -1, -1, -1)  # (B, F, 1, H, W)
+    if render is None:
+        return last_rgb, last_depth
+    device, dtype = context_rgb.device, context_rgb.dtype
+    render_depth = render.depth.to(device, dtype)
+    covered = model.render_coverage(render_depth, (render.mask & render.observed).to(device))
+    return (
+        torch.where(covered, render.rgb.to(device, dtype), last_rgb),
+        torch.where(covered, render_depth, last_depth),
+    )
 
 
 @torch.no_grad()
@@ -212,7 +268,8 @@ def generate_chunk(
         generators: noise generator(s): one, or one per row.
         num_inference_steps: DDIM steps; the model's default if ``None``.
         render: the memory rendered into the chunk's cameras (a model with
-            ``memory_render``), or ``None`` for no memory.
+            ``memory_render``), or ``None`` for no memory. With the model's ``render_init``,
+            sampling starts from :func:`render_guess` (SDEdit).
 
     Returns:
         ``(rgb, depth)``: (B, n_future, 3, H, W) float32 in [0, 1] and (B, n_future, 1, H, W)
@@ -232,6 +289,10 @@ def generate_chunk(
         encoded = model.encode_render(
             render.rgb.to(device, dtype), render.depth.to(device, dtype), render.mask.to(device)
         )
+    init_latents = None
+    if model.config.render_init:  # SDEdit from the reprojection baseline's frames
+        guess_rgb, guess_depth = render_guess(model, context_rgb.to(device, dtype), depth, render)
+        init_latents = model.encode(guess_rgb, guess_depth)
     latents = sample_chunk(
         model,
         context_latents,
@@ -241,6 +302,7 @@ def generate_chunk(
         num_inference_steps,
         generators,
         encoded,
+        init_latents,
     )
     rgb, new_depth = model.decode(latents)
     if render is not None:  # warp what is known, inpaint what is not (``render_composite``)

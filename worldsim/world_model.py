@@ -181,6 +181,12 @@ class WorldModel(ModelMixin, ConfigMixin):
         render_generated: the render the network reads also shows points the model generated
             (``True``), or only observed ones (``False``: what a model trained on renders of
             observed frames has learned to trust; its generated frames still enter the map).
+        render_init: with ``memory_render``, the share in ``[0, 1]`` of each chunk's DDIM steps
+            that a guess of the chunk replaces (SDEdit): the guess is the reprojection
+            baseline's frames (the render where it covers, the last context frame elsewhere,
+            :func:`worldsim.sampling.render_guess`), its latents are noised to the timestep
+            after the first ``round(render_init * steps)`` of the schedule and only the
+            remaining steps run. 0 starts from pure noise (no guess); 1 decodes the guess.
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
@@ -216,6 +222,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         render_composite: bool = True,
         render_fill: int = 0,
         render_generated: bool = False,
+        render_init: float = 0.0,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
@@ -247,6 +254,15 @@ class WorldModel(ModelMixin, ConfigMixin):
                 raise ValueError(f"{name}={frames}: {error}") from None
         if render_fill < 0:
             raise ValueError(f"render_fill must be >= 0 rings of pixels, got {render_fill}")
+        if not 0.0 <= render_init <= 1.0:
+            raise ValueError(
+                f"render_init must be a share of the sampling steps in [0, 1], got {render_init}"
+            )
+        if render_init and not memory_render:
+            raise ValueError(
+                f"render_init={render_init} starts sampling from the memory's render: it needs "
+                "memory_render=True (use render_init=0 otherwise)"
+            )
         if memory_render and not use_depth:
             raise ValueError(
                 "memory_render=True needs use_depth=True: the render is RGB-D, lifted from "

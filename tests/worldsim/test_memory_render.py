@@ -7,7 +7,7 @@ from tests.worldsim.conftest import make_tiny
 from tests.worldsim.test_transformer import build
 from worldsim.losses import diffusion_loss
 from worldsim.memory import build_memory
-from worldsim.sampling import check_memory_fits, rollout
+from worldsim.sampling import check_memory_fits, generate_chunk, rollout, sample_chunk
 from worldsim.training import freeze_for_stage
 
 
@@ -283,3 +283,94 @@ def test_render_fill_takes_rings_next_to_the_render_from_it_and_generates_the_re
     assert torch.equal(rgb[..., 10:], generated_rgb[..., 10:])  # the control: no ring
     with pytest.raises(ValueError, match="render_fill must be >= 0 rings of pixels, got -1"):
         make_tiny(memory_render=True, memory_token_dim=0, render_fill=-1)
+
+
+def test_sampling_from_a_guess_skips_the_first_steps_and_share_zero_changes_nothing(
+    tiny_model, tiny_batch
+):
+    with torch.no_grad():
+        context = tiny_model.encode(tiny_batch["rgb"][:, :1], tiny_batch["depth"][:, :1])
+        rays = tiny_model.chunk_rays(
+            tiny_model.default_intrinsics(2),
+            tiny_model.relative_poses_from_actions(torch.ones(2, 2, dtype=torch.int64)),
+        )
+        shape = tiny_model.future_latent_shape(2)
+        guess = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+
+        def sample(**init):
+            generators = [torch.Generator().manual_seed(seed) for seed in (3, 4)]
+            return sample_chunk(tiny_model, context, rays, None, None, 2, generators, **init)
+
+        assert torch.equal(sample(init_latents=guess, init_share=0.0), sample())
+        assert torch.equal(sample(init_latents=guess, init_share=1.0), guess)  # nothing to run
+        # Half of the trailing schedule (999, 499): the guess noised to t = 499 with the noise
+        # the rows' generators draw, then one step to alpha_bar = 1, the predicted x0.
+        noise = torch.cat(
+            [torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+        )
+        alpha = tiny_model.make_scheduler().alphas_cumprod[499].float()
+        noisy = alpha.sqrt() * guess + (1 - alpha).sqrt() * noise
+        velocity = tiny_model.predict(noisy, torch.tensor([499, 499]), context, rays)
+        expected = alpha.sqrt() * noisy - (1 - alpha).sqrt() * velocity
+        # float32 rounding in add_noise and the scheduler step
+        torch.testing.assert_close(
+            sample(init_latents=guess, init_share=0.5), expected, rtol=1e-5, atol=1e-5
+        )
+        with pytest.raises(
+            ValueError, match=r"init_share must be a share of the steps in \[0, 1\]"
+        ):
+            sample(init_latents=guess, init_share=1.5)
+        with pytest.raises(ValueError, match=r"init_latents must have shape \(2, 2, 8, 16, 16\)"):
+            sample(init_latents=guess[:, :1], init_share=0.5)
+
+
+def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_elsewhere(
+    tiny_batch,
+):
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=30.0, render_init=1.0)
+    n_context = model.config.n_context
+    rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
+    poses, k = tiny_batch["cam_to_world"][:, :n_context], tiny_batch["intrinsics"][:, 0]
+    actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)  # turn left
+    memory = _rendered_memory()
+    memory.reset(2)
+    memory.update(rgb, depth, tiny_batch["intrinsics"][:, :n_context], poses)
+    targets, chunk_k = _chunk_cameras(model, poses[:, -1], actions, k)
+    render = memory.render(targets, chunk_k, (32, 32))
+    cam_to_ref = poses[:, -1:].inverse() @ targets
+
+    def generate(share):
+        chosen = type(model).from_config(model.config, render_init=share)
+        chosen.load_state_dict(model.state_dict())
+        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+        return generate_chunk(chosen, rgb, depth, cam_to_ref, k, None, None, generators, 2, render)
+
+    # By hand: the reprojection baseline's frames, whose latents a share of 1 decodes as they are.
+    covered = (render.mask & (render.depth <= model.config.max_depth_m)).expand(-1, -1, 3, -1, -1)
+    guess_rgb = torch.where(covered, render.rgb, rgb[:, -1:].expand_as(render.rgb))
+    guess_depth = torch.where(
+        covered[:, :, :1], render.depth, depth[:, -1:].expand_as(render.depth)
+    )
+    assert covered.any() and not covered.all()
+    with torch.no_grad():
+        decoded_rgb, _ = model.decode(model.encode(guess_rgb, guess_depth))
+    guessed, _ = generate(1.0)
+    assert torch.equal(guessed[~covered], decoded_rgb[~covered])
+    assert torch.equal(guessed[covered], render.rgb.expand_as(guessed)[covered])  # composited
+    # Starting halfway up the schedule lands nearer the guess than starting from pure noise.
+    halfway, _ = generate(0.5)
+    noise, _ = generate(0.0)
+    distance = {
+        name: (frames - decoded_rgb)[~covered].abs().mean()
+        for name, frames in (("halfway", halfway), ("noise", noise))
+    }
+    assert distance["halfway"] < distance["noise"], distance
+    for wrong in (-0.1, 1.5):
+        with pytest.raises(
+            ValueError, match=rf"render_init must be a share .* \[0, 1\], got {wrong}"
+        ):
+            make_tiny(memory_token_dim=0, memory_render=True, render_init=wrong)
+    with pytest.raises(
+        ValueError, match=r"render_init=0\.5 starts sampling from the memory's render"
+    ):
+        make_tiny(render_init=0.5)
