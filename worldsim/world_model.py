@@ -580,6 +580,9 @@ class WorldModel(ModelMixin, ConfigMixin):
     ) -> tuple[Tensor, Tensor]:
         """Generated frames with the render's pixels where ``mask`` says (``render_composite``).
 
+        A drawn point gives its colour at any distance, as a camera sees a far wall; its depth
+        only within the sensor's range, beyond which depth reads 0 as the sensor's does.
+
         Args:
             rgb: (B, F, 3, H, W) generated colour in [0, 1].
             depth: (B, F, 1, H, W) generated depth, metres.
@@ -590,16 +593,21 @@ class WorldModel(ModelMixin, ConfigMixin):
 
         Returns:
             ``(rgb, depth)``: unchanged without ``render_composite``; with ``render_fill``, the
-            rings of holes next to the covered pixels filled from the render too.
+            rings of holes next to the drawn pixels filled from the render too.
         """
         if not self.config.render_composite:
             return rgb, depth
-        covered = self.render_coverage(render_depth, mask)
+        covered = self.render_coverage(render_depth, mask)  # drawn within the sensor's range
+        render_depth = torch.where(mask & ~covered, torch.zeros_like(render_depth), render_depth)
+        drawn_rgb, drawn_depth = mask, mask
         if self.config.render_fill:
-            render = torch.cat([render_rgb, render_depth], dim=2)  # (B, F, 4, H, W)
-            render, covered = grow_into_holes(render, covered, self.config.render_fill)
-            render_rgb, render_depth = render[:, :, :3], render[:, :, 3:]
-        return torch.where(covered, render_rgb, rgb), torch.where(covered, render_depth, depth)
+            rings = self.config.render_fill
+            render_rgb, drawn_rgb = grow_into_holes(render_rgb, mask, rings)
+            grown_depth, grown = grow_into_holes(render_depth, covered, rings)
+            render_depth = torch.where(mask, render_depth, grown_depth)
+            drawn_depth = mask | grown
+        rgb = torch.where(drawn_rgb, render_rgb, rgb)
+        return rgb, torch.where(drawn_depth, render_depth, depth)
 
     def encode_render(self, rgb: Tensor, depth: Tensor, mask: Tensor) -> Tensor:
         """The memory rendered into a chunk's cameras, as the transformer reads it.

@@ -285,6 +285,29 @@ def test_render_fill_takes_rings_next_to_the_render_from_it_and_generates_the_re
         make_tiny(memory_render=True, memory_token_dim=0, render_fill=-1)
 
 
+def test_a_point_beyond_the_sensors_range_gives_its_colour_and_no_depth():
+    """As a camera sees a far wall while its depth sensor reads 0 there."""
+    model = make_tiny(memory_token_dim=0, memory_render=True, render_fill=1)
+    far = model.config.max_depth_m + 2.0
+    shape = (1, 1, 1, 32, 32)
+    generated_rgb, generated_depth = torch.zeros(1, 1, 3, 32, 32), torch.full(shape, 3.0)
+    render_rgb = torch.full((1, 1, 3, 32, 32), 0.8)
+    render_depth = torch.full(shape, 1.0)
+    render_depth[..., 5:10] = far  # columns 5-9 drawn beyond the range
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[..., :10] = True
+    rgb, depth = model.composite_render(
+        generated_rgb, generated_depth, render_rgb, render_depth, mask
+    )
+    assert torch.equal(rgb[..., :11], render_rgb[..., :11])  # drawn at any depth, and the ring
+    assert torch.equal(rgb[..., 11:], generated_rgb[..., 11:])
+    assert torch.equal(depth[..., :5], render_depth[..., :5])
+    assert (depth[..., 5:10] == 0).all()  # beyond the range: no depth, not the generated one
+    assert (depth[..., 10:] == 3.0).all()  # no in-range neighbour grows depth into column 10
+    # The network still reads far points as uncovered (what it was trained on).
+    assert not model.render_coverage(render_depth, mask)[..., 5:10].any()
+
+
 def test_sampling_from_a_guess_skips_the_first_steps_and_share_zero_changes_nothing(
     tiny_model, tiny_batch
 ):
