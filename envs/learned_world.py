@@ -23,6 +23,7 @@ from torch import Tensor
 from envs.indoor_nav import IndoorNavEnv, check_pose_bound
 from envs.simulator import SimulatorConfig
 from worldsim.checkpoints import load_learned_simulator
+from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import (
     Action,
@@ -31,7 +32,7 @@ from worldsim.geometry import (
     position_yaw_from_pose,
 )
 from worldsim.learned_rollout import row_generators
-from worldsim.memory import Memory
+from worldsim.memory import Memory, RenderedMemory
 from worldsim.memory.base import check_intrinsics
 from worldsim.rollout import RolloutStart
 from worldsim.sampling import generate_next_chunk, insert_frames, step_poses
@@ -67,6 +68,9 @@ class Episode:
         done: the episode has ended (terminated or truncated).
         start_distance: ``distance`` at the start, metres (the shortest path in free space).
         path_length: floor distance the integrated pose has moved, metres.
+        collider: the walls of the episode's observed frames that block its moves (the env's
+            ``collisions``), or ``None``: free-space motion.
+        collided: whether a wall blocked the last step.
     """
 
     rng: np.random.Generator
@@ -85,6 +89,8 @@ class Episode:
     done: bool = False
     start_distance: float = math.nan
     path_length: float = 0.0
+    collider: MapCollider | None = None
+    collided: bool = False
 
     @property
     def pose(self) -> Tensor:
@@ -100,6 +106,9 @@ class LearnedWorld:
             :class:`PersistentWorldEnv`.
         ground_truth: keyword arguments of the ground-truth :class:`IndoorNavEnv` that renders
             scene starts (its sensor comes from the model).
+        collisions: the walls of each episode's observed frames block its moves
+            (:mod:`worldsim.collision`, with the ground truth's body); needs a
+            :class:`~worldsim.memory.RenderedMemory`.
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class LearnedWorld:
         sensor_height: float,
         success_distance: float,
         ground_truth: dict[str, Any],
+        collisions: bool = False,
     ) -> None:
         if num_sampling_steps is not None and num_sampling_steps < 1:
             raise ValueError(f"num_sampling_steps must be >= 1 or None, got {num_sampling_steps}")
@@ -149,6 +159,19 @@ class LearnedWorld:
             agent_height=ground_truth.pop("agent_height"),
         )
         self._ground_truth_settings = ground_truth
+        self.collisions = None
+        if collisions:
+            if not isinstance(self.memory, RenderedMemory):
+                kind = None if self.memory is None else type(self.memory).__name__
+                raise ValueError(
+                    "collisions=True needs the walls of a map of points: a rendered memory "
+                    f"(memory='rendered'), got {kind}"
+                )
+            self.collisions = MapCollisionConfig(
+                agent_radius=self.config.agent_radius,
+                agent_height=self.config.agent_height,
+                sensor_height=sensor_height,
+            )
         self._ground_truth: IndoorNavEnv | None = None
 
     @property
@@ -232,6 +255,9 @@ class LearnedWorld:
             options=options,
         )
         episode.distance = episode.start_distance = self._distance(episode, episode.pose)
+        if self.collisions is not None:  # observed frames enter the map only here
+            floor = float(episode.pose[1, 3]) - self.collisions.sensor_height
+            episode.collider = MapCollider.from_memory(memory, 0, floor, self.collisions)
         return episode
 
     def _few_shot_frames(self, frames: Any) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
@@ -341,12 +367,17 @@ class LearnedWorld:
             keep = torch.zeros(len(rows), n_future, dtype=torch.bool)
             keep[:, 0] = True  # the step's frame is the chunk's first; the padding is discarded
             memories = None if self.memory is None else [episode.memory for episode in rows]
+            steps = step_poses(chunk, model)  # (B, n_future, 4, 4)
+            for row, episode in enumerate(rows):
+                if episode.collider is not None:
+                    first, hit = episode.collider.constrain(episode.pose, steps[row, :1])
+                    steps[row, 0], episode.collided = first[0], bool(hit[0])
             new = generate_next_chunk(
                 model,
                 torch.stack([episode.context_rgb for episode in rows]),
                 torch.stack([episode.context_depth for episode in rows]),
                 torch.stack([episode.pose for episode in rows]),  # (B, 4, 4) f64
-                step_poses(chunk, model),
+                steps,
                 torch.stack([episode.intrinsics for episode in rows]),  # (B, 3, 3)
                 memories,
                 [episode.generator for episode in rows],
@@ -360,6 +391,8 @@ class LearnedWorld:
                 self._advance(episode, rgb[row], depth[row], new.cam_to_world[row, 0].cpu())
         results = []
         for episode, action in zip(episodes, actions, strict=True):
+            if action == Action.STOP:
+                episode.collided = False
             episode.steps += 1
             before = episode.distance
             episode.distance = self._distance(episode, episode.pose)
@@ -397,7 +430,7 @@ class LearnedWorld:
         return {
             "intrinsics": episode.intrinsics.numpy().copy(),
             "distance_to_goal": float(episode.distance),
-            "collided": False,  # free-space motion: nothing blocks a learned world's agent
+            "collided": episode.collided,  # only with collisions: else free-space motion
             "success": bool(success),
             "spl": score,
             "position": position.numpy(),

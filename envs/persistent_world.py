@@ -71,7 +71,10 @@ class PersistentWorldEnv(gym.Env):
 
     ## Rewards
     A learned world knows no walls: the pose integrates each action's free-space motion and no
-    move is ever blocked (``info["collided"]`` is always false). The reward is the decrease of
+    move is blocked (``info["collided"]`` is false), unless ``collisions=True`` gives the agent
+    the ground truth's body: then the walls of the episode's observed frames (the start, or the
+    few-shot frames) block its moves, which slide or stop as in ``IndoorNav-v0``, and
+    ``info["collided"]`` says when (:mod:`worldsim.collision`). The reward is the decrease of
     the Euclidean distance from the integrated floor position to the goal, metres; 0 on ``stop``
     and for episodes without a goal.
 
@@ -100,10 +103,11 @@ class PersistentWorldEnv(gym.Env):
     ## Info
     The keys of ``IndoorNav-v0``'s info, so the two envs swap: ``intrinsics`` (3, 3) float32,
     ``distance_to_goal`` (straight-line floor distance from the integrated position, metres; NaN
-    without a goal), ``collided`` (always false: free-space motion), ``success``, ``spl`` (with
-    the straight line as shortest path and the integrated path; 0 until the episode ends),
-    ``position`` (3,) integrated floor position, ``yaw`` radians, ``goal`` (3,) (NaN without a
-    goal), ``scene`` (the ground-truth scene of a scene start, else ``None``).
+    without a goal), ``collided`` (false unless ``collisions`` and a wall blocked the step),
+    ``success``, ``spl`` (with the straight line as shortest path and the integrated path; 0
+    until the episode ends), ``position`` (3,) integrated floor position, ``yaw`` radians,
+    ``goal`` (3,) (NaN without a goal), ``scene`` (the ground-truth scene of a scene start, else
+    ``None``).
 
     ## Arguments
     ``checkpoint``: a ``WorldModel.save_pretrained`` folder or a ready ``WorldModel``; ``None``
@@ -117,7 +121,8 @@ class PersistentWorldEnv(gym.Env):
     otherwise). ``scene``, ``split``, ``num_scenes``, ``min_goal_distance``, ``backend``,
     ``agent_radius``, ``agent_height``: the ground-truth starts, as ``IndoorNav-v0``.
     ``sensor_height``: camera height above the floor, metres (positions in ``info``).
-    ``success_distance`` (0.2 m). ``render_mode``: ``None`` or ``"rgb_array"``.
+    ``success_distance`` (0.2 m). ``collisions``: observed walls block moves (a rendered
+    memory only; ``ValueError`` otherwise). ``render_mode``: ``None`` or ``"rgb_array"``.
 
     ## Version History
     * v0: initial version.
@@ -142,6 +147,7 @@ class PersistentWorldEnv(gym.Env):
         success_distance: float = SUCCESS_RADIUS_M,
         min_goal_distance: float = 1.0,
         backend: str = "embedded",
+        collisions: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
@@ -164,6 +170,7 @@ class PersistentWorldEnv(gym.Env):
                 agent_radius=agent_radius,
                 agent_height=agent_height,
             ),
+            collisions,
         )
         self.render_mode = render_mode
         self.observation_space = observation_space(self.world.config)

@@ -416,3 +416,33 @@ def test_a_render_model_steps_with_its_rendered_memory():
     observations, _ = vector.reset(seed=0)
     observations, *_ = vector.step(np.array([1, 2]))
     assert observations["rgb"].shape == (2, 32, 32, 3)
+
+
+def test_collisions_stop_the_agent_at_an_observed_wall():
+    """A few-shot start facing a wall 1 m away: with collisions the agent stops before it."""
+    model = make_tiny(memory_token_dim=0, memory_render=True)
+    wall = _frames(count=1)
+    wall["depth"][:] = 1.0  # a flat wall across the view, 1 m ahead
+    ends = {}
+    for collisions in (True, False):
+        env = gym.make(
+            "PersistentWorld-v0",
+            checkpoint=model,
+            memory="rendered",
+            num_sampling_steps=1,
+            collisions=collisions,
+        )
+        _, info = env.reset(seed=0, options={"frames": wall})
+        assert info["collided"] is False
+        hits = []
+        for _ in range(6):  # 1.5 m forward
+            _, _, _, _, info = env.step(1)
+            hits.append(info["collided"])
+        ends[collisions] = float(info["position"][2])
+        assert any(hits) == collisions
+        _, _, _, _, info = env.step(2)  # a turn never collides
+        assert info["collided"] is False
+    assert -1.0 + 0.1 <= ends[True] <= -0.75 + 1e-6  # stopped one body radius before the wall
+    assert ends[False] == pytest.approx(-1.5, abs=1e-4)  # the control: through it
+    with pytest.raises(ValueError, match="collisions=True needs the walls of a map of points"):
+        gym.make("PersistentWorld-v0", checkpoint=model, memory="none", collisions=True)
