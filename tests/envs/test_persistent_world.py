@@ -425,13 +425,7 @@ def test_collisions_stop_the_agent_at_an_observed_wall():
     wall["depth"][:] = 1.0  # a flat wall across the view, 1 m ahead
     ends = {}
     for collisions in (True, False):
-        env = gym.make(
-            "PersistentWorld-v0",
-            checkpoint=model,
-            memory="rendered",
-            num_sampling_steps=1,
-            collisions=collisions,
-        )
+        env = _make(model, memory="rendered", collisions=collisions)
         _, info = env.reset(seed=0, options={"frames": wall})
         assert info["collided"] is False
         hits = []
