@@ -6,12 +6,13 @@ does, and an agent that plans to walk through a wall towards its goal stays stuc
 memory's *observed* points (never from generated ones): a top-down grid of the cells that
 geometry occupies inside the body's height slab, grown by the body's radius. A move is cut into
 sub-steps of at most half a cell; a sub-step into a blocked cell slides along the obstacle (its
-x or z part alone, the longer first) or, if neither is free, the agent stops there, as the
-ground truth's navigation does.
+x or z part alone, the longer first) or, if neither is free, the agent stops there, much as
+the ground truth's navigation does (which first slides along the obstacle's normal).
 
 What the map has not seen is free: the collider only knows the walls the agent has observed.
 A camera that already stands in a blocked cell (the map's points lie a little off the true
-surfaces) moves freely until it leaves it, so a start is never frozen in place.
+surfaces) may still take sub-steps that do not bring it nearer to the observed geometry, so a
+start is never frozen in place, yet never walks on into a wall.
 
 Poses follow :mod:`worldsim.geometry`: world y up, the camera looks along its -z, the floor
 lies ``sensor_height`` below the camera.
@@ -106,6 +107,7 @@ class MapCollider:
         if len(slab) == 0:
             self._origin = np.zeros(2)
             self._blocked = np.zeros((1, 1), dtype=bool)
+            self._clearance = np.full((1, 1), np.inf)
             return
         # The grid spans the obstacles and the footprint's reach around them; beyond it is free.
         self._origin = slab.min(axis=0) - (reach + 1) * cell
@@ -116,6 +118,8 @@ class MapCollider:
         self._blocked = ndimage.binary_dilation(
             occupied, structure=clearance_footprint(cell, config.agent_radius)
         )
+        # Cells from the nearest occupied cell: a body in a blocked cell may not get nearer.
+        self._clearance = ndimage.distance_transform_edt(~occupied)
 
     @classmethod
     def from_memory(
@@ -148,10 +152,25 @@ class MapCollider:
 
     def is_blocked(self, x: float, z: float) -> bool:
         """Whether the body's centre may not stand at world ``(x, z)``."""
+        cell = self._cell_of(x, z)
+        return cell is not None and bool(self._blocked[cell])
+
+    def _cell_of(self, x: float, z: float) -> tuple[int, int] | None:
+        """``(row, col)`` of world ``(x, z)``, or ``None`` outside the grid (free)."""
         col = math.floor((x - self._origin[0]) / self._cell)
         row = math.floor((z - self._origin[1]) / self._cell)
         rows, cols = self._blocked.shape
-        return 0 <= row < rows and 0 <= col < cols and bool(self._blocked[row, col])
+        return (row, col) if 0 <= row < rows and 0 <= col < cols else None
+
+    def _may_step(self, x: float, z: float, dx: float, dz: float) -> bool:
+        """Whether a sub-step is free: into a free cell, or out of a blocked one, never nearer."""
+        if not self.is_blocked(x + dx, z + dz):
+            return True
+        if not self.is_blocked(x, z):
+            return False
+        # Both cells blocked (a start in a blocked cell): only steps that do not approach.
+        here, there = self._cell_of(x, z), self._cell_of(x + dx, z + dz)
+        return bool(self._clearance[there] >= self._clearance[here])
 
     def move(self, x: float, z: float, dx: float, dz: float) -> tuple[float, float, bool]:
         """Move the body's centre by ``(dx, dz)`` with collision (module docstring).
@@ -166,15 +185,15 @@ class MapCollider:
         step_x, step_z = dx / count, dz / count
         collided = False
         for _ in range(count):
-            if self.is_blocked(x, z) or not self.is_blocked(x + step_x, z + step_z):
-                x, z = x + step_x, z + step_z  # free, or still leaving a blocked start cell
+            if self._may_step(x, z, step_x, step_z):
+                x, z = x + step_x, z + step_z
                 continue
             collided = True
             slides = [(step_x, 0.0), (0.0, step_z)]
             if abs(step_z) > abs(step_x):
                 slides.reverse()
             for slide_x, slide_z in slides:
-                if (slide_x or slide_z) and not self.is_blocked(x + slide_x, z + slide_z):
+                if (slide_x or slide_z) and self._may_step(x, z, slide_x, slide_z):
                     x, z = x + slide_x, z + slide_z
                     break
             else:
@@ -212,9 +231,12 @@ def clearance_footprint(cell_size: float, radius: float) -> np.ndarray:
 
     Returns:
         (2k+1, 2k+1) bool structuring element: dilating an obstacle mask by it blocks every cell
-        that has some point nearer than ``radius`` to some point of an obstacle cell.
+        that has some point nearer than ``radius`` to some point of an obstacle cell, and the
+        obstacle cells themselves.
     """
     reach = math.ceil(radius / cell_size) + 1
     offsets = np.arange(-reach, reach + 1)
     gap = np.maximum(np.abs(offsets) - 1, 0) * cell_size  # distance between the squares per axis
-    return np.hypot(gap[:, None], gap[None, :]) < radius
+    footprint = np.hypot(gap[:, None], gap[None, :]) < radius
+    footprint[reach, reach] = True  # an obstacle's own cell blocks even a body of radius 0
+    return footprint

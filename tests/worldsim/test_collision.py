@@ -98,7 +98,7 @@ def test_floor_and_ceiling_points_never_block_and_nothing_is_free_motion():
     assert collided.any()
 
 
-def test_a_body_inside_a_blocked_cell_walks_out():
+def test_a_body_inside_a_blocked_cell_walks_out_but_never_on_into_the_wall():
     collider = MapCollider(_wall(z=0.0), FLOOR)  # the camera stands on the wall's line
     assert collider.is_blocked(0.0, 0.0)
     constrained, collided = collider.constrain(_camera(), _forward(3))
@@ -107,6 +107,21 @@ def test_a_body_inside_a_blocked_cell_walks_out():
         pose = pose @ step
     assert float(pose[2, 3]) == pytest.approx(-0.75)
     assert not collided.any()
+    # One body radius before a wall (inside its grown cells): a move towards it stops at once.
+    collider = MapCollider(_wall(z=-1.0), FLOOR)
+    assert collider.is_blocked(0.0, -0.9)
+    x, z, hit = collider.move(0.0, -0.9, 0.0, -1.0)
+    assert hit and x == 0.0 and -0.9 - 0.05 <= z <= -0.9
+    x, z, hit = collider.move(0.0, -0.9, 0.0, 0.5)  # away from it: free
+    assert not hit and z == pytest.approx(-0.4)
+
+
+def test_a_body_of_radius_zero_is_still_blocked_by_the_points_cells():
+    config = MapCollisionConfig(agent_radius=0.0)
+    collider = MapCollider(_wall(z=-1.0), FLOOR, config)
+    assert collider.blocked.sum() > 0
+    _, z, hit = collider.move(0.0, 0.0, 0.0, -2.0)
+    assert hit and -1.0 < z <= -1.0 + 2 * 0.05  # the wall's cell, up to rounding
 
 
 def test_bad_input_raises():
