@@ -23,8 +23,9 @@ Actions
 Map views
     With ``map_views = c``, a row whose returned frames the memory's *observed* points cover
     (drawn, within the sensor's range) on at least a share ``c`` of the pixels of each frame is
-    answered by the map's render at those cameras, without generating: the render's pixels, and
-    the uncovered ones filled from their nearest covered neighbours. It only applies to a model
+    answered by the map's render at those cameras, without generating: the render's pixels (a
+    point beyond the sensor's range gives its colour and depth 0, as in the model's composite),
+    and the empty ones filled from their nearest drawn neighbours. It only applies to a model
     that pastes the render where it covers (``render_composite``) and reads only observed points
     (``render_generated`` off): at ``c = 1`` the answer is then exactly the frames the model
     would generate, since generated frames never change the observed points' render. Rows
@@ -386,9 +387,12 @@ class WorldModelRollout:
         """
         render, covered, share, poses = self._map_render(start, steps, memory, horizon, num_frames)
         answered = share >= self.map_views  # (B,)
+        # As the composite: a drawn point's colour at any distance, its depth within the range.
+        far = render.mask & ~covered
+        depth = fill_holes(render.depth, covered, 0.0)
         views = RolloutResult(
-            rgb=fill_holes(render.rgb, covered, 0.5).cpu(),
-            depth=fill_holes(render.depth, covered, 0.0).cpu(),
+            rgb=fill_holes(render.rgb, render.mask, 0.5).cpu(),
+            depth=torch.where(far, torch.zeros_like(depth), depth).cpu(),
             cam_to_world=poses[:, :horizon].float().cpu(),
         )
         return views, answered.cpu()

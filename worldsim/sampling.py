@@ -26,6 +26,7 @@ Batching and randomness
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -143,8 +144,9 @@ def sample_chunk(
 ) -> Tensor:
     """Denoise the latents of one future chunk, from pure noise or from a guess (SDEdit).
 
-    With a guess, the first ``round(init_share * steps)`` DDIM timesteps are skipped, as in
-    diffusers' image-to-image pipelines: the guess's latents are noised to the first timestep
+    With a guess, the first ``init_share * steps`` DDIM timesteps (rounded half up) are skipped,
+    as in diffusers' image-to-image pipelines, but at least one step runs unless the share is
+    1: the guess's latents are noised to the first timestep
     left (the same noise as without a guess, ``scheduler.add_noise``) and denoised from there.
 
     Args:
@@ -183,7 +185,7 @@ def sample_chunk(
         )
     scheduler = model.make_scheduler()
     scheduler.set_timesteps(steps, device=context_latents.device)
-    skipped = round(share * steps) if init_latents is not None else 0
+    skipped = _skipped_steps(share, steps) if init_latents is not None else 0
     if skipped == steps:
         return init_latents
     noise = randn_tensor(
@@ -208,13 +210,26 @@ def sample_chunk(
     return latents
 
 
+def _skipped_steps(share: float, steps: int) -> int:
+    """DDIM steps a guess replaces: ``share * steps`` rounded half up, at least one left below 1.
+
+    Rounding half up keeps the count monotone in ``steps`` (Python's ``round`` takes 1.5 to 2 and
+    2.5 to 2).
+    """
+    if share >= 1.0:
+        return steps
+    return min(math.floor(share * steps + 0.5), steps - 1)
+
+
 def render_guess(
     model: WorldModel, context_rgb: Tensor, context_depth: Tensor, render: MemoryRender | None
 ) -> tuple[Tensor, Tensor]:
     """A chunk's frames as the reprojection baseline guesses them, where ``render_init`` starts.
 
-    The render's observed points where they cover a pixel (:meth:`WorldModel.render_coverage`),
-    the last context frame's RGB-D elsewhere.
+    Where the render drew an observed point, its colour (at any distance, as a camera sees a far
+    wall) and its depth within the sensor's range (0 beyond it, as the sensor reads); the last
+    context frame's RGB-D elsewhere. The same pixels the composite keeps
+    (:meth:`WorldModel.composite_render`, before its ``render_fill`` rings).
 
     Args:
         model: the world model (its sensor range decides coverage).
@@ -233,10 +248,11 @@ def render_guess(
         return last_rgb, last_depth
     device, dtype = context_rgb.device, context_rgb.dtype
     render_depth = render.depth.to(device, dtype)
-    covered = model.render_coverage(render_depth, (render.mask & render.observed).to(device))
+    drawn = (render.mask & render.observed).to(device)
+    covered = model.render_coverage(render_depth, drawn)  # drawn within the sensor's range
     return (
-        torch.where(covered, render.rgb.to(device, dtype), last_rgb),
-        torch.where(covered, render_depth, last_depth),
+        torch.where(drawn, render.rgb.to(device, dtype), last_rgb),
+        torch.where(drawn, render_depth * covered, last_depth),
     )
 
 

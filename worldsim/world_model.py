@@ -184,8 +184,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         render_init: with ``memory_render``, the share in ``[0, 1]`` of each chunk's DDIM steps
             that a guess of the chunk replaces (SDEdit): the guess is the reprojection
             baseline's frames (the render where it covers, the last context frame elsewhere,
-            :func:`worldsim.sampling.render_guess`), its latents are noised to the timestep
-            after the first ``round(render_init * steps)`` of the schedule and only the
+            :func:`worldsim.sampling.render_guess`; without a memory, the last context frame),
+            its latents are noised to the timestep after the first ``render_init * steps`` of
+            the schedule (rounded half up, at least one step left below 1) and only the
             remaining steps run. 0 starts from pure noise (no guess); 1 decodes the guess.
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.

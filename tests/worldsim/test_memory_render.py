@@ -397,3 +397,11 @@ def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_e
         ValueError, match=r"render_init=0\.5 starts sampling from the memory's render"
     ):
         make_tiny(render_init=0.5)
+
+
+def test_a_guess_leaves_at_least_one_step_below_a_share_of_one():
+    from worldsim.sampling import _skipped_steps
+
+    assert [_skipped_steps(0.75, steps) for steps in (1, 2, 4, 6, 10)] == [0, 1, 3, 5, 8]
+    assert [_skipped_steps(0.5, steps) for steps in (1, 2, 3, 5)] == [0, 1, 2, 3]  # half up
+    assert _skipped_steps(1.0, 4) == 4 and _skipped_steps(0.0, 4) == 0
