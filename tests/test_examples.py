@@ -270,6 +270,20 @@ def test_compare_costs(tmp_path):
         run("compare_costs", [*argv, "--coverages", "1.5"])
 
 
+def test_check_collisions(tmp_path):
+    argv = ["--output-dir", str(tmp_path), "--num-scenes", "1", "--starts", "3"]
+    argv += ["--tour-steps", "300", "--size", "32"]
+    rows = run("check_collisions", argv)
+    assert [row["scene"] for row in rows] == ["house-test-0000", "all"]
+    total = rows[-1]
+    assert total["steps"] == 3 * 12 and 0.0 <= total["agreement"] <= 1.0
+    # The map's walls bring the end nearer the truth's than free motion (the control).
+    assert total["end_error_map_m"] <= 0.5 * total["end_error_free_m"]
+    assert (tmp_path / "check_collisions.md").stat().st_size > 0
+    with pytest.raises(ValueError, match=r"--forward-share must be in \[0, 1\]"):
+        run("check_collisions", [*argv, "--forward-share", "1.5"])
+
+
 def test_adapt_policy(tmp_path):
     argv = ["--checkpoint", "tiny-untrained", "--policy", "untrained", "--preset", "tiny"]
     argv += ["--output-dir", str(tmp_path)]

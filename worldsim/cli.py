@@ -342,3 +342,8 @@ def paper_tables() -> None:
 def compare_costs() -> None:
     """Console command ``pw-compare-costs``: ``examples/compare_costs.py``."""
     run_example("compare_costs")
+
+
+def check_collisions() -> None:
+    """Console command ``pw-check-collisions``: ``examples/check_collisions.py``."""
+    run_example("check_collisions")
