@@ -17,7 +17,7 @@ Actions
     Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
     ``None``), unless ``collisions`` gives its camera a body: then every move is made against
     the walls that the memory's observed points show (:mod:`worldsim.collision`), a blocked
-    move slides or stops as in the ground truth, the frames are imagined from where the body
+    move slides or stops much as in the ground truth, the frames are imagined from where the body
     really ends, and ``RolloutResult.collided`` says which steps were blocked.
 
 Map views
@@ -211,8 +211,8 @@ class WorldModelRollout:
             ``rgb`` (B, F, 3, H, W) and ``depth`` (B, F, 1, H, W) float32 on the CPU (depth is 0
             for an RGB-only model), ``cam_to_world`` (B, L, 4, 4) float32 integrated from the
             start's last pose, ``collided`` (B, L) with ``collisions``, else ``None``,
-            ``agent_state`` ``None``, ``memory`` the updated
-            memory (``None`` without one, or when ``map_views`` answered some rows but not all).
+            ``agent_state`` ``None``, ``memory`` the updated memory (``None`` without one, or
+            when ``map_views`` answered some rows but not all).
 
         Raises:
             ValueError: for an invalid request (:func:`check_rollout_request`) or a start memory
