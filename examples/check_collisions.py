@@ -36,7 +36,7 @@ from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.geometry import ActionSpec, action_to_relative_pose
 from worldsim.memory import RenderedMemory
 from worldsim.report import write_report
-from worldsim.sampling import insert_frames
+from worldsim.sampling import chain_poses, insert_frames
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class Args:
 
 def _ends(reference: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """(2,) floor position ``(x, z)`` after chaining relative ``steps`` from ``reference``."""
-    pose = reference.clone()
-    for step in steps:
-        pose = pose @ step
-    return pose[[0, 2], 3]
+    return (reference @ chain_poses(steps[None])[0, -1])[[0, 2], 3]
 
 
 def main(args: Args) -> list[dict[str, float | str]]:
