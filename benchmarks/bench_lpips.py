@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from worldsim import cli
-from worldsim.lpips import LPIPS
+from worldsim.metrics.lpips import LPIPS
 
 
 @dataclass(frozen=True)

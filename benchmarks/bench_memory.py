@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from worldsim import cli
-from worldsim.encoders import PooledColorEncoder
 from worldsim.geometry import intrinsics_from_hfov, invert_rigid, pose_from_position_yaw
 from worldsim.memory import FeatureMap3D, FeatureMapConfig
 from worldsim.memory.base import lift_frames
+from worldsim.models.encoders import PooledColorEncoder
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ It times, all in the same run,
 1. ``PersistentWorld-v0`` steps (after one warm-up step) that walk and turn through
    ``--scene`` (forward / left / forward / right), so the map grows with every step; each step
    generates one chunk, reads the memory and writes the new frame into it;
-2. one :func:`~worldsim.sampling.rollout` chunk of B rows (memory read, ``--sampling-steps``
+2. one :func:`~worldsim.simulator.sampling.rollout` chunk of B rows (memory read, ``--sampling-steps``
    denoising steps, decoding, the generated frames written back) from the last frames of a
    ground-truth trajectory whose ``--memory-frames`` frames fill the memory;
 
@@ -44,8 +44,8 @@ import torch
 
 from worldsim import cli
 from worldsim.memory import Memory, RenderedMemory, build_memory
-from worldsim.sampling import insert_frames, rollout
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
+from worldsim.simulator.sampling import insert_frames, rollout
 
 KINDS = ("none", "rendered", "vgg16", "pooled_color")
 """Memory kinds: no memory, the rendered memory, the feature map with one of two encoders."""

@@ -26,7 +26,7 @@ import torch
 import envs  # noqa: F401  (registers PersistentWorld-v0)
 from worldsim import cli
 from worldsim.memory import build_memory
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
 
 ACTIONS = (1, 2, 1, 3)
 """The action cycle of the timed steps."""

@@ -44,7 +44,7 @@ from planners.costs import GoalCost
 from planners.nomad import UNTRAINED, load_policy
 from planners.ranking import NoMaDSampler, ranked_decision
 from worldsim import cli
-from worldsim.checkpoints import TINY_UNTRAINED, learned_planning_rollout
+from worldsim.simulator.checkpoints import TINY_UNTRAINED, learned_planning_rollout
 
 
 @dataclass(frozen=True)

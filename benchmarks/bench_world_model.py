@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from worldsim import cli
-from worldsim.sampling import sample_chunk
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
+from worldsim.simulator.sampling import sample_chunk
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from envs.simulator import GroundTruthSimulator, SimulatorConfig, check_action, make_simulator
 from worldsim.geometry import NUM_ACTIONS, Action
-from worldsim.task import SUCCESS_RADIUS_M, spl
+from worldsim.metrics.task import SUCCESS_RADIUS_M, spl
 
 POSE_BOUND_M = 1000.0
 """Largest absolute camera coordinate, metres: the bound of the ``pose`` space. Indoor scenes are

@@ -3,7 +3,7 @@
 :class:`LearnedWorld` holds the world model, the memory prototype and the ground-truth env that
 renders scene starts; an :class:`Episode` is one row's state (context frames, memory, goal).
 Both envs run the same code on their rows: :meth:`LearnedWorld.step` advances any set of
-episodes with one call of :func:`worldsim.sampling.generate_next_chunk`, the chunk stepper that
+episodes with one call of :func:`worldsim.simulator.sampling.generate_next_chunk`, the chunk stepper that
 every learned rollout uses.
 """
 
@@ -22,8 +22,6 @@ from torch import Tensor
 
 from envs.indoor_nav import IndoorNavEnv, check_pose_bound
 from envs.simulator import SimulatorConfig
-from worldsim.checkpoints import load_learned_simulator
-from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import (
     Action,
@@ -31,13 +29,15 @@ from worldsim.geometry import (
     pose_from_position_yaw,
     position_yaw_from_pose,
 )
-from worldsim.learned_rollout import row_generators
 from worldsim.memory import Memory, RenderedMemory
 from worldsim.memory.base import check_intrinsics
-from worldsim.rollout import RolloutStart
-from worldsim.sampling import generate_next_chunk, insert_frames, step_poses
-from worldsim.task import spl
-from worldsim.world_model import WorldModel
+from worldsim.metrics.task import spl
+from worldsim.models.world_model import WorldModel
+from worldsim.simulator.checkpoints import load_learned_simulator
+from worldsim.simulator.collision import MapCollider, MapCollisionConfig
+from worldsim.simulator.learned import row_generators
+from worldsim.simulator.protocol import RolloutStart
+from worldsim.simulator.sampling import generate_next_chunk, insert_frames, step_poses
 
 RESET_OPTIONS = ("scene", "start", "goal", "frames")
 """Keys ``reset(options=...)`` accepts."""
@@ -107,7 +107,7 @@ class LearnedWorld:
         ground_truth: keyword arguments of the ground-truth :class:`IndoorNavEnv` that renders
             scene starts (its sensor comes from the model).
         collisions: the walls of each episode's observed frames block its moves
-            (:mod:`worldsim.collision`, with the ground truth's body); needs a
+            (:mod:`worldsim.simulator.collision`, with the ground truth's body); needs a
             :class:`~worldsim.memory.RenderedMemory`.
     """
 

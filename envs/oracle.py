@@ -1,6 +1,6 @@
 """The ground-truth rollout: the oracle every planner is checked against first.
 
-:class:`OracleRollout` implements :class:`worldsim.rollout.RolloutModel` with the ground-truth
+:class:`OracleRollout` implements :class:`worldsim.simulator.protocol.RolloutModel` with the ground-truth
 simulator: for each row it places the agent at the row's start state, applies the actions with
 the simulator's own dynamics (collisions included) and renders the true frames. The simulator's
 scene and agent state are restored afterwards, so an oracle can share a simulator with an
@@ -25,7 +25,7 @@ from torch import Tensor
 from envs.simulator import GroundTruthSimulator, SimulatorConfig, make_simulator, wrap_angle
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import position_yaw_from_pose
-from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
+from worldsim.simulator.protocol import RolloutResult, RolloutStart, check_rollout_request
 
 
 def apply_waypoint(sim: GroundTruthSimulator, waypoint: np.ndarray) -> bool:
@@ -153,7 +153,7 @@ class OracleRollout:
         The walk starts at a random navigable pose and goes from one random waypoint to the next
         by the shortest path (:class:`envs.exploration.WaypointPolicy`), ``steps`` frames in
         all. Put it into a map to give a planner a memory of the house
-        (:meth:`worldsim.learned_rollout.WorldModelRollout.map_of`); the simulator's state is
+        (:meth:`worldsim.simulator.learned.WorldModelRollout.map_of`); the simulator's state is
         restored afterwards.
 
         Args:

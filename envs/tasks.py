@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from envs.oracle import OracleRollout
-from worldsim.checkpoints import learned_planning_rollout
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import Memory
-from worldsim.rollout import RolloutStart
+from worldsim.simulator.checkpoints import learned_planning_rollout
+from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.protocol import RolloutStart
 
 
 @dataclass(frozen=True)

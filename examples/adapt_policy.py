@@ -43,11 +43,11 @@ from planners.metrics import sim_score, success
 from planners.nomad import NoMaDPolicy, load_policy
 from planners.ranking import NoMaDSampler
 from worldsim import cli
-from worldsim.checkpoints import learned_planning_rollout
+from worldsim.evaluation.report import plot_trajectories, write_panel_video, write_report
 from worldsim.geometry import Action, position_yaw_from_pose
-from worldsim.learned_rollout import WorldModelRollout
-from worldsim.report import plot_trajectories, write_panel_video, write_report
-from worldsim.rollout import RolloutStart
+from worldsim.simulator.checkpoints import learned_planning_rollout
+from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.protocol import RolloutStart
 
 
 @dataclass(frozen=True)

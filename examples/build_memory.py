@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from worldsim import cli
-from worldsim.encoders import EncoderConfig, build_encoder
 from worldsim.memory import MEMORIES, build_memory
+from worldsim.models.encoders import EncoderConfig, build_encoder
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from envs.tasks import (
 from planners.cem import CEMConfig, initial_categorical, sample_categorical
 from planners.costs import GoalCost
 from worldsim import cli
-from worldsim.report import write_report
+from worldsim.evaluation.report import write_report
 
 
 @dataclass(frozen=True)

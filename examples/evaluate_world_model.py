@@ -10,7 +10,7 @@ shipped checkpoint (or ``--checkpoint``, optionally against ``--compare-checkpoi
 The tiny setting the tests use: a 32x32 dataset, a tiny model, ``--chunks 2 --max-windows 3
 --memory-frames 4 --sampling-steps 1 --max-clips 2``.
 
-Windows (:mod:`worldsim.revisit_evaluation`): from each recorded episode, starts whose next
+Windows (:mod:`worldsim.evaluation.revisits`): from each recorded episode, starts whose next
 ``--chunks`` x ``n_future`` frames hold the most pixels that the earlier observed frames see and
 the ``n_context`` context frames do not (memory-only pixels, by depth consistency), up to
 ``--max-windows``. Every window is rolled out chunk by chunk along its recorded camera motion by
@@ -33,7 +33,7 @@ Writes to ``--output-dir``:
   each variant, frames across the rollout, labelled with each frame's memory-only share;
 - ``validation.json`` / ``validation.md`` / ``validation.png`` (unless ``--max-clips 0``): the
   single-chunk validation of ``--checkpoint`` with and without memory
-  (:mod:`worldsim.evaluation`), the table ``examples/export_checkpoint.py --validation`` puts on
+  (:mod:`worldsim.evaluation.clips`), the table ``examples/export_checkpoint.py --validation`` puts on
   the model card.
 """
 
@@ -52,9 +52,8 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 
 from worldsim import cli
-from worldsim.checkpoints import load_world_model, resolve_memory
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore
-from worldsim.evaluation import (
+from worldsim.evaluation.clips import (
     EvaluationConfig,
     Predictions,
     evaluation_rows,
@@ -62,8 +61,8 @@ from worldsim.evaluation import (
     with_last_frame_baseline,
     with_reprojection_baseline,
 )
-from worldsim.report import write_report
-from worldsim.revisit_evaluation import (
+from worldsim.evaluation.report import write_report
+from worldsim.evaluation.revisits import (
     Variant,
     WindowPredictions,
     episode_memory,
@@ -73,8 +72,9 @@ from worldsim.revisit_evaluation import (
     reprojection_variant,
     score_windows,
 )
-from worldsim.revisit_windows import WindowConfig, find_windows, load_windows
-from worldsim.world_model import MEMORY_FILE, WorldModel
+from worldsim.evaluation.windows import WindowConfig, find_windows, load_windows
+from worldsim.models.world_model import MEMORY_FILE, WorldModel
+from worldsim.simulator.checkpoints import load_world_model, resolve_memory
 
 REPORT_NAME = "evaluation"
 """Stem of the multi-chunk report files."""

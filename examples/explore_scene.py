@@ -20,8 +20,8 @@ from tqdm import tqdm
 from envs.embedded.simulator import Simulator
 from envs.simulator import SimulatorConfig
 from worldsim import cli
+from worldsim.evaluation.report import plot_trajectories
 from worldsim.geometry import Action
-from worldsim.report import plot_trajectories
 
 
 @dataclass(frozen=True)

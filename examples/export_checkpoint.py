@@ -39,7 +39,7 @@ import torch
 
 from worldsim import cli
 from worldsim.data import TrajectoryStore, read_manifest
-from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 
 STAGES = ("vae", "backbone", "memory")
 """Training stages, in order (folders of the run directory)."""

@@ -16,7 +16,7 @@ Writes to ``--output-dir``:
 - ``imagine.mp4``: ground truth | with memory | without memory, with per-frame PSNR (higher is
   better) and LPIPS (lower is better) against the ground truth plotted below, a cursor on the
   current step and the return leg shaded;
-- ``metrics.png``: the same curves (:func:`worldsim.report.plot_metric_curves`);
+- ``metrics.png``: the same curves (:func:`worldsim.evaluation.report.plot_metric_curves`);
 - ``metrics.json`` / ``metrics.md``: mean PSNR / LPIPS over all steps and over the return leg.
 
 ``--checkpoint`` takes a folder written by ``WorldModel.save_pretrained`` (default: the embedded
@@ -43,11 +43,11 @@ from tqdm import tqdm
 import envs  # noqa: F401  (registers IndoorNav-v0 and PersistentWorld-v0)
 from envs.simulator import wrap_angle
 from worldsim import cli
-from worldsim.checkpoints import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
+from worldsim.evaluation.report import plot_metric_curves, write_report
 from worldsim.memory import build_memory
-from worldsim.metrics import lpips, psnr
-from worldsim.report import plot_metric_curves, write_report
-from worldsim.world_model import WorldModel
+from worldsim.metrics.video import lpips, psnr
+from worldsim.models.world_model import WorldModel
+from worldsim.simulator.checkpoints import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY
 
 COLUMNS = ("ground truth", "with memory", "without memory")
 

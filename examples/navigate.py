@@ -55,10 +55,10 @@ from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import sim_score, success
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim import cli
+from worldsim.evaluation.report import plot_trajectories, write_panel_video, write_report
 from worldsim.geometry import Action
 from worldsim.memory import Memory
-from worldsim.report import plot_trajectories, write_panel_video, write_report
-from worldsim.rollout import RolloutModel
+from worldsim.simulator.protocol import RolloutModel
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,14 @@ import torch
 from planners.hindsight import HindsightConfig
 from planners.nomad import UNTRAINED
 from worldsim import cli
-from worldsim.checkpoints import TINY_UNTRAINED, TINY_UNTRAINED_MEMORY, load_learned_simulator
 from worldsim.data import TrajectoryStore, commit_file, temporary_path
-from worldsim.report import markdown_table, plot_metric_curves
-from worldsim.world_model import MEMORY_FILE
+from worldsim.evaluation.report import markdown_table, plot_metric_curves
+from worldsim.models.world_model import MEMORY_FILE
+from worldsim.simulator.checkpoints import (
+    TINY_UNTRAINED,
+    TINY_UNTRAINED_MEMORY,
+    load_learned_simulator,
+)
 
 EPISODES = 20
 """Episodes per table at the full setting."""

@@ -54,7 +54,7 @@ from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import path_length, sim_score, spl, success
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim import cli
-from worldsim.report import (
+from worldsim.evaluation.report import (
     plot_metric_curves,
     plot_trajectories,
     write_panel_video,

@@ -14,7 +14,7 @@ imagined vs. executed views of the ranked choice (``imagined_vs_executed.mp4``).
 
 The planning simulator is the ground-truth oracle (``--planner oracle``) or a learned world model
 (``--planner world-model --checkpoint PATH``; ``--memory none`` gives the no-memory comparison of
-Table 2) through the same rollout interface (``worldsim.rollout``); ``--checkpoint
+Table 2) through the same rollout interface (``worldsim.simulator.protocol``); ``--checkpoint
 tiny-untrained`` builds an untrained tiny world model (32x32 frames, colour-feature memory) as a
 smoke test. With a world model the frame size is the model's.
 
@@ -56,9 +56,9 @@ from planners.metrics import absolute_trajectory_error, relative_pose_error, sim
 from planners.nomad import load_policy
 from planners.ranking import NoMaDSampler, rank_candidates
 from worldsim import cli
+from worldsim.evaluation.report import plot_trajectories, write_panel_video, write_report
 from worldsim.geometry import Action
-from worldsim.report import plot_trajectories, write_panel_video, write_report
-from worldsim.rollout import RolloutStart
+from worldsim.simulator.protocol import RolloutStart
 
 TRAJECTORY_POSES = 8
 """Poses both paths are resampled to before ATE / RPE."""

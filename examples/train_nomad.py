@@ -30,7 +30,7 @@ from planners.nomad import POLICY_PRESETS, NoMaDPolicy, make_scheduler
 from planners.nomad.training import NoMaDTrainingConfig, train_policy
 from worldsim import cli
 from worldsim.data import MANIFEST_NAME, ClipConfig, ClipDataset, collate_clips
-from worldsim.report import plot_metric_curves, write_report
+from worldsim.evaluation.report import plot_metric_curves, write_report
 
 
 @dataclass(frozen=True)

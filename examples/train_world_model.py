@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from worldsim import cli
-from worldsim.checkpoints import with_render_memory
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore, collate_clips
 from worldsim.data.latents import LatentCache
 from worldsim.data.synthetic import SyntheticRoomClips
 from worldsim.memory import build_memory
-from worldsim.training import STAGES, TrainConfig, Trainer
-from worldsim.world_model import MEMORY_FILE, WorldModel
+from worldsim.models.world_model import MEMORY_FILE, WorldModel
+from worldsim.simulator.checkpoints import with_render_memory
+from worldsim.training.trainer import STAGES, TrainConfig, Trainer
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Planning math (pure functions, seeded by a ``torch.Generator``):
 
 1. sample N action sequences of L steps from a distribution;
-2. roll each out in a simulator (:class:`worldsim.rollout.RolloutModel`) and score it with a goal
+2. roll each out in a simulator (:class:`worldsim.simulator.protocol.RolloutModel`) and score it with a goal
    cost (:class:`planners.costs.GoalCost`: LPIPS of the goal image against the last frame);
 3. keep the E lowest-cost sequences (the elites, 30 % by default) and refit the distribution to
    them, blended with the previous one: ``new = smoothing * old + (1 - smoothing) * fit``;
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from planners.costs import GoalCost, check_goal_image
 from worldsim.geometry import NUM_ACTIONS, Action
-from worldsim.rollout import RolloutModel, RolloutStart
+from worldsim.simulator.protocol import RolloutModel, RolloutStart
 
 DistributionKind = Literal["discrete", "continuous"]
 

@@ -1,6 +1,6 @@
 """Goal costs: how far an imagined rollout ends from an image goal.
 
-The cost of a rollout is the LPIPS distance (:class:`worldsim.lpips.LPIPS`, v0.1, AlexNet by
+The cost of a rollout is the LPIPS distance (:class:`worldsim.metrics.lpips.LPIPS`, v0.1, AlexNet by
 default) between the goal image and the rollout's last predicted frame, as in the paper's
 planning experiments (§4.3). Optionally it averages over the last ``last_frames`` frames, which
 rewards sequences that reach the goal early and stay there::
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from worldsim.lpips import LPIPS, check_images
-from worldsim.rollout import RolloutResult
+from worldsim.metrics.lpips import LPIPS, check_images
+from worldsim.simulator.protocol import RolloutResult
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Hindsight-relabelled policy fine-tuning inside a simulator (paper §4.3, Fig. 6b).
 
 In an unseen scene the world model's memory is initialised from a few images (the start's
-frames, unprojected into the memory by :class:`worldsim.learned_rollout.WorldModelRollout`); then,
+frames, unprojected into the memory by :class:`worldsim.simulator.learned.WorldModelRollout`); then,
 each round:
 
 1. roll the policy out in the simulator (:func:`imagine_policy`): at every decision the policy
@@ -13,7 +13,7 @@ each round:
    :func:`planners.nomad.training.policy_batch`);
 3. fine-tune the policy on those clips with NoMaD's loss (:func:`finetune`).
 
-Everything goes through the rollout protocol (:mod:`worldsim.rollout`), so the same loop runs
+Everything goes through the rollout protocol (:mod:`worldsim.simulator.protocol`), so the same loop runs
 in the ground truth (an oracle check) and in the learned simulator.
 """
 
@@ -29,7 +29,7 @@ from planners.nomad import NoMaDPolicy, make_scheduler
 from planners.nomad.training import NoMaDTrainingConfig, policy_batch, policy_loss
 from planners.ranking import NoMaDSampler
 from worldsim.geometry import Action, ActionSpec
-from worldsim.rollout import RolloutModel, RolloutStart
+from worldsim.simulator.protocol import RolloutModel, RolloutStart
 
 
 @dataclass(frozen=True)

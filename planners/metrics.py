@@ -49,15 +49,15 @@ from worldsim.geometry import (
     pose_from_position_yaw,
     position_yaw_from_pose,
 )
-from worldsim.task import SUCCESS_RADIUS_M
-from worldsim.task import spl as spl  # re-exported: the planners' metrics in one place
-from worldsim.task import success as success
+from worldsim.metrics.task import SUCCESS_RADIUS_M
+from worldsim.metrics.task import spl as spl  # re-exported: the planners' metrics in one place
+from worldsim.metrics.task import success as success
 
 Alignment = Literal["none", "origin", "se3", "sim3"]
 ALIGNMENTS = ("none", "origin", "se3", "sim3")
 """Alignment modes of :func:`absolute_trajectory_error` and :func:`relative_pose_error`."""
 DEFAULT_SUCCESS_RADIUS_M = SUCCESS_RADIUS_M
-"""Success radius around the goal, metres (:data:`worldsim.task.SUCCESS_RADIUS_M`)."""
+"""Success radius around the goal, metres (:data:`worldsim.metrics.task.SUCCESS_RADIUS_M`)."""
 DEFAULT_WAYPOINT_SPACING_M = ActionSpec().forward_step_m
 """Waypoint spacing of the NWM-compatible mode: one forward step, metres."""
 

@@ -30,7 +30,7 @@ from planners.cem import (
 from planners.costs import GoalCost
 from worldsim.geometry import Action
 from worldsim.memory import Memory
-from worldsim.rollout import (
+from worldsim.simulator.protocol import (
     PersistentRolloutModel,
     RolloutModel,
     RolloutResult,
@@ -147,7 +147,7 @@ def run_mpc(
 ) -> MPCEpisode:
     """Navigate to an image goal by CEM, imagining in ``planner`` and acting in ``truth``.
 
-    A planner with a persistent memory (:class:`~worldsim.rollout.PersistentRolloutModel`, the
+    A planner with a persistent memory (:class:`~worldsim.simulator.protocol.PersistentRolloutModel`, the
     learned simulator) keeps one map for the episode: the start's frames and every executed
     observation go into it as observed, and every decision imagines from it; plans copy it, so
     nothing imagined enters it. The map can start from ``prior_memory``, what the agent saw of

@@ -18,7 +18,7 @@ from torch import Tensor
 from planners.costs import GoalCost, check_goal_image
 from planners.nomad import NoMaDPolicy, make_scheduler, sample_waypoints, waypoints_to_actions
 from worldsim.geometry import Action, ActionSpec
-from worldsim.rollout import RolloutModel, RolloutResult, RolloutStart, action_kind
+from worldsim.simulator.protocol import RolloutModel, RolloutResult, RolloutStart, action_kind
 
 
 @runtime_checkable

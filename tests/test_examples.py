@@ -172,7 +172,7 @@ def test_train_world_model(tmp_path, tiny_dataset):
     # Stages 1 and 2 trained on latents encoded once, by the trained VAE, for every frame.
     from worldsim.data import TrajectoryStore
     from worldsim.data.latents import LatentCache
-    from worldsim.world_model import WorldModel
+    from worldsim.models.world_model import WorldModel
 
     store = TrajectoryStore(tiny_dataset)
     model = WorldModel.from_pretrained(tmp_path / "memory" / "model")
@@ -506,7 +506,7 @@ def test_paper_tables_makes_only_the_tables_asked_for(tmp_path):
 
 def test_export_checkpoint(tmp_path):
     from tests.worldsim.conftest import make_tiny
-    from worldsim.world_model import WorldModel
+    from worldsim.models.world_model import WorldModel
 
     make_tiny().save_pretrained(tmp_path / "run" / "memory" / "model")
     argv = [
@@ -594,7 +594,7 @@ def test_one_flag_name_per_concept(path):
         [output_dir] = [name for name in fields if name.rsplit(".", 1)[-1] == "output_dir"]
         default = fields[output_dir]
         if path.stem == "export_checkpoint":  # its output is the embedded checkpoint itself
-            from worldsim.world_model import DEFAULT_CHECKPOINT
+            from worldsim.models.world_model import DEFAULT_CHECKPOINT
 
             assert default == DEFAULT_CHECKPOINT
         elif default is not dataclasses.MISSING:

@@ -46,7 +46,7 @@ def test_top_level_exports_load():
     for name in worldsim.__all__:
         assert getattr(worldsim, name).__name__ == name
     from worldsim import WorldModel
-    from worldsim.world_model import WorldModel as Defined
+    from worldsim.models.world_model import WorldModel as Defined
 
     assert WorldModel is Defined
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):

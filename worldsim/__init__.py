@@ -6,16 +6,16 @@ WorldModel``); they load on first use, so ``import worldsim.geometry`` stays lig
 =====================  ==============================================================
 name                   what it is
 =====================  ==============================================================
-``WorldModel``         the RGB-D video diffusion world model (:mod:`worldsim.world_model`)
+``WorldModel``         the RGB-D video diffusion world model (:mod:`worldsim.models.world_model`)
 ``Memory``             the persistent-memory interface (:mod:`worldsim.memory`)
 ``build_memory``       a memory from its name and config fields
-``RolloutStart``       start states of the rollout protocol (:mod:`worldsim.rollout`)
+``RolloutStart``       start states of the rollout protocol (:mod:`worldsim.simulator.protocol`)
 ``RolloutResult``      what a simulator predicts for action sequences
 ``RolloutModel``       the protocol planners talk to (ground truth or learned)
-``WorldModelRollout``  the world model behind that protocol (:mod:`worldsim.learned_rollout`)
-``load_learned_simulator``  a checkpoint and its memory (:mod:`worldsim.checkpoints`)
-``LPIPS``              LPIPS v0.1 without torchvision (:mod:`worldsim.lpips`)
-``psnr``, ``ssim``     video metrics (:mod:`worldsim.metrics`)
+``WorldModelRollout``  the world model behind that protocol (:mod:`worldsim.simulator.learned`)
+``load_learned_simulator``  a checkpoint and its memory (:mod:`worldsim.simulator.checkpoints`)
+``LPIPS``              LPIPS v0.1 without torchvision (:mod:`worldsim.metrics.lpips`)
+``psnr``, ``ssim``     video metrics (:mod:`worldsim.metrics.video`)
 =====================  ==============================================================
 
 Dimension letters used in shape comments and docstrings across the project:
@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "WorldModel": "worldsim.world_model",
+    "WorldModel": "worldsim.models.world_model",
     "Memory": "worldsim.memory",
     "build_memory": "worldsim.memory",
-    "RolloutStart": "worldsim.rollout",
-    "RolloutResult": "worldsim.rollout",
-    "RolloutModel": "worldsim.rollout",
-    "WorldModelRollout": "worldsim.learned_rollout",
-    "load_learned_simulator": "worldsim.checkpoints",
-    "LPIPS": "worldsim.lpips",
-    "psnr": "worldsim.metrics",
-    "ssim": "worldsim.metrics",
+    "RolloutStart": "worldsim.simulator.protocol",
+    "RolloutResult": "worldsim.simulator.protocol",
+    "RolloutModel": "worldsim.simulator.protocol",
+    "WorldModelRollout": "worldsim.simulator.learned",
+    "load_learned_simulator": "worldsim.simulator.checkpoints",
+    "LPIPS": "worldsim.metrics.lpips",
+    "psnr": "worldsim.metrics.video",
+    "ssim": "worldsim.metrics.video",
 }
 
 __all__ = [
@@ -63,13 +63,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from worldsim.checkpoints import load_learned_simulator
-    from worldsim.learned_rollout import WorldModelRollout
-    from worldsim.lpips import LPIPS
     from worldsim.memory import Memory, build_memory
-    from worldsim.metrics import psnr, ssim
-    from worldsim.rollout import RolloutModel, RolloutResult, RolloutStart
-    from worldsim.world_model import WorldModel
+    from worldsim.metrics.lpips import LPIPS
+    from worldsim.metrics.video import psnr, ssim
+    from worldsim.models.world_model import WorldModel
+    from worldsim.simulator.checkpoints import load_learned_simulator
+    from worldsim.simulator.learned import WorldModelRollout
+    from worldsim.simulator.protocol import RolloutModel, RolloutResult, RolloutStart
 
 
 def __getattr__(name: str) -> Any:

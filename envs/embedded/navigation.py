@@ -31,7 +31,7 @@ from envs.embedded.navmesh import (
     _upward_faces,
     detect_floor_height,
 )
-from worldsim.collision import clearance_footprint
+from worldsim.simulator.collision import clearance_footprint
 
 _MOVES = (
     ((0, 1), ()),

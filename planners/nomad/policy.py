@@ -37,8 +37,8 @@ from torch import Tensor
 
 from planners.nomad.encoder import NoMaDEncoder
 from planners.nomad.unet import ConditionalUnet1D, DenseNetwork
-from worldsim.backbones import IMAGENET_MEAN, IMAGENET_STD
-from worldsim.pretrained import ModelMixin, check_pretrained_folder
+from worldsim.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
 
 ACTION_STATS_MIN = (-2.5, -4.0)
 """NoMaD's lower bounds of normalised waypoint deltas (forward, left), waypoint spacings."""

@@ -11,7 +11,7 @@ from envs.oracle import OracleRollout, apply_waypoint
 from envs.simulator import SimulatorConfig
 from envs.tasks import sample_image_goal_episode
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
-from worldsim.rollout import RolloutModel, RolloutStart
+from worldsim.simulator.protocol import RolloutModel, RolloutStart
 
 SCENE = "house-train-0000"
 

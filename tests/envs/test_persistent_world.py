@@ -16,10 +16,10 @@ from envs.persistent_world import PersistentWorldEnv, PersistentWorldVectorEnv
 from envs.simulator import SimulatorConfig
 from envs.tasks import ORACLE_TURN_STEP_DEG, planning_simulator
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
-from worldsim.checkpoints import TINY_UNTRAINED, load_learned_simulator
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import FeatureMap3D, build_memory
-from worldsim.world_model import MEMORY_FILE, WorldModel
+from worldsim.models.world_model import MEMORY_FILE, WorldModel
+from worldsim.simulator.checkpoints import TINY_UNTRAINED, load_learned_simulator
+from worldsim.simulator.learned import WorldModelRollout
 
 if "PersistentWorld-v0" not in gym.registry:
     gym.register(

@@ -29,9 +29,9 @@ from planners.costs import GoalCost, GoalCostConfig
 from planners.metrics import success
 from planners.mpc import MPCConfig, run_mpc
 from worldsim.geometry import Action
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import build_memory
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
+from worldsim.simulator.learned import WorldModelRollout
 
 SCENE = "house-train-0000"
 

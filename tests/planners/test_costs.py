@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from planners.costs import GoalCost, GoalCostConfig, check_goal_image, gaussian_blur
-from worldsim.rollout import RolloutResult
+from worldsim.simulator.protocol import RolloutResult
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from worldsim.data.synthetic import SyntheticRoomClips
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
 
 
 def make_tiny(seed: int = 0, **overrides) -> WorldModel:

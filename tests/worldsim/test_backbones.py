@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worldsim.backbones import (
+from worldsim.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LAYER_CHANNELS,

@@ -25,8 +25,8 @@ from worldsim.data import (
     write_shard,
 )
 from worldsim.data.synthetic import render_box_room
+from worldsim.data.visibility import DepthConsistency, memory_only_coverage
 from worldsim.geometry import depth_to_world_points, intrinsics_from_hfov, project_points
-from worldsim.visibility import DepthConsistency, memory_only_coverage
 
 SIZE = 12  # pixels per side: small enough for a per-pixel Python reference
 WALL_Z = 4.0  # the wall is the plane z = 4 m, facing the cameras
@@ -101,7 +101,7 @@ def write_store(root, episodes, plan="run"):
 
 
 def brute_force_coverage(episode, start, n_context, n_future, consistency):
-    """Memory-only coverage of one clip, pixel by pixel (the rule of worldsim.visibility)."""
+    """Memory-only coverage of one clip, pixel by pixel (the rule of worldsim.data.visibility)."""
     depth = episode.depth[..., 0].astype(np.float64)
     poses = episode.cam_to_world.astype(np.float64)
     k = episode.intrinsics[0].astype(np.float64)

@@ -11,15 +11,15 @@ from envs.embedded.simulator import Simulator
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny
-from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.geometry import (
     DEFAULT_SENSOR_HEIGHT_M,
     action_to_relative_pose,
     pose_from_position_yaw,
 )
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import build_memory
-from worldsim.sampling import insert_frames, step_poses
+from worldsim.simulator.collision import MapCollider, MapCollisionConfig
+from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.sampling import insert_frames, step_poses
 
 FLOOR = 0.3  # world y of the floor in the hand-made scenes
 

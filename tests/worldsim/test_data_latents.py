@@ -20,7 +20,7 @@ from worldsim.data import (
 )
 from worldsim.data.latents import LatentCache
 from worldsim.geometry import action_to_relative_pose, intrinsics_from_hfov, pose_from_position_yaw
-from worldsim.losses import diffusion_loss
+from worldsim.training.losses import diffusion_loss
 
 SIZE = 32  # the tiny model's frame size
 

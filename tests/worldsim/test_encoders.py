@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from worldsim.encoders import (
+from worldsim.models.encoders import (
     DINOv2Encoder,
     DinoVisionTransformer,
     EncoderConfig,

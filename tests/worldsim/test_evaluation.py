@@ -6,7 +6,7 @@ import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.data import ClipConfig, ClipDataset, collate_clips
-from worldsim.evaluation import (
+from worldsim.evaluation.clips import (
     LAST_FRAME,
     REPROJECTION,
     EvaluationConfig,

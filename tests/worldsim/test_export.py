@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
-from worldsim.report import write_report
-from worldsim.world_model import MEMORY_FILE, WorldModel
+from worldsim.evaluation.report import write_report
+from worldsim.models.world_model import MEMORY_FILE, WorldModel
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_checkpoint.py"
 SHARD_LIMIT = 40 * 10**6  # bytes: the package's limit per file

@@ -11,12 +11,12 @@ from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
-from worldsim.learned_rollout import WorldModelRollout, row_generators
 from worldsim.memory import build_memory
 from worldsim.memory.rendered import fill_holes
-from worldsim.rollout import RolloutModel, RolloutStart
-from worldsim.sampling import chain_poses, step_poses
-from worldsim.sampling import rollout as reference_rollout
+from worldsim.simulator.learned import WorldModelRollout, row_generators
+from worldsim.simulator.protocol import RolloutModel, RolloutStart
+from worldsim.simulator.sampling import chain_poses, step_poses
+from worldsim.simulator.sampling import rollout as reference_rollout
 
 SCENE = "house-train-0000"
 # Batched and single-row matrix products round differently on the CPU (~1e-6 on frames).
@@ -62,7 +62,7 @@ def test_is_a_rollout_model(model):
 
 
 def test_equals_the_library_rollout_with_a_fresh_memory(model, start):
-    """For whole chunks the protocol is exactly Algorithm 1a of worldsim.sampling."""
+    """For whole chunks the protocol is exactly Algorithm 1a of worldsim.simulator.sampling."""
     actions = _actions(2, 4)
     learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
     result = learned.rollout(start, actions, generator=torch.Generator().manual_seed(7))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.lpips import LPIPS, lpips_head_path
+from worldsim.metrics.lpips import LPIPS, lpips_head_path
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lpips"
 PAIRS = np.load(DATA / "pairs.npz")

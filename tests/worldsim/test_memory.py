@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from worldsim.encoders import PooledColorEncoder
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw
 from worldsim.memory import (
     BEVMap,
@@ -22,6 +21,7 @@ from worldsim.memory import (
 )
 from worldsim.memory.base import Frames, lift_frames, sinusoidal_embedding
 from worldsim.memory.voxel_grid import SparseMaxGrid
+from worldsim.models.encoders import PooledColorEncoder
 
 SIZE = 16  # pixels per side of the test frames
 # Box room, metres; walls off the voxel grids used below so no point sits on a voxel boundary.

@@ -5,10 +5,10 @@ import torch
 
 from tests.worldsim.conftest import make_tiny
 from tests.worldsim.test_transformer import build
-from worldsim.losses import diffusion_loss
 from worldsim.memory import build_memory
-from worldsim.sampling import check_memory_fits, generate_chunk, rollout, sample_chunk
-from worldsim.training import freeze_for_stage
+from worldsim.simulator.sampling import check_memory_fits, generate_chunk, rollout, sample_chunk
+from worldsim.training.losses import diffusion_loss
+from worldsim.training.trainer import freeze_for_stage
 
 
 def _transformer(render_channels=5, seed=0):
@@ -258,7 +258,7 @@ def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny
 
 
 def _chunk_cameras(model, reference, actions, intrinsics):
-    from worldsim.sampling import chain_poses, step_poses
+    from worldsim.simulator.sampling import chain_poses, step_poses
 
     targets = reference.double()[:, None] @ chain_poses(step_poses(actions, model).double())
     frames = actions.shape[1]
@@ -400,7 +400,7 @@ def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_e
 
 
 def test_a_guess_leaves_at_least_one_step_below_a_share_of_one():
-    from worldsim.sampling import _skipped_steps
+    from worldsim.simulator.sampling import _skipped_steps
 
     assert [_skipped_steps(0.75, steps) for steps in (1, 2, 4, 6, 10)] == [0, 1, 3, 5, 8]
     assert [_skipped_steps(0.5, steps) for steps in (1, 2, 3, 5)] == [0, 1, 2, 3]  # half up

@@ -7,8 +7,8 @@ import skimage.metrics
 import torch
 from torch import Tensor, nn
 
-from worldsim.lpips import LPIPS
-from worldsim.metrics import (
+from worldsim.metrics.lpips import LPIPS
+from worldsim.metrics.video import (
     MetricResult,
     dreamsim,
     frechet_distance,

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldsim.pretrained import rehome_tensors
+from worldsim.models.pretrained import rehome_tensors
 
 ALIGNMENT = 64  # bytes: torch's CPU allocator aligns every fresh allocation to 64
 

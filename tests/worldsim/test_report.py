@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from worldsim.metrics import MetricResult
-from worldsim.report import (
+from worldsim.evaluation.report import (
     markdown_table,
     plot_metric_curves,
     plot_trajectories,
     write_panel_video,
     write_report,
 )
+from worldsim.metrics.video import MetricResult
 
 
 def test_write_report_json_and_markdown(tmp_path):

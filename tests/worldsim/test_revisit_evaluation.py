@@ -6,8 +6,8 @@ import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.data import TrajectoryStore
-from worldsim.memory import build_memory
-from worldsim.revisit_evaluation import (
+from worldsim.data.visibility import memory_only_coverage
+from worldsim.evaluation.revisits import (
     Variant,
     coverage_bins,
     episode_memory,
@@ -18,7 +18,7 @@ from worldsim.revisit_evaluation import (
     reprojection_variant,
     score_windows,
 )
-from worldsim.revisit_windows import (
+from worldsim.evaluation.windows import (
     WindowConfig,
     choose_windows,
     find_windows,
@@ -26,7 +26,7 @@ from worldsim.revisit_windows import (
     pairwise_seen,
     rank_starts,
 )
-from worldsim.visibility import memory_only_coverage
+from worldsim.memory import build_memory
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_model_variants_share_noise_and_memory_changes_the_frames(windows):
 
 
 def batch_rows(batch, count):
-    from worldsim.revisit_windows import select
+    from worldsim.evaluation.windows import select
 
     return select(batch, torch.arange(count))
 

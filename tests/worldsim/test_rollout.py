@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldsim.memory import build_memory
-from worldsim.rollout import (
+from worldsim.simulator.protocol import (
     RolloutResult,
     RolloutStart,
     action_kind,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
-from worldsim.sampling import rollout, sample_chunk
+from worldsim.simulator.sampling import rollout, sample_chunk
 
 
 def start(batch):
@@ -117,7 +117,7 @@ def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
 
 def test_step_poses_and_waypoints_roll_out_like_the_equivalent_action_ids(tiny_model, tiny_batch):
     from worldsim.geometry import action_to_waypoint
-    from worldsim.sampling import step_poses
+    from worldsim.simulator.sampling import step_poses
 
     rgb, depth, poses = start(tiny_batch)
     actions = torch.tensor([[1, 2, 3, 1], [2, 2, 1, 0]])

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from envs.collection import CollectionConfig, collect
-from worldsim.checkpoints import resolve_memory
 from worldsim.data import ClipConfig, ClipDataset
-from worldsim.evaluation import (
+from worldsim.evaluation.clips import (
     LAST_FRAME,
     EvaluationConfig,
     evaluation_rows,
     predict_clips,
     with_last_frame_baseline,
 )
-from worldsim.sampling import check_memory_fits
-from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.simulator.checkpoints import resolve_memory
+from worldsim.simulator.sampling import check_memory_fits
 
 MEMORY_GAIN_DB = 9.0
 """Least PSNR gain on memory-only pixels, own memory over none and another episode's (dB)."""
@@ -96,8 +96,8 @@ def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_
     13.5, none 17.1; the bound is half the smaller gap.
     """
     from worldsim.data import TrajectoryStore
-    from worldsim.revisit_evaluation import Variant, episode_memory, no_memory, predict_windows
-    from worldsim.revisit_windows import WindowConfig, find_windows, load_windows
+    from worldsim.evaluation.revisits import Variant, episode_memory, no_memory, predict_windows
+    from worldsim.evaluation.windows import WindowConfig, find_windows, load_windows
 
     _record_test_houses(tmp_path, max_steps=80, policy_mix={"look_around": 1.0})
     store = TrajectoryStore(tmp_path)

@@ -6,8 +6,8 @@ import torch
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.data.synthetic import render_box_room
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw
-from worldsim.losses import diffusion_loss
-from worldsim.training import TrainConfig, Trainer, freeze_for_stage
+from worldsim.training.losses import diffusion_loss
+from worldsim.training.trainer import TrainConfig, Trainer, freeze_for_stage
 
 
 def test_train_config_validation():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from worldsim.transformer import WorldTransformer
+from worldsim.models.transformer import WorldTransformer
 
 
 def build(seed=0, memory_token_dim=6, **overrides):

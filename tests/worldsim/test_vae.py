@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
-from worldsim.vae import RGBDAutoencoder, fold_single_frame_convolutions
+from worldsim.models.vae import RGBDAutoencoder, fold_single_frame_convolutions
 
 
 def tiny_vae(**overrides) -> RGBDAutoencoder:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from worldsim.visibility import DepthConsistency, memory_only_coverage, seen_by
+from worldsim.data.visibility import DepthConsistency, memory_only_coverage, seen_by
 
 SIZE = 16
 FOCAL = SIZE / 2  # 90 degree field of view

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
 from worldsim.geometry import plucker_rays, pose_from_position_yaw
-from worldsim.vae import RGBDAutoencoder
-from worldsim.world_model import DEFAULT_CHECKPOINT, WorldModel, world_model_config
+from worldsim.models.vae import RGBDAutoencoder
+from worldsim.models.world_model import DEFAULT_CHECKPOINT, WorldModel, world_model_config
 
 
 def test_named_configs_build_and_validate():

@@ -2,11 +2,11 @@
 
 Stages 1 and 2 never train the VAE, yet encoding a batch's frames costs as much as the
 transformer step on a CPU. A model whose VAE codes frames one by one (temporal ratio 1, see
-:mod:`worldsim.vae`) gives each frame the same latent whichever clip it is cut from, so the
+:mod:`worldsim.models.vae`) gives each frame the same latent whichever clip it is cut from, so the
 latents of a whole :class:`~worldsim.data.TrajectoryStore` can be computed once
 (:meth:`LatentCache.build`), saved beside the run, and handed to
 :class:`~worldsim.data.ClipDataset`, whose clips then carry ``latents`` that
-:func:`worldsim.losses.diffusion_loss` uses instead of encoding.
+:func:`worldsim.training.losses.diffusion_loss` uses instead of encoding.
 
 A cache belongs to one VAE and one data set: it records a fingerprint of the VAE's weights and
 scale (:func:`vae_fingerprint`) and each episode's scene, index and length, and
@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.data import TrajectoryStore, episode_keys, frames_to_tensors
-from worldsim.world_model import WorldModel
+from worldsim.models.world_model import WorldModel
 
 FORMAT = "persistent-world-latents-1"
 """Value of the ``format`` metadata entry of a cache file."""

@@ -6,7 +6,7 @@ earlier camera's frustum. The collector's summary and the clip dataset's revisit
 use :func:`revisit_sources`.
 
 What a clip's memory can explain is judged by visibility instead (:func:`clip_coverage`, with
-:func:`worldsim.visibility.seen_by`: depth consistency, so walls and furniture occlude): the
+:func:`worldsim.data.visibility.seen_by`: depth consistency, so walls and furniture occlude): the
 share of the clip's future pixels that earlier frames see and its context frames do not, and
 the earlier frames that see most of them.
 """
@@ -24,7 +24,7 @@ from torch import Tensor
 from worldsim.geometry import invert_rigid, transform_points, unproject_depth
 
 if TYPE_CHECKING:
-    from worldsim.visibility import DepthConsistency
+    from worldsim.data.visibility import DepthConsistency
 
 
 # ================================================================================== view overlap
@@ -215,7 +215,7 @@ def revisit_fraction(sources: np.ndarray) -> float:
 class CoverageConfig:
     """How :func:`clip_coverage` measures what a clip's memory can explain.
 
-    Visibility (:func:`worldsim.visibility.seen_by`) is tested on a regular subsample of the
+    Visibility (:func:`worldsim.data.visibility.seen_by`) is tested on a regular subsample of the
     pixels (:func:`subsample_depth`): every ``H // resolution``-th row and column, with ``K``
     adjusted to match, so a 64x64 frame is judged on 16x16 pixels: 16 times cheaper, and a
     share of pixels changes by little (an object thinner than 4 pixels may be missed). To bound
@@ -282,7 +282,7 @@ def _pair_seen(
     batch_pairs: int,
 ) -> np.ndarray:
     """(N, h*w) bool: which pixels of frame ``targets[n]`` frame ``sources[n]`` sees."""
-    from worldsim.visibility import seen_by  # imports the model stack: only when measuring
+    from worldsim.data.visibility import seen_by  # imports the model stack: only when measuring
 
     parts = [np.zeros((0, depth.shape[1] * depth.shape[2]), dtype=bool)]
     for begin in range(0, len(targets), batch_pairs):
@@ -353,7 +353,7 @@ def clip_coverage(
     A clip starting at ``a`` has context frames ``a .. a + n_context - 1``, future frames
     ``a + n_context .. a + n_context + n_future - 1`` and may remember frames ``0 .. a - 1``.
     Its *memory-only* pixels are the future frames' valid-depth pixels that some earlier frame
-    sees and no context frame sees (:func:`worldsim.visibility.seen_by`, on the subsample and
+    sees and no context frame sees (:func:`worldsim.data.visibility.seen_by`, on the subsample and
     candidates of :class:`CoverageConfig`). Its coverage is their number over the number of
     valid-depth future pixels (0 when there are none).
 
@@ -375,8 +375,8 @@ def clip_coverage(
         ``(coverage, picks)``: (C,) float64 in [0, 1], and (C, candidates) int64 memory frames in
         greedy order, -1 after the last frame that adds pixels.
     """
+    from worldsim.data.visibility import DepthConsistency
     from worldsim.memory.base import valid_depth_mask
-    from worldsim.visibility import DepthConsistency
 
     config = config or CoverageConfig()
     consistency = config.consistency or DepthConsistency()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from worldsim.encoders import EncoderConfig, FeatureEncoder
 from worldsim.memory.base import Memory, PositionEncoding
 from worldsim.memory.bev_map import BEVMap, BEVMapConfig
 from worldsim.memory.feature_map import FeatureMap3D, FeatureMapConfig
@@ -31,6 +30,7 @@ from worldsim.memory.rendered import (
     RenderedMemory,
     RenderedMemoryConfig,
 )
+from worldsim.models.encoders import EncoderConfig, FeatureEncoder
 
 MEMORIES = {
     "none": (NoMemory, NoMemoryConfig),
@@ -50,7 +50,7 @@ def build_memory(name: str, **config) -> Memory:
         name: ``"none" | "feature_map" | "image" | "bev" | "frame_bank" | "rendered"``.
         **config: fields of that memory's config dataclass. ``encoder`` may be an
             :class:`EncoderConfig`, a dict of its fields, an encoder name, or a ready
-            :class:`~worldsim.encoders.FeatureEncoder` (used as is, e.g. shared between
+            :class:`~worldsim.models.encoders.FeatureEncoder` (used as is, e.g. shared between
             memories); ``position`` may be a :class:`PositionEncoding` or a dict.
 
     Returns:

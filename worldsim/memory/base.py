@@ -6,12 +6,12 @@ tokens they give back.
 
 Lifting frames to points (:func:`lift_frames`)
     Each valid frame is encoded to a (C, h, w) feature grid with stride ``s``
-    (:mod:`worldsim.encoders`). A feature cell gets one depth from the ``s x s`` pixels it covers:
+    (:mod:`worldsim.models.encoders`). A feature cell gets one depth from the ``s x s`` pixels it covers:
     ``"median"`` (default) takes the lower median of the cell's valid depths, which is always one
     of the measured depths (at an occlusion edge it picks one of the two surfaces, never a phantom
     depth between them); ``"nearest"`` takes the pixel at row and column ``s // 2`` of the cell.
     A cell without a valid depth is dropped. The cell is then unprojected through its centre with
-    the feature-grid intrinsics (:func:`worldsim.encoders.feature_intrinsics`) and the frame's
+    the feature-grid intrinsics (:func:`worldsim.models.encoders.feature_intrinsics`) and the frame's
     ``cam_to_world`` (:func:`worldsim.geometry.depth_to_world_points`).
 
 Bad input
@@ -31,7 +31,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from worldsim.encoders import FeatureEncoder, feature_intrinsics
 from worldsim.geometry import (
     DEFAULT_MAX_DEPTH_M,
     check_rigid,
@@ -39,6 +38,7 @@ from worldsim.geometry import (
     plucker_rays,
     relative_pose,
 )
+from worldsim.models.encoders import FeatureEncoder, feature_intrinsics
 
 DEPTH_SAMPLING = ("median", "nearest")
 """How a feature cell gets its depth from the pixels it covers (see the module docstring)."""

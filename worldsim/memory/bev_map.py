@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from worldsim.encoders import EncoderConfig, FeatureEncoder
 from worldsim.geometry import invert_rigid
 from worldsim.memory.base import DEFAULT_MAX_DEPTH, PositionEncoding
 from worldsim.memory.feature_map import GridMemory, _check_grid_fields
+from worldsim.models.encoders import EncoderConfig, FeatureEncoder
 
 
 @dataclass(frozen=True)

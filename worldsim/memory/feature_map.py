@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from worldsim.encoders import EncoderConfig, FeatureEncoder, build_encoder
 from worldsim.geometry import invert_rigid
 from worldsim.memory.base import (
     DEFAULT_MAX_DEPTH,
@@ -39,6 +38,7 @@ from worldsim.memory.base import (
     lift_frames,
 )
 from worldsim.memory.voxel_grid import SparseMaxGrid
+from worldsim.models.encoders import EncoderConfig, FeatureEncoder, build_encoder
 
 
 def _check_grid_fields(config, owner: str) -> None:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from worldsim.encoders import EncoderConfig, FeatureEncoder, build_encoder
 from worldsim.geometry import project_points
 from worldsim.memory.base import DEFAULT_MAX_DEPTH, FrameSlots, LiftedFrames, Memory, lift_frames
 from worldsim.memory.image_memory import check_frame_memory_fields
+from worldsim.models.encoders import EncoderConfig, FeatureEncoder, build_encoder
 
 
 @dataclass(frozen=True)

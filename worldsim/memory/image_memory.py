@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from worldsim.encoders import EncoderConfig, FeatureEncoder, build_encoder
 from worldsim.memory.base import (
     DEFAULT_MAX_DEPTH,
     DEPTH_SAMPLING,
@@ -32,6 +31,7 @@ from worldsim.memory.base import (
     Memory,
     lift_frames,
 )
+from worldsim.models.encoders import EncoderConfig, FeatureEncoder, build_encoder
 
 
 def check_frame_memory_fields(config, owner: str) -> None:

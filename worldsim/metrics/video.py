@@ -7,7 +7,7 @@ replaced by another network under the same name.
 
 * **PSNR**, **SSIM**: torchmetrics (``data_range = 1``; SSIM with an 11x11 Gaussian window,
   sigma 1.5, k1 = 0.01, k2 = 0.03). Identical frames have infinite PSNR.
-* **LPIPS**: :class:`worldsim.lpips.LPIPS` (v0.1, AlexNet by default).
+* **LPIPS**: :class:`worldsim.metrics.lpips.LPIPS` (v0.1, AlexNet by default).
 * **SRC** (Scene Revisit Consistency): mean cosine similarity between image features of frames
   at a first visit and at a revisit of the same place, in [-1, 1] (1 = identical features). The
   result names its encoder: the ImageNet VGG16 (``relu5_3``, spatially averaged) by default, or
@@ -37,8 +37,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from worldsim.backbones import VGG16Trunk, imagenet_normalize
-from worldsim.lpips import LPIPS, check_images
+from worldsim.metrics.lpips import LPIPS, check_images
+from worldsim.models.backbones import VGG16Trunk, imagenet_normalize
 
 _IMAGINARY_TOLERANCE = 1e-3  # largest imaginary part of sqrtm accepted as round-off
 _COVARIANCE_OFFSET = 1e-6  # added to the diagonals when sqrtm of a singular product fails
@@ -179,7 +179,7 @@ def lpips(
     Args:
         pred: (N, 3, H, W) or (B, T, 3, H, W) float RGB in [0, 1].
         target: same shape as ``pred``.
-        model: an :class:`~worldsim.lpips.LPIPS` with ``input_range=(0, 1)`` on the inputs'
+        model: an :class:`~worldsim.metrics.lpips.LPIPS` with ``input_range=(0, 1)`` on the inputs'
             device; a new AlexNet one on that device if ``None``.
         batch_size: frames per trunk pass.
 
@@ -209,7 +209,7 @@ class VGG16Features(nn.Module):
     """The default SRC encoder: ImageNet VGG16 features of RGB in [0, 1].
 
     Args:
-        layer: VGG16 output to use (see :data:`worldsim.backbones.VGG16_LAYER_STRIDES`).
+        layer: VGG16 output to use (see :data:`worldsim.models.backbones.VGG16_LAYER_STRIDES`).
         weights: trunk weights (``"imagenet"`` or a path; see :class:`VGG16Trunk`).
     """
 

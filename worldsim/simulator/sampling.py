@@ -6,8 +6,8 @@ chunk of ``n_future`` frames at a time with :func:`generate_next_chunk`, the one
 the memory's map tokens for those cameras, denoise the chunk's RGB-D latents
 (:func:`sample_chunk`), decode them (:func:`generate_chunk`), unproject the generated RGB-D into
 the memory (:func:`insert_frames`), and condition the next chunk on the last generated frames.
-:class:`worldsim.learned_rollout.WorldModelRollout` puts this behind the planners'
-:class:`~worldsim.rollout.RolloutModel` protocol.
+:class:`worldsim.simulator.learned.WorldModelRollout` puts this behind the planners'
+:class:`~worldsim.simulator.protocol.RolloutModel` protocol.
 
 Motions
     Discrete action ids (:class:`~worldsim.geometry.Action`, the model's step sizes), local-frame
@@ -20,7 +20,7 @@ Batching and randomness
     All B rollouts of a batch run together, ``batch_size`` rows per model call; each chunk is
     sampled with the model's DDIM schedule (``num_inference_steps`` steps, deterministic given the
     initial noise), and the initial noise comes from the caller's generator(s). With one generator
-    per row (:func:`worldsim.learned_rollout.row_generators`) a row's frames depend neither on
+    per row (:func:`worldsim.simulator.learned.row_generators`) a row's frames depend neither on
     ``batch_size`` nor on the other rows (up to floating-point rounding of batched matrix products).
 """
 
@@ -46,7 +46,7 @@ from worldsim.memory import Memory, RenderedMemory
 from worldsim.memory.rendered import MemoryRender
 
 if TYPE_CHECKING:
-    from worldsim.world_model import WorldModel
+    from worldsim.models.world_model import WorldModel
 
 
 @dataclass(frozen=True)

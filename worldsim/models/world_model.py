@@ -1,7 +1,7 @@
 """The world model: RGB-D VAE + memory-conditioned transformer + diffusion schedule, one folder.
 
-:class:`WorldModel` owns the :class:`~worldsim.vae.RGBDAutoencoder`, the
-:class:`~worldsim.transformer.WorldTransformer` and the settings of its noise schedule, and turns
+:class:`WorldModel` owns the :class:`~worldsim.models.vae.RGBDAutoencoder`, the
+:class:`~worldsim.models.transformer.WorldTransformer` and the settings of its noise schedule, and turns
 raw observations into the transformer's inputs: latents of the conditioning frames, Plücker ray
 images of the chunk's relative camera poses downsampled to the latent grid (paper eq. 1).
 
@@ -47,11 +47,11 @@ from worldsim.geometry import (
     plucker_rays,
 )
 from worldsim.memory.rendered import grow_into_holes
-from worldsim.pretrained import ModelMixin, check_pretrained_folder
-from worldsim.transformer import WorldTransformer
-from worldsim.vae import RGBDAutoencoder
+from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
+from worldsim.models.transformer import WorldTransformer
+from worldsim.models.vae import RGBDAutoencoder
 
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "world_model_small"
+DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "world_model_small"
 """Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
 MEMORY_FILE = "memory.json"
 """File in a checkpoint folder naming the memory the model was trained with: a JSON object
@@ -184,7 +184,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         render_init: with ``memory_render``, the share in ``[0, 1]`` of each chunk's DDIM steps
             that a guess of the chunk replaces (SDEdit): the guess is the reprojection
             baseline's frames (the render where it covers, the last context frame elsewhere,
-            :func:`worldsim.sampling.render_guess`; without a memory, the last context frame),
+            :func:`worldsim.simulator.sampling.render_guess`; without a memory, the last context frame),
             its latents are noised to the timestep after the first ``render_init * steps`` of
             the schedule (rounded half up, at least one step left below 1) and only the
             remaining steps run. 0 starts from pure noise (no guess); 1 decodes the guess.
@@ -545,7 +545,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         Returns:
             (B, L, 4, 4) float32 poses (free-space motion: no collisions).
         """
-        from worldsim.sampling import chain_poses  # sampling builds on this module
+        from worldsim.simulator.sampling import chain_poses  # sampling builds on this module
 
         return chain_poses(action_to_relative_pose(actions, self.action_spec))
 

@@ -9,12 +9,12 @@ Windows
     ``t - n_context + 1 .. t``, the *future* the next ``length`` frames, the *memory* the observed
     frames before the context (all of them, or the ``memory_frames`` that see most of the
     future's memory-only pixels). A future pixel is *memory-only* when some memory frame sees it
-    and no context frame does (:func:`worldsim.visibility.memory_only_coverage`: visibility by
+    and no context frame does (:func:`worldsim.data.visibility.memory_only_coverage`: visibility by
     depth consistency, not a frustum test). :func:`choose_windows` ranks every candidate start by
     the mean memory-only share of its future frames, measured on a coarse pixel grid
     (:func:`pairwise_seen`), and keeps the best ones that do not overlap.
 
-They are scored by :mod:`worldsim.revisit_evaluation`.
+They are scored by :mod:`worldsim.evaluation.revisits`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from worldsim.data.visibility import DepthConsistency, memory_only_coverage, seen_by
 from worldsim.geometry import invert_rigid
 from worldsim.memory.base import valid_depth_mask
-from worldsim.visibility import DepthConsistency, memory_only_coverage, seen_by
 
 if TYPE_CHECKING:
     from worldsim.data import TrajectoryStore
@@ -110,7 +110,7 @@ def pairwise_seen(
 
     Returns:
         ``(seen, valid)``: (T_source, T_target, P) bool, whether source frame ``s`` sees sample
-        ``p`` of target frame ``t`` (:func:`worldsim.visibility.seen_by`), and (T, P) bool, the
+        ``p`` of target frame ``t`` (:func:`worldsim.data.visibility.seen_by`), and (T, P) bool, the
         samples with a valid depth.
     """
     frames, _, height, width = depth.shape

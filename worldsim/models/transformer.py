@@ -10,7 +10,7 @@ Inputs of one denoising call, all on the latent grid of the future chunk (``F`` 
 - the Plücker ray images of the chunk's cameras relative to the last context frame,
   pixel-unshuffled to the latent grid (paper eq. 1), ``(B, F, Cr, h, w)``;
 - optionally the memory *rendered* into each future camera, pixel-aligned on the latent grid,
-  ``(B, F, Cm, h, w)`` (:meth:`worldsim.world_model.WorldModel.encode_render`: the VAE latents
+  ``(B, F, Cm, h, w)`` (:meth:`worldsim.models.world_model.WorldModel.encode_render`: the VAE latents
   of the rendered RGB-D and the share of each cell the render covers).
 
 The first three are concatenated along channels and patch-embedded by one widened patch
@@ -40,7 +40,7 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBloc
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldsim.pretrained import ModelMixin
+from worldsim.models.pretrained import ModelMixin
 
 
 class ExpertAdaLayerNorm(nn.Module):

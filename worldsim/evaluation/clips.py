@@ -2,7 +2,7 @@
 
 For each chosen clip of a :class:`~worldsim.data.ClipDataset` (see :class:`EvaluationConfig`),
 the model sees the clip's ``n_context`` frames and generates its ``n_future`` frames along the
-clip's recorded camera motion (:func:`worldsim.sampling.rollout` with relative step poses, so a
+clip's recorded camera motion (:func:`worldsim.simulator.sampling.rollout` with relative step poses, so a
 collision in the recording does not misplace the generated views). It does so once per memory
 variant, with the same initial noise for every variant of a clip, so the variants differ only
 in their conditioning:
@@ -13,9 +13,9 @@ in their conditioning:
   backbone, the NWM-style baseline).
 
 The generated frames are scored against the recorded ones with PSNR, SSIM and LPIPS
-(:mod:`worldsim.metrics`) and the mean absolute depth error in metres, on two subsets: revisit
+(:mod:`worldsim.metrics.video`) and the mean absolute depth error in metres, on two subsets: revisit
 clips (future views seen before the clip, where memory can help) and all chosen clips.
-:func:`evaluation_rows` turns the result into a table for :func:`worldsim.report.write_report`.
+:func:`evaluation_rows` turns the result into a table for :func:`worldsim.evaluation.report.write_report`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.data import ClipDataset, collate_clips
-from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import insert_clip_memory, insert_frames, rollout_along_recorded_poses
+from worldsim.metrics.video import MetricResult, lpips, psnr, ssim
+from worldsim.simulator.sampling import (
+    insert_clip_memory,
+    insert_frames,
+    rollout_along_recorded_poses,
+)
 
 if TYPE_CHECKING:
-    from worldsim.lpips import LPIPS
     from worldsim.memory import Memory, RenderedMemory
-    from worldsim.world_model import WorldModel
+    from worldsim.metrics.lpips import LPIPS
+    from worldsim.models.world_model import WorldModel
 
 SUBSETS = ("revisit", "all")
 """Clip subsets scored by :func:`evaluation_rows`."""
@@ -390,12 +394,12 @@ def evaluation_rows(predictions: Predictions, lpips_model: LPIPS | None = None) 
 
     Returns:
         One row per subset and variant: ``subset``, ``memory``, ``clips``, ``psnr``, ``ssim``,
-        ``lpips`` (:class:`~worldsim.metrics.MetricResult`) and ``depth_l1`` (metres; absent
+        ``lpips`` (:class:`~worldsim.metrics.video.MetricResult`) and ``depth_l1`` (metres; absent
         for an RGB-only model). A subset without clips gives rows with ``clips = 0`` and no
         metrics.
     """
     if lpips_model is None:
-        from worldsim.lpips import LPIPS
+        from worldsim.metrics.lpips import LPIPS
 
         try:
             lpips_model = LPIPS("alex")

@@ -4,7 +4,7 @@ Stages
     ``vae``: the RGB-D autoencoder alone (reconstruction + ``kl_weight`` x KL), after which the
     latent scale is set to ``1 / std`` of the latents of the first training batch. This is the
     library's documented substitute for a pretrained CogVideoX VAE, which cannot be downloaded
-    here; a real one loads with :meth:`worldsim.world_model.WorldModel.from_cogvideox`.
+    here; a real one loads with :meth:`worldsim.models.world_model.WorldModel.from_cogvideox`.
 
     ``backbone`` (paper eq. 3): the transformer without its memory branch learns to predict the
     future chunk from the conditioning frames and the Plücker rays of the chunk's relative poses,
@@ -55,7 +55,7 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.sampling import (
+from worldsim.simulator.sampling import (
     check_memory_fits,
     insert_clip_memory,
     rollout,
@@ -63,8 +63,8 @@ from worldsim.sampling import (
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
-    from worldsim.world_model import WorldModel
-from worldsim.losses import diffusion_loss, latent_std, vae_loss
+    from worldsim.models.world_model import WorldModel
+from worldsim.training.losses import diffusion_loss, latent_std, vae_loss
 
 STAGES = ("vae", "backbone", "memory")
 """Training stages, in the order they are run."""
@@ -208,7 +208,7 @@ def _batches_forever(batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str,
 
 
 class Trainer:
-    """Runs one training stage of a :class:`~worldsim.world_model.WorldModel`.
+    """Runs one training stage of a :class:`~worldsim.models.world_model.WorldModel`.
 
     Args:
         model: the model; its stage's parameters are trained in place.
@@ -373,7 +373,7 @@ class Trainer:
 
         Args:
             batches: an iterable of training batches, cycled (the batch format of
-                :func:`worldsim.losses.diffusion_loss`).
+                :func:`worldsim.training.losses.diffusion_loss`).
             resume: look for a checkpoint in ``output_dir`` first.
 
         Returns:

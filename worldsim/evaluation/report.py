@@ -19,7 +19,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from worldsim.metrics import MetricResult
+from worldsim.metrics.video import MetricResult
 
 Row = Mapping[str, Any]
 
@@ -67,7 +67,7 @@ def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -
     Args:
         metrics: one row (``{column: value}``) or a list of rows, e.g.
             ``[{"method": "ours", "psnr": 24.1, "fvd": MetricResult(...)}, ...]``. Values are
-            numbers, strings, booleans, ``None`` or :class:`~worldsim.metrics.MetricResult`
+            numbers, strings, booleans, ``None`` or :class:`~worldsim.metrics.video.MetricResult`
             (its value; "n/a" with a footnote giving the reason when unavailable). Columns are
             the union of the rows' keys in first-seen order.
         out_dir: folder to write into (created if missing).
@@ -159,7 +159,7 @@ def plot_metric_curves(
 
     Args:
         curves: ``{metric: values}`` or ``{metric: {series label: values}}``; values are (T,)
-            sequences, tensors, or :class:`~worldsim.metrics.MetricResult` with ``per_step``.
+            sequences, tensors, or :class:`~worldsim.metrics.video.MetricResult` with ``per_step``.
         path: output ``.png`` path (parent folders are created).
         title: figure title.
         xlabel: label of the step axis.

