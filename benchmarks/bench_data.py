@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from envs.backends import make_simulator
 from envs.collection import CollectionConfig, collect
-from envs.simulator import SimulatorConfig, make_simulator
+from envs.simulator import SimulatorConfig
 from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, frames_to_tensors, memory_frame_indices
 

@@ -18,7 +18,7 @@ It times, all in the same run,
 1. ``PersistentWorld-v0`` steps (after one warm-up step) that walk and turn through
    ``--scene`` (forward / left / forward / right), so the map grows with every step; each step
    generates one chunk, reads the memory and writes the new frame into it;
-2. one :func:`~worldsim.simulator.sampling.rollout` chunk of B rows (memory read, ``--sampling-steps``
+2. one :func:`~worldsim.simulator.chunks.rollout` chunk of B rows (memory read, ``--sampling-steps``
    denoising steps, decoding, the generated frames written back) from the last frames of a
    ground-truth trajectory whose ``--memory-frames`` frames fill the memory;
 
@@ -45,7 +45,8 @@ import torch
 from worldsim import cli
 from worldsim.memory import Memory, RenderedMemory, build_memory
 from worldsim.models.world_model import WorldModel
-from worldsim.simulator.sampling import insert_frames, rollout
+from worldsim.simulator.chunks import insert_frames, rollout
+from worldsim.simulator.sampler import SamplerConfig
 
 KINDS = ("none", "rendered", "vgg16", "pooled_color")
 """Memory kinds: no memory, the rendered memory, the feature map with one of two encoders."""
@@ -181,10 +182,10 @@ def time_chunk(
             depth,
             pose,
             actions,
+            sampler=SamplerConfig(num_inference_steps=args.sampling_steps),
             intrinsics=k,
             memory=state,
             insert_start_frames=False,  # the start frames are the memory's last frames
-            num_inference_steps=args.sampling_steps,
             generator=generator,
         )
 
@@ -210,7 +211,7 @@ def time_map(kind: str, frames: list[torch.Tensor], count: int, n_future: int, a
         return memory.select(torch.arange(1, device=device))
 
     update = median_seconds(copy, lambda m: m.update(*new), args.repeats, device)
-    if isinstance(memory, RenderedMemory):
+    if memory.gives_render:
         read = median_seconds(
             lambda: memory, lambda m: m.render(targets[1], targets[0], size), args.repeats, device
         )

@@ -19,7 +19,7 @@ import torch
 
 from worldsim import cli
 from worldsim.models.world_model import WorldModel
-from worldsim.simulator.sampling import sample_chunk
+from worldsim.simulator.sampler import SamplerConfig, sample_chunk
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,8 @@ def bench(args: Args, name: str, batch: int, device: torch.device) -> None:
         )
 
     def generate() -> None:
-        latents = sample_chunk(
-            model, context, rays, num_inference_steps=args.sampling_steps, generator=generator
-        )
+        sampler = SamplerConfig(num_inference_steps=args.sampling_steps)
+        latents = sample_chunk(model, sampler, context, rays, generator=generator)
         model.decode(latents)
 
     seconds = median_seconds(generate, max(1, args.repeats // 2), device)

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.backends import make_simulator
 from envs.embedded.scenes import SPLITS, scene_ids
 from envs.exploration import POLICY_NAMES, ExplorationConfig, PolicyMix, make_policy
-from envs.simulator import GroundTruthSimulator, SimulatorConfig, make_simulator
+from envs.simulator import GroundTruthSimulator, SimulatorConfig
 from worldsim.data import (
     COMPRESSIONS,
     DEPTH_DTYPES,

@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.simulator import GroundTruthSimulator, SimulatorConfig, check_action, make_simulator
+from envs.backends import make_simulator
+from envs.simulator import GroundTruthSimulator, SimulatorConfig, check_action
 from worldsim.geometry import NUM_ACTIONS, Action
 from worldsim.metrics.task import SUCCESS_RADIUS_M, spl
 

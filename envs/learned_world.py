@@ -1,10 +1,12 @@
-"""The learned simulator's state, shared by ``PersistentWorld-v0`` and its vector env.
+"""What ``PersistentWorld-v0`` and its vector env add to the learned simulator: the task.
 
-:class:`LearnedWorld` holds the world model, the memory prototype and the ground-truth env that
-renders scene starts; an :class:`Episode` is one row's state (context frames, memory, goal).
-Both envs run the same code on their rows: :meth:`LearnedWorld.step` advances any set of
-episodes with one call of :func:`worldsim.simulator.sampling.generate_next_chunk`, the chunk stepper that
-every learned rollout uses.
+The learned world itself (model, memory, sampler, each episode's context window, map, noise and
+walls) is :class:`worldsim.simulator.learned.LearnedSimulator`, the same object planners imagine
+in. :class:`LearnedWorld` adds what makes it a navigation env: the ground-truth env that renders
+scene starts, few-shot starts from a user's frames, goals, rewards and ``info``. An
+:class:`Episode` is one row: its :class:`~worldsim.simulator.learned.EpisodeState` plus the task's
+state. Both envs run the same code on their rows: :meth:`LearnedWorld.step` advances any set of
+episodes with one :meth:`LearnedSimulator.step` call.
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ from worldsim.geometry import (
     pose_from_position_yaw,
     position_yaw_from_pose,
 )
-from worldsim.memory import Memory, RenderedMemory
+from worldsim.memory import Memory
 from worldsim.memory.base import check_intrinsics
 from worldsim.metrics.task import spl
 from worldsim.models.world_model import WorldModel
 from worldsim.simulator.checkpoints import load_learned_simulator
-from worldsim.simulator.collision import MapCollider, MapCollisionConfig
-from worldsim.simulator.learned import row_generators
+from worldsim.simulator.collision import MapCollisionConfig
+from worldsim.simulator.learned import EpisodeState, row_generators
 from worldsim.simulator.protocol import RolloutStart
-from worldsim.simulator.sampling import generate_next_chunk, insert_frames, step_poses
 
 RESET_OPTIONS = ("scene", "start", "goal", "frames")
 """Keys ``reset(options=...)`` accepts."""
@@ -49,16 +50,11 @@ _GROUND_TRUTH_SEED_HIGH = 2**31 - 1
 
 @dataclass
 class Episode:
-    """State of one episode of the learned simulator (one row of a batch).
+    """One episode of ``PersistentWorld-v0`` (one row of a batch).
 
     Attributes:
         rng: the row's numpy random source (derives the noise generator at each reset).
-        generator: the row's noise generator (CPU), seeded at reset.
-        context_rgb: (n_context, 3, H, W) float32 last frames in [0, 1], oldest first.
-        context_depth: (n_context, 1, H, W) float32 metres.
-        context_pose: (n_context, 4, 4) float64 ``cam_to_world`` of those frames.
-        intrinsics: (3, 3) float32 ``K`` in pixels.
-        memory: the row's memory (one row), or ``None``.
+        state: the learned world's state of the row (context, map, noise, walls).
         goal: (3,) float64 goal floor position, NaN without a goal.
         distance: Euclidean distance from the integrated position to the goal, metres (NaN).
         scene: ground-truth scene id of a scene start, ``None`` for few-shot frames.
@@ -68,18 +64,10 @@ class Episode:
         done: the episode has ended (terminated or truncated).
         start_distance: ``distance`` at the start, metres (the shortest path in free space).
         path_length: floor distance the integrated pose has moved, metres.
-        collider: the walls of the episode's observed frames that block its moves (the env's
-            ``collisions``), or ``None``: free-space motion.
-        collided: whether a wall blocked the last step.
     """
 
     rng: np.random.Generator
-    generator: torch.Generator
-    context_rgb: Tensor
-    context_depth: Tensor
-    context_pose: Tensor
-    intrinsics: Tensor
-    memory: Memory | None
+    state: EpisodeState
     goal: np.ndarray
     distance: float
     scene: str | None
@@ -89,13 +77,16 @@ class Episode:
     done: bool = False
     start_distance: float = math.nan
     path_length: float = 0.0
-    collider: MapCollider | None = None
-    collided: bool = False
 
     @property
     def pose(self) -> Tensor:
         """(4, 4) float64 current ``cam_to_world``."""
-        return self.context_pose[-1]
+        return self.state.pose
+
+    @property
+    def memory(self) -> Memory | None:
+        """The episode's map (one row), or ``None``."""
+        return self.state.memory
 
 
 class LearnedWorld:
@@ -129,14 +120,25 @@ class LearnedWorld:
         if not success_distance > 0:
             raise ValueError(f"success_distance must be > 0 metres, got {success_distance}")
         ground_truth = dict(ground_truth)
-        self.model, self.memory = load_learned_simulator(checkpoint, device, memory)
+        agent_radius = ground_truth.pop("agent_radius")
+        agent_height = ground_truth.pop("agent_height")
+        body = MapCollisionConfig(
+            agent_radius=agent_radius, agent_height=agent_height, sensor_height=sensor_height
+        )
+        self.simulator = load_learned_simulator(
+            checkpoint, device, memory, num_inference_steps=num_sampling_steps
+        )
+        if collisions:
+            if self.simulator.memory is None or not self.simulator.memory.gives_render:
+                memory = self.simulator.memory
+                kind = None if memory is None else type(memory).__name__
+                raise ValueError(
+                    "collisions=True needs the walls of a map of points: a rendered memory "
+                    f"(memory='rendered'), got {kind}"
+                )
+            self.simulator.collisions = body
+        self.model, self.memory = self.simulator.model, self.simulator.memory
         config = self.model.config
-        limit = config.num_train_timesteps
-        if num_sampling_steps is not None and num_sampling_steps > limit:
-            raise ValueError(
-                f"num_sampling_steps must be in [1, {limit}] (the model's training steps), got "
-                f"{num_sampling_steps}"
-            )
         for name, requested in (("width", width), ("height", height)):
             if requested is not None and requested != getattr(config, name):
                 raise ValueError(
@@ -144,7 +146,6 @@ class LearnedWorld:
                     f"{config.width}x{config.height} pixels (width x height); leave {name} unset "
                     "or use a checkpoint trained at that size"
                 )
-        self.num_sampling_steps = num_sampling_steps
         self.success_distance = success_distance
         self.sensor_height = sensor_height
         self.config = SimulatorConfig(
@@ -155,23 +156,10 @@ class LearnedWorld:
             sensor_height=sensor_height,
             forward_step_m=config.forward_step_m,
             turn_step_deg=config.turn_step_deg,
-            agent_radius=ground_truth.pop("agent_radius"),
-            agent_height=ground_truth.pop("agent_height"),
+            agent_radius=agent_radius,
+            agent_height=agent_height,
         )
         self._ground_truth_settings = ground_truth
-        self.collisions = None
-        if collisions:
-            if not isinstance(self.memory, RenderedMemory):
-                kind = None if self.memory is None else type(self.memory).__name__
-                raise ValueError(
-                    "collisions=True needs the walls of a map of points: a rendered memory "
-                    f"(memory='rendered'), got {kind}"
-                )
-            self.collisions = MapCollisionConfig(
-                agent_radius=self.config.agent_radius,
-                agent_height=self.config.agent_height,
-                sensor_height=sensor_height,
-            )
         self._ground_truth: IndoorNavEnv | None = None
 
     @property
@@ -229,25 +217,16 @@ class LearnedWorld:
             frames["cam_to_world"] = pose[None]  # exact, float64
             goal, scene = np.asarray(info["goal"], dtype=np.float64), info["scene"]
             observation = {key: value.copy() for key, value in observation.items()}
-        memory = None
-        if self.memory is not None:
-            memory = self.memory.select(torch.zeros(1, dtype=torch.int64))
-            insert_frames(
-                memory,
-                frames["rgb"][None],
-                frames["depth"][None],
-                frames["intrinsics"][None],
-                frames["cam_to_world"][None],
-            )
-        context = self.model.config.n_context
+        state = self.simulator.start(
+            frames["rgb"],
+            frames["depth"],
+            frames["cam_to_world"],
+            frames["intrinsics"],
+            generator,
+        )
         episode = Episode(
             rng=rng,
-            generator=generator,
-            context_rgb=_last(frames["rgb"], context),
-            context_depth=_last(frames["depth"], context),
-            context_pose=_last(frames["cam_to_world"].double(), context),
-            intrinsics=frames["intrinsics"][-1].float(),
-            memory=memory,
+            state=state,
             goal=goal,
             distance=math.nan,
             scene=scene,
@@ -255,9 +234,6 @@ class LearnedWorld:
             options=options,
         )
         episode.distance = episode.start_distance = self._distance(episode, episode.pose)
-        if self.collisions is not None:  # observed frames enter the map only here
-            floor = float(episode.pose[1, 3]) - self.collisions.sensor_height
-            episode.collider = MapCollider.from_memory(memory, 0, floor, self.collisions)
         return episode
 
     def _few_shot_frames(self, frames: Any) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
@@ -357,42 +333,12 @@ class LearnedWorld:
         Returns:
             ``(reward, terminated)`` per row; each episode's observation and state are updated.
         """
-        model = self.model
-        n_future = model.config.n_future
-        moving = [i for i, action in enumerate(actions) if action != Action.STOP]
-        if moving:
-            rows = [episodes[i] for i in moving]
-            chunk = torch.zeros(len(rows), n_future, dtype=torch.int64)  # padded with stop
-            chunk[:, 0] = torch.tensor([actions[i] for i in moving])
-            keep = torch.zeros(len(rows), n_future, dtype=torch.bool)
-            keep[:, 0] = True  # the step's frame is the chunk's first; the padding is discarded
-            memories = None if self.memory is None else [episode.memory for episode in rows]
-            steps = step_poses(chunk, model)  # (B, n_future, 4, 4)
-            for row, episode in enumerate(rows):
-                if episode.collider is not None:
-                    first, hit = episode.collider.constrain(episode.pose, steps[row, :1])
-                    steps[row, 0], episode.collided = first[0], bool(hit[0])
-            new = generate_next_chunk(
-                model,
-                torch.stack([episode.context_rgb for episode in rows]),
-                torch.stack([episode.context_depth for episode in rows]),
-                torch.stack([episode.pose for episode in rows]),  # (B, 4, 4) f64
-                steps,
-                torch.stack([episode.intrinsics for episode in rows]),  # (B, 3, 3)
-                memories,
-                [episode.generator for episode in rows],
-                self.num_sampling_steps,
-                memory_frames=keep,
-                batch_size=batch_size,
-            )
-            rgb = new.rgb[:, 0].cpu()  # (B, 3, H, W)
-            depth = torch.zeros_like(rgb[:, :1]) if new.depth is None else new.depth[:, 0].cpu()
-            for row, episode in enumerate(rows):
-                self._advance(episode, rgb[row], depth[row], new.cam_to_world[row, 0].cpu())
+        poses = [episode.pose for episode in episodes]  # before the step
+        views = self.simulator.step([episode.state for episode in episodes], actions, batch_size)
         results = []
-        for episode, action in zip(episodes, actions, strict=True):
-            if action == Action.STOP:
-                episode.collided = False
+        for episode, action, view, pose in zip(episodes, actions, views, poses, strict=True):
+            if view is not None:
+                self._observe(episode, *view, pose)
             episode.steps += 1
             before = episode.distance
             episode.distance = self._distance(episode, episode.pose)
@@ -400,13 +346,12 @@ class LearnedWorld:
             results.append((reward, action == Action.STOP))
         return results
 
-    def _advance(self, episode: Episode, rgb: Tensor, depth: Tensor, pose: Tensor) -> None:
-        """Append a generated frame (already in the memory) to the episode's context."""
-        moved = (pose[:3, 3] - episode.pose[:3, 3])[[0, 2]]  # floor-plane displacement
+    def _observe(
+        self, episode: Episode, rgb: Tensor, depth: Tensor, pose: Tensor, before: Tensor
+    ) -> None:
+        """Make a generated view the episode's observation and add its move to the path."""
+        moved = (pose[:3, 3] - before[:3, 3])[[0, 2]]  # floor-plane displacement
         episode.path_length += float(torch.linalg.norm(moved))
-        episode.context_rgb = torch.cat([episode.context_rgb[1:], rgb[None]])
-        episode.context_depth = torch.cat([episode.context_depth[1:], depth[None]])
-        episode.context_pose = torch.cat([episode.context_pose[1:], pose[None]])
         colour = (rgb * 255.0).round().to(torch.uint8)  # the decoder clips RGB to [0, 1]
         episode.observation = {
             "rgb": rearrange(colour, "c h w -> h w c").numpy(),
@@ -428,9 +373,9 @@ class LearnedWorld:
             shortest = max(episode.start_distance, 1e-9)
             score = spl([success], [shortest], [episode.path_length])
         return {
-            "intrinsics": episode.intrinsics.numpy().copy(),
+            "intrinsics": episode.state.intrinsics.numpy().copy(),
             "distance_to_goal": float(episode.distance),
-            "collided": episode.collided,  # only with collisions: else free-space motion
+            "collided": episode.state.collided,  # only with collisions: else free-space motion
             "success": bool(success),
             "spl": score,
             "position": position.numpy(),
@@ -441,24 +386,7 @@ class LearnedWorld:
 
     def rollout_start(self, episode: Episode) -> RolloutStart:
         """An episode's current state as a one-row planner start (its memory copied)."""
-        memory = None
-        if episode.memory is not None:
-            memory = episode.memory.select(torch.zeros(1, dtype=torch.int64))
-        return RolloutStart(
-            rgb=episode.context_rgb[None],
-            depth=episode.context_depth[None],
-            cam_to_world=episode.context_pose[None].float(),
-            intrinsics=episode.intrinsics[None],
-            scene=None if episode.scene is None else (episode.scene,),
-            memory=memory,
-        )
-
-
-def _last(frames: Tensor, count: int) -> Tensor:
-    """The last ``count`` of (T, ...) frames, the oldest repeated if there are fewer."""
-    if frames.shape[0] < count:
-        frames = torch.cat([frames[:1].expand(count - frames.shape[0], *frames.shape[1:]), frames])
-    return frames[-count:].clone()
+        return self.simulator.start_of(episode.state, episode.scene)
 
 
 def _goal(goal: Any) -> np.ndarray:

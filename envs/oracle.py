@@ -1,10 +1,10 @@
 """The ground-truth rollout: the oracle every planner is checked against first.
 
-:class:`OracleRollout` implements :class:`worldsim.simulator.protocol.RolloutModel` with the ground-truth
-simulator: for each row it places the agent at the row's start state, applies the actions with
-the simulator's own dynamics (collisions included) and renders the true frames. The simulator's
-scene and agent state are restored afterwards, so an oracle can share a simulator with an
-environment.
+:class:`OracleRollout` implements :class:`worldsim.simulator.protocol.RolloutModel` with the
+ground-truth simulator: for each row it places the agent at the row's start state, applies the
+actions with the simulator's own dynamics (collisions included) and renders the true frames. The
+simulator's scene and agent state are restored afterwards, so an oracle can share a simulator with
+an environment.
 
 Waypoint actions ``(dx, dz, dyaw)`` (the ground truth has only discrete actions) are applied as
 one move and one turn: the agent moves by ``(dx, dz)`` in its current frame with the simulator's
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs.simulator import GroundTruthSimulator, SimulatorConfig, make_simulator, wrap_angle
+from envs.backends import make_simulator
+from envs.simulator import GroundTruthSimulator, SimulatorConfig, wrap_angle
 from worldsim.data import frames_to_tensors
 from worldsim.geometry import position_yaw_from_pose
 from worldsim.simulator.protocol import RolloutResult, RolloutStart, check_rollout_request
@@ -153,7 +154,7 @@ class OracleRollout:
         The walk starts at a random navigable pose and goes from one random waypoint to the next
         by the shortest path (:class:`envs.exploration.WaypointPolicy`), ``steps`` frames in
         all. Put it into a map to give a planner a memory of the house
-        (:meth:`worldsim.simulator.learned.WorldModelRollout.map_of`); the simulator's state is
+        (:meth:`worldsim.simulator.learned.LearnedSimulator.map_of`); the simulator's state is
         restored afterwards.
 
         Args:

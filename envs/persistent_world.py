@@ -1,7 +1,7 @@
 """``PersistentWorld-v0``: the learned simulator as a Gymnasium environment, single and batched.
 
-The dynamics are the world model (:class:`~worldsim.models.world_model.WorldModel`), conditioned on a
-persistent memory (:mod:`worldsim.memory`) that lives for the whole episode. The spaces are those
+The dynamics are the world model (:class:`~worldsim.models.world_model.WorldModel`), conditioned on
+a persistent memory (:mod:`worldsim.memory`) that lives for the whole episode. The spaces are those
 of the ground-truth ``IndoorNav-v0`` (:func:`envs.indoor_nav.observation_space`), so a policy or a
 planner moves between the two without change.
 
@@ -11,8 +11,9 @@ per step. Both run the same code on their rows, and a row's noise comes from its
 so sub-env ``i`` of a vector env reset with ``seed`` sees what a single env reset with
 ``seed + i`` sees (up to floating-point rounding of batched matrix products).
 
-The world model and its default memory come from a checkpoint folder (:mod:`worldsim.simulator.checkpoints`:
-``config.json``, safetensors weights and an optional ``memory.json``).
+The world model, its default memory and its sampler come from a checkpoint folder
+(:mod:`worldsim.simulator.checkpoints`: ``config.json``, safetensors weights, an optional
+``memory.json`` and an optional ``sampler_config.json``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class PersistentWorldEnv(gym.Env):
     ``stop`` (no motion); the chunk's first frame is the observation and the only frame written
     into the memory, the rest is discarded. Every step is therefore conditioned on everything
     seen so far (no buffered frames, no look-ahead), at the price of one chunk per step; planners
-    that know a whole action sequence use :class:`worldsim.simulator.learned.WorldModelRollout`, which
-    spends one chunk per ``n_future`` actions. ``stop`` generates nothing.
+    that know a whole action sequence use :class:`worldsim.simulator.learned.LearnedSimulator`,
+    which spends one chunk per ``n_future`` actions. ``stop`` generates nothing.
 
     ## Observation Space
     ``Dict`` of ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W, 1) metric z-depth in
@@ -74,8 +75,8 @@ class PersistentWorldEnv(gym.Env):
     move is blocked (``info["collided"]`` is false), unless ``collisions=True`` gives the agent
     the ground truth's body: then the walls of the episode's observed frames (the start, or the
     few-shot frames) block its moves, which slide or stop as in ``IndoorNav-v0``, and
-    ``info["collided"]`` says when (:mod:`worldsim.simulator.collision`). The reward is the decrease of
-    the Euclidean distance from the integrated floor position to the goal, metres; 0 on ``stop``
+    ``info["collided"]`` says when (:mod:`worldsim.simulator.collision`). The reward is the decrease
+    of the Euclidean distance from the integrated floor position to the goal, metres; 0 on ``stop``
     and for episodes without a goal.
 
     ## Starting State
@@ -114,9 +115,11 @@ class PersistentWorldEnv(gym.Env):
     loads the shipped default checkpoint; ``"tiny-untrained"`` an untrained tiny model (32x32
     frames, a cheap memory) for smoke tests, e.g. ``gym.make("PersistentWorld-v0",
     checkpoint="tiny-untrained", num_sampling_steps=2)``. ``memory``: see
-    :func:`worldsim.simulator.checkpoints.resolve_memory` (``"none"`` runs the model without memory).
+    :func:`worldsim.simulator.checkpoints.resolve_memory` (``"none"`` runs the model without
+    memory).
     ``device``: torch device of the model and the memory (default: where the model is; the CPU for a
-    loaded checkpoint). ``num_sampling_steps``: DDIM steps per chunk (default: the model's).
+    loaded checkpoint). ``num_sampling_steps``: DDIM steps per chunk (default: the checkpoint's
+    ``sampler_config.json``, :class:`worldsim.simulator.sampler.SamplerConfig`).
     ``width``, ``height``: the requested frame size, which must be the checkpoint's (``ValueError``
     otherwise). ``scene``, ``split``, ``num_scenes``, ``min_goal_distance``, ``backend``,
     ``agent_radius``, ``agent_height``: the ground-truth starts, as ``IndoorNav-v0``.
@@ -205,7 +208,7 @@ class PersistentWorldEnv(gym.Env):
         return _copy(self._episode.observation), reward, terminated, False, info
 
     def rollout_start(self) -> RolloutStart:
-        """The current state as a one-row start for :class:`worldsim.simulator.protocol.RolloutModel`.
+        """The current state as a one-row start for the planners' rollout protocol.
 
         Returns:
             The context frames, their poses, the intrinsics, the scene (``None`` for few-shot

@@ -1,6 +1,7 @@
 """The ground-truth simulator: metric RGB-D and exact poses of an agent moving through a scene.
 
-Two backends share one protocol, :class:`GroundTruthSimulator`:
+Two backends share one protocol, :class:`GroundTruthSimulator`
+(:func:`envs.backends.make_simulator` creates either):
 
 - ``"embedded"`` (:class:`envs.embedded.simulator.Simulator`, every machine): textured ``.glb``
   scenes — the procedural houses of :mod:`envs.embedded.scenes` or a user's own file — rendered
@@ -148,34 +149,6 @@ class GroundTruthSimulator(Protocol):
     def shortest_path(self, start: np.ndarray, goal: np.ndarray) -> np.ndarray: ...  # noqa: D102
 
     def oracle_action(self, goal: np.ndarray) -> int: ...  # noqa: D102
-
-
-def make_simulator(
-    config: SimulatorConfig | None = None, backend: str = "embedded"
-) -> GroundTruthSimulator:
-    """Create a ground-truth simulator.
-
-    Args:
-        config: sensor and agent settings; defaults if ``None``.
-        backend: ``"embedded"`` (every machine) or ``"habitat"`` (needs habitat-sim).
-
-    Returns:
-        A simulator with no scene loaded yet.
-
-    Raises:
-        ValueError: for an unknown backend.
-        ImportError: for ``"habitat"`` when habitat-sim is not installed, saying how to install it.
-    """
-    config = config or SimulatorConfig()
-    if backend == "embedded":
-        from envs.embedded.simulator import Simulator  # imports this module
-
-        return Simulator(config)
-    if backend == "habitat":
-        from envs.habitat import HabitatSimulator
-
-        return HabitatSimulator(config)
-    raise ValueError(f"unknown simulator backend {backend!r}: allowed are 'embedded', 'habitat'")
 
 
 def check_action(action: object) -> int:

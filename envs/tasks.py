@@ -21,7 +21,7 @@ from torch import Tensor
 from envs.oracle import OracleRollout
 from worldsim.memory import Memory
 from worldsim.simulator.checkpoints import learned_planning_rollout
-from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.learned import LearnedSimulator
 from worldsim.simulator.protocol import RolloutStart
 
 
@@ -140,7 +140,7 @@ def planning_simulator(
     num_inference_steps: int | None = None,
     size: int | None = None,
     collisions: bool = False,
-) -> tuple[WorldModelRollout | None, int, float]:
+) -> tuple[LearnedSimulator | None, int, float]:
     """What a planning example imagines in, at which frame size, turning by which angle.
 
     Args:
@@ -189,7 +189,7 @@ def sample_image_goal_episodes(
 
 def earlier_walks(
     oracle: OracleRollout,
-    learned: WorldModelRollout | None,
+    learned: LearnedSimulator | None,
     scenes: list[str] | tuple[str, ...],
     steps: int,
     seed: int,

@@ -46,7 +46,7 @@ from worldsim import cli
 from worldsim.evaluation.report import plot_trajectories, write_panel_video, write_report
 from worldsim.geometry import Action, position_yaw_from_pose
 from worldsim.simulator.checkpoints import learned_planning_rollout
-from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.learned import LearnedSimulator
 from worldsim.simulator.protocol import RolloutStart
 
 
@@ -97,7 +97,7 @@ class Args:
     """CPU threads of torch (0: the cores other work leaves idle)."""
 
 
-def world_model_rollout(args: Args) -> WorldModelRollout:
+def world_model_rollout(args: Args) -> LearnedSimulator:
     """The learned simulator of ``--checkpoint`` with its memory."""
     return learned_planning_rollout(
         args.checkpoint,

@@ -196,12 +196,10 @@ def main(args: Args) -> None:
                 rgb[:, t : t + 1], depth[:, t : t + 1], k[:, t : t + 1], pose[:, t : t + 1]
             )
         elapsed = time.perf_counter() - start
-        _, mask = memory.tokens(target_pose, target_k, (args.size, args.size))
-        summary[name] = {
-            "update_ms_per_frame": 1000 * elapsed / remembered,
-            "token_dim": memory.token_dim,
-            "tokens": int(mask.sum()),
-        }
+        summary[name] = {"update_ms_per_frame": 1000 * elapsed / remembered}
+        if memory.gives_tokens:  # the rendered memory's render is summarised below
+            _, mask = memory.tokens(target_pose, target_k, (args.size, args.size))
+            summary[name].update(token_dim=memory.token_dim, tokens=int(mask.sum()))
     positions = frames["pose"][:, :3, 3]
     for name in ("feature_map", "bev"):
         memory = memories[name]

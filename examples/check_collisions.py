@@ -1,11 +1,11 @@
-"""How well the map's walls predict the ground truth's collisions (``worldsim.simulator.collision``).
+"""How well the map's walls (``worldsim.simulator.collision``) predict the truth's collisions.
 
 In each house, an earlier walk of ``--tour-steps`` frames goes into a rendered memory. Then, from
 random starts, random action sequences (``--forward-share`` of them ``move_forward``, the rest
 turns) are executed in the ground truth (which slides along walls and stops at them) and moved
-through the map's walls by :class:`~worldsim.simulator.collision.MapCollider`, and, as the control, in free
-space. Per house and overall: the share of steps whose "blocked or not" the map gets right, the
-steps each blocks, and the mean distance of the end position from the truth's, with the map and
+through the map's walls by :class:`~worldsim.simulator.collision.MapCollider`, and, as the control,
+in free space. Per house and overall: the share of steps whose "blocked or not" the map gets right,
+the steps each blocks, and the mean distance of the end position from the truth's, with the map and
 in free space. Writes ``check_collisions.md`` / ``.json``.
 
 Run (about a minute on a CPU)::
@@ -35,8 +35,8 @@ from worldsim import cli
 from worldsim.evaluation.report import write_report
 from worldsim.geometry import ActionSpec, action_to_relative_pose
 from worldsim.memory import RenderedMemory
+from worldsim.simulator.chunks import chain_poses, insert_frames
 from worldsim.simulator.collision import MapCollider, MapCollisionConfig
-from worldsim.simulator.sampling import chain_poses, insert_frames
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ cost input:
 - ``imagined``: the world model's generated last frame, every candidate generated;
 - ``map >= c``: the map's render at the end camera (holes filled from their neighbours) for the
   candidates whose end view the map's observed points cover on at least a share ``c`` of the
-  pixels, the imagined frame for the others (``WorldModelRollout.map_views``). For a model that
+  pixels, the imagined frame for the others (``LearnedSimulator.map_views``). For a model that
   pastes its render, ``c = 1`` gives exactly the imagined frames, only faster;
 - ``oracle``: the ground truth's own last frame (the ceiling of any simulator).
 

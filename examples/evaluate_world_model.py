@@ -33,12 +33,13 @@ Writes to ``--output-dir``:
   each variant, frames across the rollout, labelled with each frame's memory-only share;
 - ``validation.json`` / ``validation.md`` / ``validation.png`` (unless ``--max-clips 0``): the
   single-chunk validation of ``--checkpoint`` with and without memory
-  (:mod:`worldsim.evaluation.clips`), the table ``examples/export_checkpoint.py --validation`` puts on
-  the model card.
+  (:mod:`worldsim.evaluation.clips`), the table ``examples/export_checkpoint.py --validation`` puts
+  on the model card.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ from worldsim.evaluation.revisits import (
 from worldsim.evaluation.windows import WindowConfig, find_windows, load_windows
 from worldsim.models.world_model import MEMORY_FILE, WorldModel
 from worldsim.simulator.checkpoints import load_world_model, resolve_memory
+from worldsim.simulator.sampler import SamplerConfig, load_sampler_config
 
 REPORT_NAME = "evaluation"
 """Stem of the multi-chunk report files."""
@@ -123,7 +125,7 @@ class Args:
 
 
 def model_variants(
-    model: WorldModel, folder: Path | None, label: str
+    model: WorldModel, folder: Path | None, label: str, sampler: SamplerConfig
 ) -> tuple[list[Variant], str | None]:
     """The checkpoint with its memory, with none and with a shuffled memory; its memory name.
 
@@ -132,21 +134,19 @@ def model_variants(
     """
     memory = resolve_memory(None, model, folder)
     if memory is None:
-        return [Variant(f"{label}: none", model, no_memory)], None
+        return [Variant(f"{label}: none", model, no_memory, sampler)], None
     spec = None if folder is None else folder / MEMORY_FILE
     name = json.loads(spec.read_text())["name"] if spec and spec.is_file() else "memory"
     variants = [
-        Variant(f"{label}: {name}", model, episode_memory(memory)),
-        Variant(f"{label}: none", model, no_memory),
-        Variant(f"{label}: shuffled", model, episode_memory(memory, shuffled=True)),
+        Variant(f"{label}: {name}", model, episode_memory(memory), sampler),
+        Variant(f"{label}: none", model, no_memory, sampler),
+        Variant(f"{label}: shuffled", model, episode_memory(memory, shuffled=True), sampler),
     ]
-    if model.config.memory_render and model.config.render_composite:
+    if model.config.memory_render and sampler.render_composite:
         # What the network itself generates where the render covers the frame, for comparison.
-        generated = WorldModel.from_config(model.config, render_composite=False)
-        generated.load_state_dict(model.state_dict())
-        generated = generated.to(model.device).eval()
+        own = dataclasses.replace(sampler, render_composite=False)
         variants.insert(
-            1, Variant(f"{label}: {name}, generated only", generated, episode_memory(memory))
+            1, Variant(f"{label}: {name}, generated only", model, episode_memory(memory), own)
         )
     return variants, name
 
@@ -214,7 +214,7 @@ def validate(args: Args, model: WorldModel, memory_name: str | None, folder: Pat
     config = EvaluationConfig(
         max_clips=args.max_clips,
         batch_size=args.batch_size,
-        num_inference_steps=args.sampling_steps,
+        sampler=load_sampler_config(folder).with_steps(args.sampling_steps),
         # A model that reads a render was trained with its context frames in the map.
         insert_context_frames=model.config.memory_render,
         seed=args.seed,
@@ -236,7 +236,8 @@ def main(args: Args) -> None:
     started = time.perf_counter()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu"
     model, folder = load_world_model(args.checkpoint, device)
-    variants, memory_name = model_variants(model, folder, folder.name)
+    sampler = load_sampler_config(folder).with_steps(args.sampling_steps)
+    variants, memory_name = model_variants(model, folder, folder.name, sampler)
     if args.compare_checkpoint is not None:
         other, other_folder = load_world_model(args.compare_checkpoint, device)
         for field in ("n_context", "n_future"):
@@ -246,7 +247,8 @@ def main(args: Args) -> None:
                     f"{getattr(other.config, field)}): compare models that roll out alike"
                 )
         label = other_folder.name if other_folder.name != folder.name else "compare"
-        variants += model_variants(other, other_folder, label)[0]
+        other_sampler = load_sampler_config(other_folder).with_steps(args.sampling_steps)
+        variants += model_variants(other, other_folder, label, other_sampler)[0]
     variants += [reprojection_variant(), last_frame_variant()]
 
     store = TrajectoryStore(args.data_dir)
@@ -270,7 +272,6 @@ def main(args: Args) -> None:
         batch,
         variants,
         batch_size=args.batch_size,
-        num_inference_steps=args.sampling_steps,
         seed=args.seed,
         progress=True,
     )

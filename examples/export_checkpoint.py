@@ -40,6 +40,7 @@ import torch
 from worldsim import cli
 from worldsim.data import TrajectoryStore, read_manifest
 from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.simulator.sampler import SamplerConfig, load_sampler_config
 
 STAGES = ("vae", "backbone", "memory")
 """Training stages, in order (folders of the run directory)."""
@@ -134,7 +135,9 @@ def stage_summary(run_dir: Path) -> list[dict]:
     return summary
 
 
-def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]) -> str:
+def model_card(
+    args: Args, model: WorldModel, sampler: SamplerConfig, kept: list[str], files: list[Path]
+) -> str:
     """The checkpoint's ``README.md``."""
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
@@ -143,7 +146,7 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
         reads = (
             "that reads a persistent 3D point memory rendered into every camera it generates, "
             "pixel-aligned"
-            + (" (covered pixels are kept from the render)" if config.render_composite else "")
+            + (" (covered pixels are kept from the render)" if sampler.render_composite else "")
         )
         memory_line = "memory: the rendered point map (`memory_render`), no memory blocks"
     else:
@@ -162,8 +165,8 @@ def model_card(args: Args, model: WorldModel, kept: list[str], files: list[Path]
         f"{config.n_future} generated per chunk, depth: {config.use_depth}",
         f"- transformer: {config.num_layers} layers, {config.num_attention_heads} heads x "
         f"{config.attention_head_dim}, {memory_line}",
-        f"- {parameters / 1e6:.2f} M parameters; {config.num_inference_steps} DDIM steps by "
-        "default",
+        f"- {parameters / 1e6:.2f} M parameters; sampled with {sampler.num_inference_steps} DDIM "
+        "steps by default (`sampler_config.json`)",
         f"- stored in {'float16 where safe' if args.half_precision else 'float32'}"
         + (f" ({len(kept)} tensors kept in float32)" if args.half_precision else "")
         + f"; {len(shards)} safetensors files, largest "
@@ -245,19 +248,17 @@ def export(args: Args) -> Path:
     if args.max_shard_mb < 1:
         raise ValueError(f"max_shard_mb must be >= 1, got {args.max_shard_mb}")
     model = WorldModel.from_pretrained(source)
-    if args.sampling_steps is not None:
-        limit = model.config.num_train_timesteps
-        if not 1 <= args.sampling_steps <= limit:
-            raise ValueError(f"--sampling-steps must be in [1, {limit}], got {args.sampling_steps}")
-        model.register_to_config(num_inference_steps=args.sampling_steps)
+    sampler = load_sampler_config(source).with_steps(args.sampling_steps)
+    sampler.check_model(model)
     kept = half_where_safe(model, args.half_tolerance) if args.half_precision else []
     staging = args.output_dir.with_name(args.output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, max_shard_size=f"{args.max_shard_mb}MB")
     if (source / MEMORY_FILE).is_file():
         shutil.copyfile(source / MEMORY_FILE, staging / MEMORY_FILE)
+    sampler.save(staging)
     files = sorted(staging.iterdir())
-    (staging / "README.md").write_text(model_card(args, model, kept, files))
+    (staging / "README.md").write_text(model_card(args, model, sampler, kept, files))
     if args.output_dir.exists():
         shutil.rmtree(args.output_dir)
     staging.rename(args.output_dir)

@@ -35,11 +35,13 @@ Tiny setting (as the tests: an untrained tiny world model, a few actions)::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 from tqdm.auto import tqdm
 
 from envs.oracle import OracleRollout
@@ -78,18 +80,18 @@ class Args:
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 2.5
     """Largest, metres."""
-    num_samples: int = 12
-    """Action sequences sampled per CEM iteration N."""
-    iterations: int = 2
-    """CEM iterations per decision."""
-    horizon: int = 8
-    """Planning horizon L, actions (two of the embedded model's 4-frame chunks)."""
-    probe_turns: int = 4
-    """Most turns in one turn-then-walk probe (4 x 10° = 40° either way)."""
-    execute_steps: int = 4
-    """Actions executed per decision before replanning."""
-    max_steps: int = 24
-    """Most actions per episode."""
+    planning: Annotated[MPCConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: MPCConfig(
+            cem=CEMConfig(num_samples=12, num_iterations=2, horizon=8, probe_turns=4),
+            execute_steps=4,
+            max_steps=24,
+            record_imagined=True,
+        )
+    )
+    """CEM and its receding-horizon loop (planners.mpc.MPCConfig; flags without a prefix:
+    --num-samples, --num-iterations, --horizon, --execute-steps, --max-steps, ...): the main
+    job's 12 sequences x 2 iterations, a horizon of two of the embedded model's 4-frame chunks,
+    probes of at most 4 x 10° turns either way, 4 actions per decision, 24 per episode."""
     sampling_steps: int | None = None
     """DDIM steps per imagined chunk (None: the model's default; the shipped model's is 4)."""
     tour_steps: int = 300
@@ -186,17 +188,7 @@ def main(args: Args) -> list[dict]:
         "world-model", args.checkpoint, args.device, num_inference_steps=args.sampling_steps
     )
     truth = OracleRollout(config=SimulatorConfig(width=size, height=size, turn_step_deg=turn))
-    config = MPCConfig(
-        cem=CEMConfig(
-            num_samples=args.num_samples,
-            num_iterations=args.iterations,
-            horizon=args.horizon,
-            probe_turns=args.probe_turns,
-        ),
-        execute_steps=args.execute_steps,
-        max_steps=args.max_steps,
-        record_imagined=True,
-    )
+    config = args.planning
     cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
     episodes = [

@@ -51,13 +51,17 @@ import os
 import platform
 import shlex
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import tyro
 
+from planners.cem import CEMConfig
 from planners.hindsight import HindsightConfig
+from planners.mpc import MPCConfig
 from planners.nomad import UNTRAINED
 from worldsim import cli
 from worldsim.data import TrajectoryStore, commit_file, temporary_path
@@ -127,24 +131,15 @@ class CEMSweep:
 
     iterations: tuple[int, ...] = (1, 2, 3)
     """CEM iteration counts compared."""
-    num_samples: int = 12
-    """Sequences per CEM iteration."""
-    horizon: int = 8
-    """Planning horizon, steps."""
-    execute_steps: int = 4
-    """Steps executed per decision."""
-    max_steps: int = 24
-    """Most executed steps per episode."""
+    planning: MPCConfig = field(
+        default_factory=lambda: MPCConfig(
+            cem=CEMConfig(num_samples=12, horizon=8), execute_steps=4, max_steps=24
+        )
+    )
+    """CEM and its receding-horizon loop (planners.mpc.MPCConfig), as the main job plans."""
 
     def __post_init__(self) -> None:
-        _check_positive(
-            "fig6a",
-            iterations=self.iterations,
-            num_samples=self.num_samples,
-            horizon=self.horizon,
-            execute_steps=self.execute_steps,
-            max_steps=self.max_steps,
-        )
+        _check_positive("fig6a", iterations=self.iterations)
 
 
 @dataclass(frozen=True)
@@ -167,7 +162,10 @@ QUICK_TABLES = {
         chunks=2, max_windows=2, memory_frames=4, min_coverage=0.0, batch_size=2
     ),
     "table2": Ranking(num_samples=(2, 4)),
-    "fig6a": CEMSweep(iterations=(1, 2), num_samples=4, horizon=3, execute_steps=3, max_steps=3),
+    "fig6a": CEMSweep(
+        iterations=(1, 2),
+        planning=MPCConfig(cem=CEMConfig(num_samples=4, horizon=3), execute_steps=3, max_steps=3),
+    ),
     "fig6b": Adaptation(
         hindsight=HindsightConfig(
             rounds=2,
@@ -283,15 +281,20 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def flags(settings: Any, defaults: Any = None, prefix: str = "") -> list[str]:
+def flags(
+    settings: Any, defaults: Any = None, prefix: str = "", omit_prefixes: bool = False
+) -> list[str]:
     """Command-line words of the fields of a dataclass that differ from their defaults.
 
     Args:
         settings: a script's ``Args`` (or a dataclass nested in it).
         defaults: the default instance of a nested dataclass; ``None`` reads the field defaults.
         prefix: the dotted flag prefix of a nested dataclass, e.g. ``"hindsight."``.
+        omit_prefixes: the dataclass sits under a field marked ``tyro.conf.OmitArgPrefixes``,
+            which tyro applies to everything nested in it.
     """
     words: list[str] = []
+    hints = typing.get_type_hints(type(settings), include_extras=True)
     for item in dataclasses.fields(settings):
         value = getattr(settings, item.name)
         if defaults is not None:
@@ -302,7 +305,10 @@ def flags(settings: Any, defaults: Any = None, prefix: str = "") -> list[str]:
             default = item.default
         name = prefix + item.name.replace("_", "-")
         if dataclasses.is_dataclass(value):
-            words += flags(value, default, f"{name}.")
+            # A nested config marked OmitArgPrefixes takes its fields' flags without a prefix.
+            marked = tyro.conf.OmitArgPrefixes in getattr(hints[item.name], "__metadata__", ())
+            omit = omit_prefixes or marked
+            words += flags(value, default, prefix if omit else f"{name}.", omit)
         elif value != default:
             if isinstance(value, bool):
                 words.append(f"--{name}" if value else f"--no-{name}")
@@ -345,7 +351,7 @@ def evaluation_checkpoint(checkpoint: str | None, folder: Path, seed: int) -> Pa
     if checkpoint != TINY_UNTRAINED:
         return None if checkpoint is None else Path(checkpoint)
     torch.manual_seed(seed)  # its initialisation
-    model, _ = load_learned_simulator(TINY_UNTRAINED)
+    model = load_learned_simulator(TINY_UNTRAINED).model
     model.save_pretrained(folder)
     (folder / MEMORY_FILE).write_text(json.dumps(TINY_UNTRAINED_MEMORY) + "\n")
     return folder
@@ -465,11 +471,8 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
         split=args.split,
         num_scenes=args.num_scenes,
         episodes=args.episodes,
-        num_samples=settings.num_samples,
         iterations=settings.iterations,
-        horizon=settings.horizon,
-        execute_steps=settings.execute_steps,
-        max_steps=settings.max_steps,
+        planning=dataclasses.replace(settings.planning, record_imagined=True),
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -633,7 +636,7 @@ def main(args: Args) -> dict[str, Any]:
     args = resolve(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     # The ground truth runs at the world model's frame size and turn step: same episodes.
-    model, _ = load_learned_simulator(args.checkpoint)
+    model = load_learned_simulator(args.checkpoint).model
     size, turn_step_deg = model.config.height, model.action_spec.turn_step_deg
     del model
     host = machine(args.device)

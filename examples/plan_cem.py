@@ -31,13 +31,15 @@ With the learned simulator (the embedded checkpoint unless ``--checkpoint`` name
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import tyro
 from tqdm.auto import tqdm
 
 from envs.embedded.scenes import scene_ids
@@ -88,18 +90,19 @@ class Args:
     --planner world-model (10° for the embedded checkpoint), 30° with the oracle. To compare
     the two planners with the same budget, give the oracle the world model's step (10): with
     30° turns it faces a goal in a third of the actions."""
-    kind: Literal["discrete", "continuous"] = "discrete"
-    """CEM distribution."""
-    num_samples: int = 60
-    """Sequences per CEM iteration N."""
     iterations: tuple[int, ...] = (1, 2, 3)
-    """CEM iteration counts compared (Fig. 6a)."""
-    horizon: int = 12
-    """Planning horizon L, steps."""
-    execute_steps: int = 3
-    """Steps executed per decision."""
-    max_steps: int = 80
-    """Most executed steps per episode."""
+    """CEM iteration counts compared (Fig. 6a): each run plans with one of them as its
+    num_iterations (so --num-iterations is not read here)."""
+    planning: Annotated[MPCConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: MPCConfig(
+            cem=CEMConfig(num_samples=60, horizon=12),
+            execute_steps=3,
+            max_steps=80,
+            record_imagined=True,
+        )
+    )
+    """CEM and its receding-horizon loop (planners.mpc.MPCConfig; flags without a prefix:
+    --kind, --num-samples, --horizon, --execute-steps, --max-steps, ...)."""
     min_goal_m: float = 1.5
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 3.0
@@ -158,16 +161,8 @@ def main(args: Args) -> list[dict[str, float]]:
     )
     rows, showcase, details = [], None, []
     for iterations in args.iterations:
-        config = MPCConfig(
-            cem=CEMConfig(
-                kind=args.kind,
-                num_samples=args.num_samples,
-                num_iterations=iterations,
-                horizon=args.horizon,
-            ),
-            execute_steps=args.execute_steps,
-            max_steps=args.max_steps,
-            record_imagined=True,
+        config = dataclasses.replace(
+            args.planning, cem=dataclasses.replace(args.planning.cem, num_iterations=iterations)
         )
         sims, successes, shortest, taken, steps = [], [], [], [], []
         for index, episode in enumerate(tqdm(episodes, desc=f"CEM, {iterations} iterations")):

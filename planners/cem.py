@@ -3,8 +3,9 @@
 Planning math (pure functions, seeded by a ``torch.Generator``):
 
 1. sample N action sequences of L steps from a distribution;
-2. roll each out in a simulator (:class:`worldsim.simulator.protocol.RolloutModel`) and score it with a goal
-   cost (:class:`planners.costs.GoalCost`: LPIPS of the goal image against the last frame);
+2. roll each out in a simulator (:class:`worldsim.simulator.protocol.RolloutModel`) and score it
+   with a goal cost (:class:`planners.costs.GoalCost`: LPIPS of the goal image against the last
+   frame);
 3. keep the E lowest-cost sequences (the elites, 30 % by default) and refit the distribution to
    them, blended with the previous one: ``new = smoothing * old + (1 - smoothing) * fit``;
 4. repeat for a few iterations; the plan is the lowest-cost sequence seen in any iteration.

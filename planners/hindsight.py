@@ -1,7 +1,7 @@
 """Hindsight-relabelled policy fine-tuning inside a simulator (paper §4.3, Fig. 6b).
 
 In an unseen scene the world model's memory is initialised from a few images (the start's
-frames, unprojected into the memory by :class:`worldsim.simulator.learned.WorldModelRollout`); then,
+frames, unprojected into the memory by :class:`worldsim.simulator.learned.LearnedSimulator`); then,
 each round:
 
 1. roll the policy out in the simulator (:func:`imagine_policy`): at every decision the policy
@@ -13,8 +13,8 @@ each round:
    :func:`planners.nomad.training.policy_batch`);
 3. fine-tune the policy on those clips with NoMaD's loss (:func:`finetune`).
 
-Everything goes through the rollout protocol (:mod:`worldsim.simulator.protocol`), so the same loop runs
-in the ground truth (an oracle check) and in the learned simulator.
+Everything goes through the rollout protocol (:mod:`worldsim.simulator.protocol`), so the same loop
+runs in the ground truth (an oracle check) and in the learned simulator.
 """
 
 from __future__ import annotations

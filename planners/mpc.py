@@ -147,11 +147,11 @@ def run_mpc(
 ) -> MPCEpisode:
     """Navigate to an image goal by CEM, imagining in ``planner`` and acting in ``truth``.
 
-    A planner with a persistent memory (:class:`~worldsim.simulator.protocol.PersistentRolloutModel`, the
-    learned simulator) keeps one map for the episode: the start's frames and every executed
-    observation go into it as observed, and every decision imagines from it; plans copy it, so
-    nothing imagined enters it. The map can start from ``prior_memory``, what the agent saw of
-    the house before the episode.
+    A planner with a persistent memory
+    (:class:`~worldsim.simulator.protocol.PersistentRolloutModel`, the learned simulator) keeps one
+    map for the episode: the start's frames and every executed observation go into it as observed,
+    and every decision imagines from it; plans copy it, so nothing imagined enters it. The map can
+    start from ``prior_memory``, what the agent saw of the house before the episode.
 
     Args:
         planner: the simulator plans are imagined in (the learned one, or the oracle).

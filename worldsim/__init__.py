@@ -7,12 +7,14 @@ WorldModel``); they load on first use, so ``import worldsim.geometry`` stays lig
 name                   what it is
 =====================  ==============================================================
 ``WorldModel``         the RGB-D video diffusion world model (:mod:`worldsim.models.world_model`)
+``SamplerConfig``      how a chunk is sampled from it (:mod:`worldsim.simulator.sampler`)
 ``Memory``             the persistent-memory interface (:mod:`worldsim.memory`)
 ``build_memory``       a memory from its name and config fields
 ``RolloutStart``       start states of the rollout protocol (:mod:`worldsim.simulator.protocol`)
 ``RolloutResult``      what a simulator predicts for action sequences
 ``RolloutModel``       the protocol planners talk to (ground truth or learned)
-``WorldModelRollout``  the world model behind that protocol (:mod:`worldsim.simulator.learned`)
+``LearnedSimulator``   episodes and that protocol (:mod:`worldsim.simulator.learned`)
+``WorldModelRollout``  its former name
 ``load_learned_simulator``  a checkpoint and its memory (:mod:`worldsim.simulator.checkpoints`)
 ``LPIPS``              LPIPS v0.1 without torchvision (:mod:`worldsim.metrics.lpips`)
 ``psnr``, ``ssim``     video metrics (:mod:`worldsim.metrics.video`)
@@ -41,6 +43,8 @@ _EXPORTS = {
     "RolloutStart": "worldsim.simulator.protocol",
     "RolloutResult": "worldsim.simulator.protocol",
     "RolloutModel": "worldsim.simulator.protocol",
+    "LearnedSimulator": "worldsim.simulator.learned",
+    "SamplerConfig": "worldsim.simulator.sampler",
     "WorldModelRollout": "worldsim.simulator.learned",
     "load_learned_simulator": "worldsim.simulator.checkpoints",
     "LPIPS": "worldsim.metrics.lpips",
@@ -50,10 +54,12 @@ _EXPORTS = {
 
 __all__ = [
     "LPIPS",
+    "LearnedSimulator",
     "Memory",
     "RolloutModel",
     "RolloutResult",
     "RolloutStart",
+    "SamplerConfig",
     "WorldModel",
     "WorldModelRollout",
     "build_memory",
@@ -68,8 +74,9 @@ if TYPE_CHECKING:
     from worldsim.metrics.video import psnr, ssim
     from worldsim.models.world_model import WorldModel
     from worldsim.simulator.checkpoints import load_learned_simulator
-    from worldsim.simulator.learned import WorldModelRollout
+    from worldsim.simulator.learned import LearnedSimulator, WorldModelRollout
     from worldsim.simulator.protocol import RolloutModel, RolloutResult, RolloutStart
+    from worldsim.simulator.sampler import SamplerConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,8 @@ from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.memory import FeatureMap3D, build_memory
 from worldsim.models.world_model import MEMORY_FILE, WorldModel
 from worldsim.simulator.checkpoints import TINY_UNTRAINED, load_learned_simulator
-from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.learned import LearnedSimulator
+from worldsim.simulator.sampler import SamplerConfig
 
 if "PersistentWorld-v0" not in gym.registry:
     gym.register(
@@ -352,7 +353,7 @@ def test_env_state_feeds_the_planners_rollout(model):
     start = env.unwrapped.rollout_start()
     assert start.rgb.shape == (1, 1, 3, 32, 32) and start.scene == (SCENE,)
     tokens_before = start.memory.tokens(start.cam_to_world, start.intrinsics[:, None], (32, 32))
-    result = WorldModelRollout(model, num_inference_steps=1).rollout(
+    result = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1)).rollout(
         start, torch.tensor([[1, 1]]), generator=torch.Generator().manual_seed(0)
     )
     assert result.rgb.shape == (1, 2, 3, 32, 32)
@@ -361,16 +362,20 @@ def test_env_state_feeds_the_planners_rollout(model):
 
 
 def test_load_learned_simulator_builds_the_smoke_model_and_checks_the_turn_step(tmp_path):
-    model, memory = load_learned_simulator(TINY_UNTRAINED, turn_step_deg=30.0)
+    simulator = load_learned_simulator(TINY_UNTRAINED, turn_step_deg=30.0)
+    model, memory = simulator.model, simulator.memory
     assert model.action_spec.turn_step_deg == 30.0 and not model.training
     assert isinstance(memory, FeatureMap3D) and memory.token_dim == model.config.memory_token_dim
-    _, no_memory = load_learned_simulator(TINY_UNTRAINED, memory="none")
-    assert no_memory is None
+    assert simulator.sampler == SamplerConfig()  # a model built in code: the default sampler
+    assert load_learned_simulator(TINY_UNTRAINED, memory="none").memory is None
     spec = {"name": "feature_map", "encoder": "pooled_color"}
     make_tiny(memory_token_dim=build_memory(**spec).token_dim).save_pretrained(tmp_path)
     (tmp_path / MEMORY_FILE).write_text(json.dumps(spec))
-    loaded, _ = load_learned_simulator(tmp_path, turn_step_deg=10.0)
-    assert loaded.config.height == 32
+    SamplerConfig(num_inference_steps=3).save(tmp_path)
+    loaded = load_learned_simulator(tmp_path, turn_step_deg=10.0)
+    assert loaded.model.config.height == 32
+    assert loaded.sampler.num_inference_steps == 3  # the folder's sampler_config.json
+    assert load_learned_simulator(tmp_path, num_inference_steps=1).sampler.num_inference_steps == 1
     with pytest.raises(ValueError, match=r"turns by 10\.0 deg per action but 30\.0 deg was asked"):
         load_learned_simulator(tmp_path, turn_step_deg=30.0)
 

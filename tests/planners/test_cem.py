@@ -31,7 +31,8 @@ from planners.mpc import MPCConfig, run_mpc
 from worldsim.geometry import Action
 from worldsim.memory import build_memory
 from worldsim.models.world_model import WorldModel
-from worldsim.simulator.learned import WorldModelRollout
+from worldsim.simulator.learned import LearnedSimulator
+from worldsim.simulator.sampler import SamplerConfig
 
 SCENE = "house-train-0000"
 
@@ -311,7 +312,7 @@ def _render_planner():
     model = WorldModel.from_config_name(
         "tiny", memory_token_dim=0, memory_render=True, turn_step_deg=30.0
     ).eval()
-    return WorldModelRollout(model, memory, num_inference_steps=1)
+    return LearnedSimulator(model, memory, sampler=SamplerConfig(num_inference_steps=1))
 
 
 def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
@@ -401,6 +402,6 @@ def test_earlier_walks_give_one_map_per_house_of_the_seeded_walk(oracle):
     # No map where nothing would read it: the oracle plans, no walk, or no memory.
     assert earlier_walks(oracle, None, [SCENE], 6, 4) == {}
     assert earlier_walks(oracle, planner, [SCENE], 0, 4) == {}
-    assert earlier_walks(oracle, WorldModelRollout(planner.model), [SCENE], 6, 4) == {}
+    assert earlier_walks(oracle, LearnedSimulator(planner.model), [SCENE], 6, 4) == {}
     with pytest.raises(ValueError, match="--tour-steps must be >= 0"):
         earlier_walks(oracle, planner, [SCENE], -1, 4)

@@ -17,9 +17,10 @@ from worldsim.geometry import (
     pose_from_position_yaw,
 )
 from worldsim.memory import build_memory
+from worldsim.simulator.chunks import insert_frames, step_poses
 from worldsim.simulator.collision import MapCollider, MapCollisionConfig
-from worldsim.simulator.learned import WorldModelRollout
-from worldsim.simulator.sampling import insert_frames, step_poses
+from worldsim.simulator.learned import LearnedSimulator
+from worldsim.simulator.sampler import SamplerConfig
 
 FLOOR = 0.3  # world y of the floor in the hand-made scenes
 
@@ -139,7 +140,7 @@ def test_bad_input_raises():
         MapCollider.from_memory(object(), 0, FLOOR)
     model = make_tiny(memory_token_dim=0, memory_render=True)
     with pytest.raises(ValueError, match="collisions need the walls of a map of points"):
-        WorldModelRollout(model, None, collisions=MapCollisionConfig())
+        LearnedSimulator(model, None, collisions=MapCollisionConfig())
 
 
 # ----------------------------------------------------------------------- against the truth
@@ -207,10 +208,10 @@ def test_a_rollout_with_collisions_stops_at_observed_walls_only(house):
         memory.reset(1)
         if source is not None:
             memory.update(rgb, depth, k, start.cam_to_world[:, -1:], source=source)
-        rollout = WorldModelRollout(
+        rollout = LearnedSimulator(
             model,
             memory,
-            num_inference_steps=1,
+            sampler=SamplerConfig(num_inference_steps=1),
             insert_start_frames=False,  # only the wall is in the map
             collisions=MapCollisionConfig(),
         )

@@ -12,11 +12,12 @@ from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
 from worldsim.memory import build_memory
-from worldsim.memory.rendered import fill_holes
-from worldsim.simulator.learned import WorldModelRollout, row_generators
+from worldsim.memory.splatting import fill_holes
+from worldsim.simulator.chunks import chain_poses, step_poses
+from worldsim.simulator.chunks import rollout as reference_rollout
+from worldsim.simulator.learned import LearnedSimulator, row_generators
 from worldsim.simulator.protocol import RolloutModel, RolloutStart
-from worldsim.simulator.sampling import chain_poses, step_poses
-from worldsim.simulator.sampling import rollout as reference_rollout
+from worldsim.simulator.sampler import SamplerConfig
 
 SCENE = "house-train-0000"
 # Batched and single-row matrix products round differently on the CPU (~1e-6 on frames).
@@ -55,16 +56,16 @@ def _actions(rows, steps, seed=0):
 
 
 def test_is_a_rollout_model(model):
-    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    learned = LearnedSimulator(model, _memory(), sampler=SamplerConfig(num_inference_steps=1))
     assert isinstance(learned, RolloutModel)
     assert learned.image_size == (32, 32)
     assert learned.max_horizon is None
 
 
 def test_equals_the_library_rollout_with_a_fresh_memory(model, start):
-    """For whole chunks the protocol is exactly Algorithm 1a of worldsim.simulator.sampling."""
+    """For whole chunks the protocol is exactly Algorithm 1a of worldsim.simulator.chunks."""
     actions = _actions(2, 4)
-    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    learned = LearnedSimulator(model, _memory(), sampler=SamplerConfig(num_inference_steps=1))
     result = learned.rollout(start, actions, generator=torch.Generator().manual_seed(7))
 
     memory = _memory()
@@ -75,9 +76,9 @@ def test_equals_the_library_rollout_with_a_fresh_memory(model, start):
         start.depth,
         start.cam_to_world,
         actions,
-        start.intrinsics,
+        sampler=SamplerConfig(num_inference_steps=1),
+        intrinsics=start.intrinsics,
         memory=memory,
-        num_inference_steps=1,
         generator=row_generators(2, torch.Generator().manual_seed(7)),
     )
     assert result.rgb.shape == (2, 4, 3, 32, 32) and result.depth.shape == (2, 4, 1, 32, 32)
@@ -93,7 +94,7 @@ def test_poses_are_the_free_space_motion_and_match_the_oracle_without_collisions
     actions = _actions(2, 6, seed=1)
     actions[:, 0] = 2
     # one denoising step: the poses do not depend on the frames
-    learned = WorldModelRollout(model, num_inference_steps=1)
+    learned = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1))
     result = learned.rollout(start, actions, num_frames=1)
     for row in range(2):  # slow reference: multiply the step motions one by one
         pose = start.cam_to_world[row, -1].double()
@@ -114,7 +115,7 @@ def test_poses_are_the_free_space_motion_and_match_the_oracle_without_collisions
 
 def test_rows_do_not_depend_on_the_batch_size_or_on_each_other(model, start):
     actions = _actions(2, 2, seed=2)
-    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    learned = LearnedSimulator(model, _memory(), sampler=SamplerConfig(num_inference_steps=1))
     whole = learned.rollout(start, actions, generator=torch.Generator().manual_seed(3))
     one_by_one = learned.rollout(
         start, actions, generator=torch.Generator().manual_seed(3), batch_size=1
@@ -128,7 +129,7 @@ def test_rows_do_not_depend_on_the_batch_size_or_on_each_other(model, start):
 
 
 def test_partial_chunks_are_padded_and_num_frames_keeps_the_last(model, start):
-    learned = WorldModelRollout(model, num_inference_steps=1)
+    learned = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1))
     actions = _actions(2, 3, seed=5)
     full = learned.rollout(start, actions, generator=torch.Generator().manual_seed(0))
     first_chunk = learned.rollout(start, actions[:, :2], generator=torch.Generator().manual_seed(0))
@@ -141,7 +142,7 @@ def test_partial_chunks_are_padded_and_num_frames_keeps_the_last(model, start):
 
 
 def test_waypoints_roll_out_like_the_equivalent_discrete_actions(model, start):
-    learned = WorldModelRollout(model, num_inference_steps=1)
+    learned = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1))
     actions = torch.tensor([[1, 2], [3, 1]])
     turn = math.radians(model.config.turn_step_deg)
     table = torch.tensor(
@@ -180,7 +181,7 @@ def test_start_memory_is_copied_not_modified(model, start):
     )
     behind = start.cam_to_world @ action_to_relative_pose(torch.tensor(2)).expand(2, 1, 4, 4)
     before = memory.tokens(behind, k, (32, 32))[1].sum()
-    result = WorldModelRollout(model, num_inference_steps=1).rollout(
+    result = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1)).rollout(
         with_memory, torch.full((2, 2), 2), generator=torch.Generator().manual_seed(0)
     )
     assert memory.tokens(behind, k, (32, 32))[1].sum() == before
@@ -190,17 +191,17 @@ def test_start_memory_is_copied_not_modified(model, start):
 
 def test_the_memory_changes_the_prediction(model, start):
     actions = _actions(2, 2, seed=6)
-    with_memory = WorldModelRollout(model, _memory(), num_inference_steps=1).rollout(
-        start, actions, generator=torch.Generator().manual_seed(0)
-    )
-    without = WorldModelRollout(model, num_inference_steps=1).rollout(
+    with_memory = LearnedSimulator(
+        model, _memory(), sampler=SamplerConfig(num_inference_steps=1)
+    ).rollout(start, actions, generator=torch.Generator().manual_seed(0))
+    without = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1)).rollout(
         start, actions, generator=torch.Generator().manual_seed(0)
     )
     assert (with_memory.rgb - without.rgb).abs().max() > 1e-3
 
 
 def test_bad_requests_raise(model, start):
-    learned = WorldModelRollout(model, num_inference_steps=1)
+    learned = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=1))
     small = RolloutStart(
         rgb=start.rgb[..., :16, :16],
         depth=start.depth[..., :16, :16],
@@ -210,9 +211,9 @@ def test_bad_requests_raise(model, start):
     with pytest.raises(ValueError, match=r"\(16, 16\).*\(32, 32\)"):
         learned.rollout(small, _actions(2, 2))
     with pytest.raises(ValueError, match="memory_token_dim"):
-        WorldModelRollout(model, build_memory("none", token_dim=3))
+        LearnedSimulator(model, build_memory("none", token_dim=3))
     with pytest.raises(ValueError, match="no memory branch"):
-        WorldModelRollout(make_tiny(memory_token_dim=0), _memory())
+        LearnedSimulator(make_tiny(memory_token_dim=0), _memory())
     memory = _memory()
     memory.reset(3)
     with pytest.raises(ValueError, match="holds 3 rows but the start has 2"):
@@ -224,13 +225,13 @@ def test_bad_requests_raise(model, start):
             memory=memory,
         )
     with pytest.raises(ValueError, match="num_inference_steps"):
-        WorldModelRollout(model, num_inference_steps=0)
+        LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=0))
 
 
 def test_a_repeated_start_writes_its_frames_once_with_the_same_result(model, start):
     repeated = start.select([1, 1, 1])
     actions = _actions(3, 4, seed=3)
-    learned = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    learned = LearnedSimulator(model, _memory(), sampler=SamplerConfig(num_inference_steps=1))
     calls = []
     update = type(learned.memory).update
 
@@ -248,7 +249,7 @@ def test_a_repeated_start_writes_its_frames_once_with_the_same_result(model, sta
         assert calls[0] == 3  # rows that differ each get their own
     finally:
         type(learned.memory).update = update
-    per_row = WorldModelRollout(model, _memory(), num_inference_steps=1)
+    per_row = LearnedSimulator(model, _memory(), sampler=SamplerConfig(num_inference_steps=1))
     per_row.memory.reset(1)
     memory = per_row.memory.select(torch.zeros(3, dtype=torch.int64))
     k = repeated.intrinsics[:, None].expand(3, repeated.num_frames, 3, 3)
@@ -269,11 +270,15 @@ def test_common_noise_makes_equal_candidates_equal(start):
     model = make_tiny(memory_token_dim=0)
     twins = start.select([0, 0])
     actions = torch.ones(2, model.config.n_future, dtype=torch.int64)
-    common = WorldModelRollout(model, num_inference_steps=2, common_noise=True)
+    common = LearnedSimulator(
+        model,
+        sampler=SamplerConfig(num_inference_steps=2),
+        common_noise=True,
+    )
     result = common.rollout(twins, actions, generator=torch.Generator().manual_seed(0))
     # Same start, actions and noise: the same frames (up to batched rounding).
     assert (result.rgb[0] - result.rgb[1]).abs().max() < ROUNDING
-    own = WorldModelRollout(model, num_inference_steps=2)
+    own = LearnedSimulator(model, sampler=SamplerConfig(num_inference_steps=2))
     result = own.rollout(twins, actions, generator=torch.Generator().manual_seed(0))
     assert (result.rgb[0] - result.rgb[1]).abs().mean() > 100 * ROUNDING  # the control
 
@@ -287,10 +292,21 @@ def test_map_views_answer_mapped_rows_with_the_render_and_generate_the_rest(star
     actions[0, :, 2] = 0.05  # row 0 turns a little: a mostly mapped view
     actions[1, :, 2] = 1.5  # row 1 turns by near quarter turns: mostly unmapped
     seed = 7
-    plain = WorldModelRollout(model, prototype, num_inference_steps=1, common_noise=True)
+    # No fill rings: the generated row's holes are the network's own pixels (the control below).
+    no_fill = SamplerConfig(num_inference_steps=1, render_init=0.0, render_fill=0)
+    plain = LearnedSimulator(
+        model,
+        prototype,
+        sampler=no_fill,
+        common_noise=True,
+    )
     expected = plain.rollout(rows, actions, generator=torch.Generator().manual_seed(seed))
-    mapped = WorldModelRollout(
-        model, prototype, num_inference_steps=1, common_noise=True, map_views=0.6
+    mapped = LearnedSimulator(
+        model,
+        prototype,
+        sampler=no_fill,
+        common_noise=True,
+        map_views=0.6,
     )
     result = mapped.rollout(rows, actions, generator=torch.Generator().manual_seed(seed))
     # What the model reads: the start frames' map rendered at the result's cameras.
@@ -321,10 +337,10 @@ def test_map_views_answer_mapped_rows_with_the_render_and_generate_the_rest(star
 
 def test_map_views_need_a_composite_render_model_and_a_share_in_range(model):
     with pytest.raises(ValueError, match="map_views needs a model that reads the rendered"):
-        WorldModelRollout(model, _memory(), map_views=1.0)
+        LearnedSimulator(model, _memory(), map_views=1.0)
     render_model = make_tiny(memory_token_dim=0, memory_render=True)
     with pytest.raises(ValueError, match=r"map_views must be in \(0, 1\]"):
-        WorldModelRollout(render_model, build_memory("rendered"), map_views=1.5)
+        LearnedSimulator(render_model, build_memory("rendered"), map_views=1.5)
 
 
 def test_fill_holes_takes_the_mean_of_known_neighbours_then_the_default():
@@ -345,7 +361,12 @@ def test_write_generated_off_leaves_the_memory_and_not_the_frames_of_a_render_mo
     for write in (True, False):
         memory = build_memory("rendered", voxel_size=0.05)
         memory.reset(1)
-        learned = WorldModelRollout(model, memory, num_inference_steps=1, write_generated=write)
+        learned = LearnedSimulator(
+            model,
+            memory,
+            sampler=SamplerConfig(num_inference_steps=1),
+            write_generated=write,
+        )
         row = learned.with_episode_memory(start.select([0]))
         before = int(row.memory.num_points()[0])
         result = learned.rollout(row, actions, generator=torch.Generator().manual_seed(2))

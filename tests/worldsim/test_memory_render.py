@@ -1,14 +1,26 @@
 """The world model reading its memory as a pixel-aligned render (memory_render=True)."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny
 from tests.worldsim.test_transformer import build
-from worldsim.memory import build_memory
-from worldsim.simulator.sampling import check_memory_fits, generate_chunk, rollout, sample_chunk
+from worldsim.memory import MemoryRender, build_memory
+from worldsim.simulator.chunks import chain_poses, check_memory_fits, rollout, step_poses
+from worldsim.simulator.sampler import (
+    SamplerConfig,
+    _skipped_steps,
+    composite_render,
+    generate_chunk,
+    sample_chunk,
+)
 from worldsim.training.losses import diffusion_loss
 from worldsim.training.trainer import freeze_for_stage
+
+PLAIN = SamplerConfig(num_inference_steps=2, render_init=0.0, render_fill=0)
+"""Two steps from pure noise, no fill rings: the network's own pixels wherever the map is empty."""
 
 
 def _transformer(render_channels=5, seed=0):
@@ -79,16 +91,16 @@ def test_memory_kinds_must_match_the_model():
     token_memory = build_memory("feature_map", encoder="pooled_color", voxel_size=0.25)
     token_model = make_tiny(memory_token_dim=token_memory.token_dim)
     check_memory_fits(render_model, _rendered_memory())
-    with pytest.raises(ValueError, match="needs a RenderedMemory"):
+    with pytest.raises(ValueError, match="needs a memory that gives one"):
         check_memory_fits(render_model, token_memory)
-    with pytest.raises(ValueError, match="needs a RenderedMemory"):
+    with pytest.raises(ValueError, match="reads map tokens but RenderedMemory gives none"):
         check_memory_fits(token_model, _rendered_memory())
     with pytest.raises(ValueError, match="needs use_depth=True"):
         make_tiny(memory_token_dim=0, memory_render=True, use_depth=False)
 
 
-def _turn_left(model, tiny_batch, memory, insert_start_frames=True):
-    """Roll the batch's start frames out by one chunk of left turns (fixed noise, 2 steps)."""
+def _turn_left(model, tiny_batch, memory, insert_start_frames=True, sampler=PLAIN):
+    """Roll the batch's start frames out by one chunk of left turns (fixed noise)."""
     n_context = model.config.n_context
     actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)
     return rollout(
@@ -97,10 +109,10 @@ def _turn_left(model, tiny_batch, memory, insert_start_frames=True):
         tiny_batch["depth"][:, :n_context],
         tiny_batch["cam_to_world"][:, :n_context],
         actions,
-        tiny_batch["intrinsics"][:, 0],
+        sampler=sampler,
+        intrinsics=tiny_batch["intrinsics"][:, 0],
         memory=memory,
         insert_start_frames=insert_start_frames,
-        num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -206,88 +218,90 @@ def test_a_tiny_render_model_trained_on_look_arounds_uses_the_memory_content(tmp
 
 
 def test_composite_keeps_the_render_where_it_covers_and_generates_elsewhere(tiny_batch):
-    composite = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
-    generated = type(composite).from_config(composite.config, render_composite=False)
-    generated.load_state_dict(composite.state_dict())
-    n_context = composite.config.n_context
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=90.0)
+    pasting, generated = PLAIN, dataclasses.replace(PLAIN, render_composite=False)
+    n_context = model.config.n_context
     rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
     poses = tiny_batch["cam_to_world"][:, :n_context]
-    actions = torch.full((2, composite.config.n_future), 2, dtype=torch.int64)  # turn left
+    actions = torch.full((2, model.config.n_future), 2, dtype=torch.int64)  # turn left
 
-    def run(model, source="observed"):
+    def run(chosen, sampler, source="observed"):
         memory = _rendered_memory()
         memory.reset(2)
         memory.update(rgb, depth, tiny_batch["intrinsics"][:, :n_context], poses, source=source)
         render = memory.render(
-            *_chunk_cameras(model, poses[:, -1], actions, tiny_batch["intrinsics"][:, 0]),
+            *_chunk_cameras(chosen, poses[:, -1], actions, tiny_batch["intrinsics"][:, 0]),
             (32, 32),
         )
-        return _turn_left(model, tiny_batch, memory, insert_start_frames=False), render
+        return _turn_left(chosen, tiny_batch, memory, False, sampler), render
 
-    mixed, render = run(composite)
-    pure, _ = run(generated)
+    mixed, render = run(model, pasting)
+    pure, _ = run(model, generated)
     kept = render.mask & render.observed  # the start frames are observed
-    covered = composite.render_coverage(render.depth, kept).expand_as(mixed.rgb)
+    covered = model.render_coverage(render.depth, kept).expand_as(mixed.rgb)
     assert covered.any() and not covered.all()
     assert torch.equal(mixed.rgb[covered], render.rgb.expand_as(mixed.rgb)[covered])
     assert torch.equal(mixed.rgb[~covered], pure.rgb[~covered])  # the same noise elsewhere
     assert not torch.equal(pure.rgb[covered], mixed.rgb[covered])
     # Points the model generated itself are never pasted, and by default not even read.
-    hinted, _ = run(composite, source="generated")
-    assert torch.equal(hinted.rgb, run(generated, source="generated")[0].rgb)
+    hinted, _ = run(model, pasting, source="generated")
+    assert torch.equal(hinted.rgb, run(model, generated, source="generated")[0].rgb)
     blind = rollout(
-        composite,
+        model,
         rgb,
         depth,
         poses,
         actions,
-        tiny_batch["intrinsics"][:, 0],
+        sampler=PLAIN,
+        intrinsics=tiny_batch["intrinsics"][:, 0],
         memory=None,
-        num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(hinted.rgb, blind.rgb)  # render_generated=False: as without memory
-    reading = type(composite).from_config(composite.config, render_generated=True)
-    reading.load_state_dict(composite.state_dict())
     with torch.no_grad():  # open the render branch so that what it reads shows
-        reading.transformer.render_embed.weight.normal_(generator=torch.Generator().manual_seed(0))
-    read, _ = run(reading, source="generated")
-    unread = type(reading).from_config(reading.config, render_generated=False)
-    unread.load_state_dict(reading.state_dict())
-    assert not torch.equal(read.rgb, run(unread, source="generated")[0].rgb)
+        model.transformer.render_embed.weight.normal_(generator=torch.Generator().manual_seed(0))
+    reading = dataclasses.replace(PLAIN, render_generated=True)
+    read, _ = run(model, reading, source="generated")
+    assert not torch.equal(read.rgb, run(model, pasting, source="generated")[0].rgb)
 
 
 def _chunk_cameras(model, reference, actions, intrinsics):
-    from worldsim.simulator.sampling import chain_poses, step_poses
+    from worldsim.simulator.chunks import chain_poses, step_poses
 
     targets = reference.double()[:, None] @ chain_poses(step_poses(actions, model).double())
     frames = actions.shape[1]
     return targets.float(), intrinsics[:, None].expand(-1, frames, 3, 3)
 
 
+def _render(rgb, depth, mask):
+    """A render of observed points drawn where ``mask`` says."""
+    return MemoryRender(rgb, depth, mask, mask, torch.where(mask, 0, -1))
+
+
 def test_render_fill_takes_rings_next_to_the_render_from_it_and_generates_the_rest():
-    model = make_tiny(memory_token_dim=0, memory_render=True, render_fill=1)
     shape = (1, 1, 1, 32, 32)
     generated_rgb, generated_depth = torch.zeros(1, 1, 3, 32, 32), torch.full(shape, 3.0)
     render_rgb, render_depth = torch.full((1, 1, 3, 32, 32), 0.8), torch.full(shape, 1.0)
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[..., :10] = True  # the render covers the left ten columns
-    rgb, depth = model.composite_render(
-        generated_rgb, generated_depth, render_rgb, render_depth, mask
-    )
+    render = _render(render_rgb, render_depth, mask)
+    rgb, depth = composite_render(render, generated_rgb, generated_depth, 10.0, fill_rings=1)
     assert torch.equal(rgb[..., :11], render_rgb[..., :11])  # covered, and the ring next to it
     assert torch.equal(depth[..., :11], render_depth[..., :11])
     assert torch.equal(rgb[..., 11:], generated_rgb[..., 11:])  # beyond the ring: generated
-    plain = type(model).from_config(model.config, render_fill=0)
-    rgb, _ = plain.composite_render(generated_rgb, generated_depth, render_rgb, render_depth, mask)
+    rgb, _ = composite_render(render, generated_rgb, generated_depth, 10.0, fill_rings=0)
     assert torch.equal(rgb[..., 10:], generated_rgb[..., 10:])  # the control: no ring
-    with pytest.raises(ValueError, match="render_fill must be >= 0 rings of pixels, got -1"):
-        make_tiny(memory_render=True, memory_token_dim=0, render_fill=-1)
+    # Generated points are never pasted, only observed ones.
+    unobserved = render._replace(observed=torch.zeros_like(mask))
+    rgb, depth = composite_render(unobserved, generated_rgb, generated_depth, 10.0, fill_rings=1)
+    assert torch.equal(rgb, generated_rgb) and torch.equal(depth, generated_depth)
+    with pytest.raises(ValueError, match=r"render_fill must be an int in \[0, 16\]"):
+        SamplerConfig(render_fill=-1)
 
 
 def test_a_point_beyond_the_sensors_range_gives_its_colour_and_no_depth():
     """As a camera sees a far wall while its depth sensor reads 0 there."""
-    model = make_tiny(memory_token_dim=0, memory_render=True, render_fill=1)
+    model = make_tiny(memory_token_dim=0, memory_render=True)
     far = model.config.max_depth_m + 2.0
     shape = (1, 1, 1, 32, 32)
     generated_rgb, generated_depth = torch.zeros(1, 1, 3, 32, 32), torch.full(shape, 3.0)
@@ -296,8 +310,12 @@ def test_a_point_beyond_the_sensors_range_gives_its_colour_and_no_depth():
     render_depth[..., 5:10] = far  # columns 5-9 drawn beyond the range
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[..., :10] = True
-    rgb, depth = model.composite_render(
-        generated_rgb, generated_depth, render_rgb, render_depth, mask
+    rgb, depth = composite_render(
+        _render(render_rgb, render_depth, mask),
+        generated_rgb,
+        generated_depth,
+        model.config.max_depth_m,
+        fill_rings=1,
     )
     assert torch.equal(rgb[..., :11], render_rgb[..., :11])  # drawn at any depth, and the ring
     assert torch.equal(rgb[..., 11:], generated_rgb[..., 11:])
@@ -315,14 +333,17 @@ def test_sampling_from_a_guess_skips_the_first_steps_and_share_zero_changes_noth
         context = tiny_model.encode(tiny_batch["rgb"][:, :1], tiny_batch["depth"][:, :1])
         rays = tiny_model.chunk_rays(
             tiny_model.default_intrinsics(2),
-            tiny_model.relative_poses_from_actions(torch.ones(2, 2, dtype=torch.int64)),
+            chain_poses(step_poses(torch.ones(2, 2, dtype=torch.int64), tiny_model)),
         )
         shape = tiny_model.future_latent_shape(2)
         guess = torch.randn(shape, generator=torch.Generator().manual_seed(7))
 
-        def sample(**init):
+        def sample(init_latents=None, init_share=0.0):
             generators = [torch.Generator().manual_seed(seed) for seed in (3, 4)]
-            return sample_chunk(tiny_model, context, rays, None, None, 2, generators, **init)
+            sampler = SamplerConfig(num_inference_steps=2, render_init=init_share)
+            return sample_chunk(
+                tiny_model, sampler, context, rays, generator=generators, init_latents=init_latents
+            )
 
         assert torch.equal(sample(init_latents=guess, init_share=0.0), sample())
         assert torch.equal(sample(init_latents=guess, init_share=1.0), guess)  # nothing to run
@@ -340,7 +361,7 @@ def test_sampling_from_a_guess_skips_the_first_steps_and_share_zero_changes_noth
             sample(init_latents=guess, init_share=0.5), expected, rtol=1e-5, atol=1e-5
         )
         with pytest.raises(
-            ValueError, match=r"init_share must be a share of the steps in \[0, 1\]"
+            ValueError, match=r"render_init must be a share of the steps in \[0, 1\]"
         ):
             sample(init_latents=guess, init_share=1.5)
         with pytest.raises(ValueError, match=r"init_latents must have shape \(2, 2, 8, 16, 16\)"):
@@ -350,7 +371,7 @@ def test_sampling_from_a_guess_skips_the_first_steps_and_share_zero_changes_noth
 def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_elsewhere(
     tiny_batch,
 ):
-    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=30.0, render_init=1.0)
+    model = make_tiny(memory_token_dim=0, memory_render=True, turn_step_deg=30.0)
     n_context = model.config.n_context
     rgb, depth = tiny_batch["rgb"][:, :n_context], tiny_batch["depth"][:, :n_context]
     poses, k = tiny_batch["cam_to_world"][:, :n_context], tiny_batch["intrinsics"][:, 0]
@@ -362,11 +383,12 @@ def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_e
     render = memory.render(targets, chunk_k, (32, 32))
     cam_to_ref = poses[:, -1:].inverse() @ targets
 
-    def generate(share):
-        chosen = type(model).from_config(model.config, render_init=share)
-        chosen.load_state_dict(model.state_dict())
+    def generate(share, chosen=model):
+        sampler = dataclasses.replace(PLAIN, render_init=share)
         generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-        return generate_chunk(chosen, rgb, depth, cam_to_ref, k, None, None, generators, 2, render)
+        return generate_chunk(
+            chosen, sampler, rgb, depth, cam_to_ref, k, generators=generators, render=render
+        )
 
     # By hand: the reprojection baseline's frames, whose latents a share of 1 decodes as they are.
     covered = (render.mask & (render.depth <= model.config.max_depth_m)).expand(-1, -1, 3, -1, -1)
@@ -392,16 +414,10 @@ def test_render_init_starts_from_the_render_where_it_covers_and_the_last_frame_e
         with pytest.raises(
             ValueError, match=rf"render_init must be a share .* \[0, 1\], got {wrong}"
         ):
-            make_tiny(memory_token_dim=0, memory_render=True, render_init=wrong)
-    with pytest.raises(
-        ValueError, match=r"render_init=0\.5 starts sampling from the memory's render"
-    ):
-        make_tiny(render_init=0.5)
+            SamplerConfig(render_init=wrong)
 
 
 def test_a_guess_leaves_at_least_one_step_below_a_share_of_one():
-    from worldsim.simulator.sampling import _skipped_steps
-
     assert [_skipped_steps(0.75, steps) for steps in (1, 2, 4, 6, 10)] == [0, 1, 3, 5, 8]
     assert [_skipped_steps(0.5, steps) for steps in (1, 2, 3, 5)] == [0, 1, 2, 3]  # half up
     assert _skipped_steps(1.0, 4) == 4 and _skipped_steps(0.0, 4) == 0

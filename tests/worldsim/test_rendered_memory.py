@@ -17,8 +17,9 @@ SIZE = 64  # pixels per side of the simulator frames
 
 @pytest.fixture(scope="module")
 def simulator():
+    from envs.backends import make_simulator
     from envs.embedded.render import egl_available
-    from envs.simulator import SimulatorConfig, make_simulator
+    from envs.simulator import SimulatorConfig
 
     if not egl_available():
         pytest.skip("no headless OpenGL context can be created through EGL")
@@ -343,13 +344,19 @@ def test_select_copies_rows_independently():
 # Interface and bad input ---------------------------------------------------------------------
 
 
-def test_interface_build_tokens_and_empty_render():
+def test_interface_says_it_gives_a_render_not_tokens_and_renders_empty():
     memory = build_memory("rendered", voxel_size=0.1, token_dim=8)
     memory.reset(2)
+    assert memory.gives_render and not memory.gives_tokens
+    token_memory = build_memory("feature_map", encoder="pooled_color")
+    assert token_memory.gives_tokens and not token_memory.gives_render
     poses = torch.eye(4).expand(2, 3, 4, 4)
     k = torch.tensor([[8.0, 0, 8], [0, 8, 8], [0, 0, 1]]).expand(2, 3, 3, 3)
-    tokens, mask = memory.tokens(poses, k, (16, 16))
-    assert tokens.shape == (2, 0, 8) and mask.shape == (2, 0)
+    with pytest.raises(TypeError, match="RenderedMemory gives no tokens: read it with render"):
+        memory.tokens(poses, k, (16, 16))
+    token_memory.reset(2)
+    with pytest.raises(TypeError, match="FeatureMap3D gives no render: read it with tokens"):
+        token_memory.render(poses, k, (16, 16))
     out = memory.render(poses, k, (16, 16))
     assert out.rgb.shape == (2, 3, 3, 16, 16) and out.last_seen.shape == (2, 3, 1, 16, 16)
     assert not out.mask.any() and torch.all(out.last_seen == -1)

@@ -27,6 +27,7 @@ from worldsim.evaluation.windows import (
     rank_starts,
 )
 from worldsim.memory import build_memory
+from worldsim.simulator.sampler import SamplerConfig
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +188,13 @@ def test_model_variants_share_noise_and_memory_changes_the_frames(windows):
     memory = build_memory("feature_map", encoder="pooled_color", voxel_size=0.25)
     model = make_tiny(memory_token_dim=memory.token_dim)
     randomise_memory_gates(model)  # so that the memory changes what is generated
+    one_step = SamplerConfig(num_inference_steps=1)
     variants = [
-        Variant("with", model, episode_memory(memory)),
-        Variant("without", model, no_memory),
+        Variant("with", model, episode_memory(memory), one_step),
+        Variant("without", model, no_memory, one_step),
     ]
-    first = predict_windows(chosen[:2], batch_rows(batch, 2), variants, num_inference_steps=1)
-    again = predict_windows(chosen[:2], batch_rows(batch, 2), variants, num_inference_steps=1)
+    first = predict_windows(chosen[:2], batch_rows(batch, 2), variants)
+    again = predict_windows(chosen[:2], batch_rows(batch, 2), variants)
     assert first.rgb["with"].shape == (2, 4, 3, 32, 32)
     assert torch.equal(first.rgb["with"], again.rgb["with"])  # the same seeds, the same frames
     assert not torch.equal(first.rgb["with"], first.rgb["without"])

@@ -1,8 +1,11 @@
+import importlib
+
 import pytest
 import torch
 
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
-from worldsim.simulator.sampling import rollout, sample_chunk
+from worldsim.simulator.chunks import chain_poses, rollout, step_poses
+from worldsim.simulator.sampler import SamplerConfig, sample_chunk
 
 
 def start(batch):
@@ -19,9 +22,7 @@ def test_rollout_shapes_and_poses(tiny_model, tiny_batch):
     assert result.rgb.min() >= 0 and result.rgb.max() <= 1 and result.depth.min() >= 0
     expected = poses[:, 0]
     for step in range(4):  # composing the actions' relative poses one by one
-        expected = (
-            expected @ tiny_model.relative_poses_from_actions(actions[:, step : step + 1])[:, 0]
-        )
+        expected = expected @ chain_poses(step_poses(actions[:, step : step + 1], tiny_model))[:, 0]
         torch.testing.assert_close(result.cam_to_world[:, step], expected)  # float32 products
 
 
@@ -46,13 +47,13 @@ def test_one_step_sampling_equals_minus_v_at_the_last_timestep(tiny_model, tiny_
         context = tiny_model.encode(tiny_batch["rgb"][:, :1], tiny_batch["depth"][:, :1])
         rays = tiny_model.chunk_rays(
             tiny_model.default_intrinsics(2),
-            tiny_model.relative_poses_from_actions(torch.ones(2, 2, dtype=torch.int64)),
+            chain_poses(step_poses(torch.ones(2, 2, dtype=torch.int64), tiny_model)),
         )
         sampled = sample_chunk(
             tiny_model,
+            SamplerConfig(num_inference_steps=1),
             context,
             rays,
-            num_inference_steps=1,
             generator=torch.Generator().manual_seed(3),
         )
         noise = torch.randn(
@@ -77,7 +78,7 @@ def test_bad_rollout_inputs(tiny_model, tiny_batch):
     with pytest.raises(ValueError, match="unknown action 7"):
         rollout(tiny_model, rgb, depth, poses, torch.full((2, 2), 7))
     rgb_only = make_tiny(use_depth=False)
-    memory = pytest.importorskip("worldsim.memory").build_memory("none")
+    memory = importlib.import_module("worldsim.memory").build_memory("none")
     with pytest.raises(ValueError, match="tokens of width 1"):
         rollout(tiny_model, rgb, depth, poses, torch.ones(2, 2, dtype=torch.int64), memory=memory)
     with pytest.raises(ValueError, match="RGB-only world model"):
@@ -88,7 +89,7 @@ def test_bad_rollout_inputs(tiny_model, tiny_batch):
 
 
 def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
-    memories = pytest.importorskip("worldsim.memory")
+    memories = importlib.import_module("worldsim.memory")
     memory = memories.build_memory(
         "feature_map", encoder="pooled_color", voxel_size=0.25, max_tokens=None
     )
@@ -100,7 +101,7 @@ def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
     memory.update(rgb, depth, k, poses)
     # The view after a half turn looks away from the start frame's view.
     actions = torch.full((2, 2), 2)  # two 90-degree left turns: one chunk
-    behind = poses @ model.relative_poses_from_actions(actions)[:, -1:]
+    behind = poses @ chain_poses(step_poses(actions, model))[:, -1:]
     seen_before = memory.tokens(behind, k, (32, 32))[1].sum()
     rollout(
         model,
@@ -117,7 +118,7 @@ def test_rollout_writes_generated_frames_into_the_memory(tiny_batch):
 
 def test_step_poses_and_waypoints_roll_out_like_the_equivalent_action_ids(tiny_model, tiny_batch):
     from worldsim.geometry import action_to_waypoint
-    from worldsim.simulator.sampling import step_poses
+    from worldsim.simulator.chunks import step_poses
 
     rgb, depth, poses = start(tiny_batch)
     actions = torch.tensor([[1, 2, 3, 1], [2, 2, 1, 0]])
@@ -155,7 +156,7 @@ def test_rows_do_not_depend_on_the_batch_size_with_one_generator_per_row(tiny_mo
 
 
 def test_memory_frames_choose_what_is_unprojected(tiny_batch):
-    memories = pytest.importorskip("worldsim.memory")
+    memories = importlib.import_module("worldsim.memory")
 
     def fresh():
         memory = memories.build_memory(
@@ -168,7 +169,7 @@ def test_memory_frames_choose_what_is_unprojected(tiny_batch):
     rgb, depth, poses = start(tiny_batch)
     k = model.default_intrinsics(2)[:, None]
     actions = torch.full((2, 2), 2)  # two 90-degree left turns: one chunk
-    behind = poses @ model.relative_poses_from_actions(actions)[:, -1:]
+    behind = poses @ chain_poses(step_poses(actions, model))[:, -1:]
     keep = torch.tensor([[True, True], [False, False]])  # row 1 writes nothing
     memory = fresh()
     rollout(

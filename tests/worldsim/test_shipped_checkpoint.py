@@ -16,7 +16,8 @@ from worldsim.evaluation.clips import (
 )
 from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 from worldsim.simulator.checkpoints import resolve_memory
-from worldsim.simulator.sampling import check_memory_fits
+from worldsim.simulator.chunks import check_memory_fits
+from worldsim.simulator.sampler import SamplerConfig, load_sampler_config
 
 MEMORY_GAIN_DB = 9.0
 """Least PSNR gain on memory-only pixels, own memory over none and another episode's (dB)."""
@@ -69,7 +70,9 @@ def test_the_checkpoint_beats_repeating_the_last_frame_on_an_unseen_scene(model,
         tmp_path,
         ClipConfig(n_context=config.n_context, n_future=config.n_future, max_memory_frames=8),
     )
-    evaluation = EvaluationConfig(max_clips=16, batch_size=16, num_inference_steps=10)
+    evaluation = EvaluationConfig(
+        max_clips=16, batch_size=16, sampler=SamplerConfig(num_inference_steps=10)
+    )
     memory = resolve_memory(None, model, DEFAULT_CHECKPOINT)
     variants = {"memory": memory, "none": None}
     predictions = predict_clips(model, clips, variants, evaluation)
@@ -116,12 +119,13 @@ def test_the_checkpoint_uses_its_memory_on_revisits_in_unseen_houses(model, tmp_
     assert len(windows) == 2
     batch = load_windows(store, windows, config.n_context, length)
     memory = resolve_memory(None, model, DEFAULT_CHECKPOINT)
+    sampler = load_sampler_config(DEFAULT_CHECKPOINT).with_steps(10)
     variants = [
-        Variant("own", model, episode_memory(memory)),
-        Variant("shuffled", model, episode_memory(memory, shuffled=True)),
-        Variant("none", model, no_memory),
+        Variant("own", model, episode_memory(memory), sampler),
+        Variant("shuffled", model, episode_memory(memory, shuffled=True), sampler),
+        Variant("none", model, no_memory, sampler),
     ]
-    predictions = predict_windows(windows, batch, variants, num_inference_steps=10)
+    predictions = predict_windows(windows, batch, variants)
     truth = batch.future.rgb
     only = batch.memory_only  # (W, L, 1, H, W) pixels only the memory saw
 

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from worldsim.geometry import plucker_rays, pose_from_position_yaw
 from worldsim.models.vae import RGBDAutoencoder
 from worldsim.models.world_model import DEFAULT_CHECKPOINT, WorldModel, world_model_config
+from worldsim.simulator.chunks import chain_poses, step_poses
 
 
 def test_named_configs_build_and_validate():
@@ -59,9 +60,9 @@ def test_chunk_rays_with_temporal_compression_group_frames():
         assert torch.equal(grouped[0, 1, slot], frames[1 + slot])
 
 
-def test_relative_poses_from_actions_hand_computed(tiny_model):
+def test_chained_step_poses_hand_computed(tiny_model):
     actions = torch.tensor([[1, 2, 1]])  # forward, turn left 10 deg, forward
-    poses = tiny_model.relative_poses_from_actions(actions)[0]
+    poses = chain_poses(step_poses(actions, tiny_model))[0]
     torch.testing.assert_close(poses[0, :3, 3], torch.tensor([0.0, 0.0, 0.25]))
     # after turning left, forward (camera +z) points to camera -x by sin(10 deg)
     angle = math.radians(10.0)
@@ -137,9 +138,7 @@ def test_from_cogvideox_at_reduced_width(tmp_path):
         )
     vae.save_pretrained(tmp_path / "vae")
     transformer.save_pretrained(tmp_path / "transformer")
-    model = WorldModel.from_cogvideox(
-        tmp_path, n_future=5, height=32, width=32, memory_token_dim=8, num_inference_steps=2
-    )
+    model = WorldModel.from_cogvideox(tmp_path, n_future=5, height=32, width=32, memory_token_dim=8)
     assert model.vae.scaling_factor == 1.2 and model.vae.temporal_compression == 4
     source, target = transformer.state_dict(), model.transformer.state_dict()
     for name in source:

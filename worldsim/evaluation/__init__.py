@@ -1,3 +1,1 @@
-"""Evaluation of the world model on held-out data: single-chunk clips, multi-chunk revisit
-windows, and the reports (tables, curves, videos) they write.
-"""
+"""Evaluation of the world model on held-out clips and revisit windows, and its reports."""

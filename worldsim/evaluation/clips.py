@@ -2,8 +2,8 @@
 
 For each chosen clip of a :class:`~worldsim.data.ClipDataset` (see :class:`EvaluationConfig`),
 the model sees the clip's ``n_context`` frames and generates its ``n_future`` frames along the
-clip's recorded camera motion (:func:`worldsim.simulator.sampling.rollout` with relative step poses, so a
-collision in the recording does not misplace the generated views). It does so once per memory
+clip's recorded camera motion (:func:`worldsim.simulator.chunks.rollout` with relative step poses,
+so a collision in the recording does not misplace the generated views). It does so once per memory
 variant, with the same initial noise for every variant of a clip, so the variants differ only
 in their conditioning:
 
@@ -15,12 +15,13 @@ in their conditioning:
 The generated frames are scored against the recorded ones with PSNR, SSIM and LPIPS
 (:mod:`worldsim.metrics.video`) and the mean absolute depth error in metres, on two subsets: revisit
 clips (future views seen before the clip, where memory can help) and all chosen clips.
-:func:`evaluation_rows` turns the result into a table for :func:`worldsim.evaluation.report.write_report`.
+:func:`evaluation_rows` turns the result into a table for
+:func:`worldsim.evaluation.report.write_report`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,12 +30,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldsim.data import ClipDataset, collate_clips
+from worldsim.geometry import DEFAULT_MAX_DEPTH_M
 from worldsim.metrics.video import MetricResult, lpips, psnr, ssim
-from worldsim.simulator.sampling import (
+from worldsim.simulator.chunks import (
     insert_clip_memory,
     insert_frames,
     rollout_along_recorded_poses,
 )
+from worldsim.simulator.sampler import SamplerConfig, composite_render
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory, RenderedMemory
@@ -53,7 +56,7 @@ class EvaluationConfig:
         max_clips: most clips per subset (revisit clips, all clips), >= 1; spread evenly over
             the dataset's clips of that subset.
         batch_size: clips per model call, >= 1.
-        num_inference_steps: DDIM steps per chunk, >= 1; the model's default if ``None``.
+        sampler: how each chunk is sampled (the checkpoint's own: ``load_sampler_config``).
         insert_context_frames: also unproject the context frames into the memory (training
             builds the memory from the earlier frames only).
         seed: seeds the initial noise of clip ``i`` with ``seed + i``, >= 0.
@@ -61,7 +64,7 @@ class EvaluationConfig:
 
     max_clips: int = 64
     batch_size: int = 8
-    num_inference_steps: int | None = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     insert_context_frames: bool = False
     seed: int = 0
 
@@ -69,10 +72,6 @@ class EvaluationConfig:
         for name in ("max_clips", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_inference_steps is not None and self.num_inference_steps < 1:
-            raise ValueError(
-                f"num_inference_steps must be >= 1 or None, got {self.num_inference_steps}"
-            )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
@@ -128,7 +127,7 @@ def predict_future(
     batch: dict,
     memory: Memory | None,
     generators: list[torch.Generator],
-    num_inference_steps: int | None = None,
+    sampler: SamplerConfig,
     insert_context_frames: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Generate the future chunk of a batch of clips along their recorded camera motion.
@@ -140,7 +139,7 @@ def predict_future(
         memory: built from the clips' ``memory_*`` frames (reset here to B rows on the model's
             device), or ``None`` for no map tokens.
         generators: one noise generator per clip.
-        num_inference_steps: DDIM steps; the model's default if ``None``.
+        sampler: how the chunk is sampled.
         insert_context_frames: unproject the context frames into the memory too.
 
     Returns:
@@ -167,10 +166,10 @@ def predict_future(
         depth[:, :n_context],
         poses[:, :n_context],
         poses[:, n_context:],
-        batch["intrinsics"][:, 0],
+        sampler=sampler,
+        intrinsics=batch["intrinsics"][:, 0],
         memory=memory,
         insert_start_frames=insert_context_frames,
-        num_inference_steps=num_inference_steps,
         generator=generators,
     )
 
@@ -219,7 +218,7 @@ def predict_clips(
                 batch,
                 memory,
                 generators,
-                config.num_inference_steps,
+                config.sampler,
                 config.insert_context_frames,
             )
             generated_rgb[name].append(rgb)
@@ -339,12 +338,14 @@ def reproject(
     cam_to_world: Tensor,
     future_cam_to_world: Tensor,
     future_intrinsics: Tensor,
+    max_depth_m: float = DEFAULT_MAX_DEPTH_M,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The no-learning baseline: a map of what is known rendered at the future cameras.
 
     The context frames are written into ``memory`` (which may already hold earlier frames) and
     the map is rendered at every future camera; pixels it leaves empty repeat the last context
-    frame.
+    frame (:func:`~worldsim.simulator.sampler.composite_render`: a drawn point's depth reads 0
+    beyond the sensor's range, as the model's composite and the sensor do).
 
     Args:
         memory: the map of the earlier frames, B rows (written into).
@@ -354,6 +355,7 @@ def reproject(
         cam_to_world: (B, n_context, 4, 4) their poses.
         future_cam_to_world: (B, L, 4, 4) the future cameras.
         future_intrinsics: (B, L, 3, 3) their ``K``.
+        max_depth_m: the sensor's range, metres.
 
     Returns:
         ``(rgb, depth, mask)``: (B, L, 3, H, W), (B, L, 1, H, W) and the (B, L, 1, H, W) bool
@@ -364,9 +366,10 @@ def reproject(
     render = memory.render(future_cam_to_world, future_intrinsics, tuple(rgb.shape[-2:]))
     last_rgb = rgb[:, -1:].expand(-1, length, -1, -1, -1)
     last_depth = depth[:, -1:].expand(-1, length, -1, -1, -1)
+    composite_rgb, composite_depth = composite_render(render, last_rgb, last_depth, max_depth_m)
     return (
-        torch.where(render.mask, render.rgb, last_rgb),
-        torch.where(render.mask, render.depth, last_depth),
+        composite_rgb,
+        composite_depth,
         render.mask,
     )
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from worldsim.evaluation.clips import depth_error, reproject
 from worldsim.memory import RenderedMemory
 from worldsim.metrics.video import MetricResult, lpips, psnr, ssim
-from worldsim.simulator.sampling import insert_frames, rollout_along_recorded_poses
+from worldsim.simulator.chunks import insert_frames, rollout_along_recorded_poses
+from worldsim.simulator.sampler import SamplerConfig
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
@@ -109,7 +110,8 @@ def reproject_window(memory: RenderedMemory, batch: WindowBatch) -> tuple[Tensor
         batch: the windows.
 
     Returns:
-        ``(rgb, depth, drawn)`` of the future frames, as :func:`~worldsim.evaluation.clips.reproject`.
+        ``(rgb, depth, drawn)`` of the future frames, as
+        :func:`~worldsim.evaluation.clips.reproject`.
     """
     context, future = batch.context, batch.future
     return reproject(
@@ -137,11 +139,13 @@ class Variant:
         model: the world model, or ``None`` for the no-learning baselines (reprojection with a
             :class:`~worldsim.memory.RenderedMemory`, last frame without memory).
         memory: what the variant remembers of the window (:data:`MemoryBuilder`).
+        sampler: how the model samples each chunk (ignored by the baselines).
     """
 
     name: str
     model: WorldModel | None
     memory: MemoryBuilder
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
 def reprojection_variant(name: str = "reprojection", shuffled: bool = False) -> Variant:
@@ -159,7 +163,6 @@ def predict(
     variant: Variant,
     batch: WindowBatch,
     generators: list[torch.Generator],
-    num_inference_steps: int | None = None,
     insert_context_frames: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """One variant's prediction of a batch of windows' futures.
@@ -168,7 +171,6 @@ def predict(
         variant: the variant.
         batch: B windows.
         generators: one noise generator per window (ignored by the baselines).
-        num_inference_steps: DDIM steps per chunk; the model's default if ``None``.
         insert_context_frames: a model's rollout unprojects the context frames into the memory
             too (Algorithm 1a); the reprojection baseline always renders them.
 
@@ -190,9 +192,10 @@ def predict(
         last_depth = context.depth[:, -1:].expand(-1, length, -1, -1, -1)
         if memory is None:
             return last_rgb.clone(), last_depth.clone()
-        if not isinstance(memory, RenderedMemory):
+        if not memory.gives_render:  # the baseline draws the map: it needs one that renders
             raise ValueError(
-                f"the reprojection baseline needs a RenderedMemory, got {type(memory).__name__}"
+                "the reprojection baseline needs a memory that gives a render, got "
+                f"{type(memory).__name__}"
             )
         rgb, depth, _ = reproject_window(memory, batch)
         return rgb, depth
@@ -214,10 +217,10 @@ def predict(
         context.depth,
         context.cam_to_world,
         future.cam_to_world,
-        context.intrinsics[:, -1],
+        sampler=variant.sampler,
+        intrinsics=context.intrinsics[:, -1],
         memory=memory,
         insert_start_frames=insert_context_frames,
-        num_inference_steps=num_inference_steps,
         generator=generators,
     )
 
@@ -246,7 +249,6 @@ def predict_windows(
     batch: WindowBatch,
     variants: Sequence[Variant],
     batch_size: int = 8,
-    num_inference_steps: int | None = None,
     insert_context_frames: bool = True,
     seed: int = 0,
     progress: bool = False,
@@ -258,7 +260,6 @@ def predict_windows(
         batch: :func:`load_windows` of them.
         variants: distinct names.
         batch_size: windows per model call, >= 1.
-        num_inference_steps: DDIM steps per chunk.
         insert_context_frames: as :func:`predict`.
         seed: >= 0.
         progress: show a progress bar.
@@ -275,7 +276,7 @@ def predict_windows(
         index = torch.arange(first, min(first + batch_size, len(windows)))
         generators = [torch.Generator().manual_seed(seed + int(i)) for i in index]
         out_rgb, out_depth = predict(
-            variant, select(batch, index), generators, num_inference_steps, insert_context_frames
+            variant, select(batch, index), generators, insert_context_frames
         )
         rgb[variant.name].append(out_rgb)
         depth[variant.name].append(out_depth)

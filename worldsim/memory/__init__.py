@@ -24,12 +24,8 @@ from worldsim.memory.feature_map import FeatureMap3D, FeatureMapConfig
 from worldsim.memory.frame_bank import FrameBank, FrameBankConfig
 from worldsim.memory.image_memory import ImageMemory, ImageMemoryConfig
 from worldsim.memory.no_memory import NoMemory, NoMemoryConfig
-from worldsim.memory.rendered import (
-    MapPoints,
-    MemoryRender,
-    RenderedMemory,
-    RenderedMemoryConfig,
-)
+from worldsim.memory.rendered import MapPoints, RenderedMemory, RenderedMemoryConfig
+from worldsim.memory.splatting import MemoryRender
 from worldsim.models.encoders import EncoderConfig, FeatureEncoder
 
 MEMORIES = {

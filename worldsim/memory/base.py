@@ -6,12 +6,14 @@ tokens they give back.
 
 Lifting frames to points (:func:`lift_frames`)
     Each valid frame is encoded to a (C, h, w) feature grid with stride ``s``
-    (:mod:`worldsim.models.encoders`). A feature cell gets one depth from the ``s x s`` pixels it covers:
+    (:mod:`worldsim.models.encoders`). A feature cell gets one depth from the ``s x s`` pixels it
+    covers:
     ``"median"`` (default) takes the lower median of the cell's valid depths, which is always one
     of the measured depths (at an occlusion edge it picks one of the two surfaces, never a phantom
     depth between them); ``"nearest"`` takes the pixel at row and column ``s // 2`` of the cell.
     A cell without a valid depth is dropped. The cell is then unprojected through its centre with
-    the feature-grid intrinsics (:func:`worldsim.models.encoders.feature_intrinsics`) and the frame's
+    the feature-grid intrinsics (:func:`worldsim.models.encoders.feature_intrinsics`) and the
+    frame's
     ``cam_to_world`` (:func:`worldsim.geometry.depth_to_world_points`).
 
 Bad input
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from einops import rearrange
@@ -40,16 +43,21 @@ from worldsim.geometry import (
 )
 from worldsim.models.encoders import FeatureEncoder, feature_intrinsics
 
+if TYPE_CHECKING:
+    from worldsim.memory.splatting import MemoryRender
+
 DEPTH_SAMPLING = ("median", "nearest")
 """How a feature cell gets its depth from the pixels it covers (see the module docstring)."""
 
 
 class Memory(nn.Module):
-    """Abstract base: ``B`` independent memories that read RGB-D frames and give tokens.
+    """Abstract base: ``B`` independent memories that read RGB-D frames and give them back.
 
-    Usage: ``reset(B)``, then any number of ``update(...)`` calls, then ``tokens(...)`` for the
-    cameras about to be generated; ``select(index)`` copies rows (e.g. one start state into K
-    rollouts).
+    Usage: ``reset(B)``, then any number of ``update(...)`` calls, then, for the cameras about to
+    be generated, ``tokens(...)`` (a memory with ``gives_tokens``: map tokens that memory blocks
+    cross-attend to) or ``render(...)`` (a memory with ``gives_render``: the map drawn into each
+    camera, read pixel-aligned); ``select(index)`` copies rows (e.g. one start state into K
+    rollouts). A memory says which it gives; consumers ask it, never its type.
 
     Empty memories: :meth:`tokens` returns ``N = max`` number of tokens over the rows, with
     ``mask`` False on padding; when no row has any token, ``N = 0`` (tensors of shape (B, 0, D)
@@ -57,9 +65,13 @@ class Memory(nn.Module):
 
     Attributes:
         token_dim: D, width of the tokens.
+        gives_tokens: :meth:`tokens` answers (class attribute).
+        gives_render: :meth:`render` and :meth:`points` answer (class attribute).
     """
 
     token_dim: int
+    gives_tokens: ClassVar[bool] = True
+    gives_render: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,8 +136,29 @@ class Memory(nn.Module):
 
         Returns:
             ``(tokens, mask)``: (B, N, D) float and (B, N) bool (True = real token).
+
+        Raises:
+            TypeError: for a memory without ``gives_tokens``.
         """
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} gives no tokens: read it with render()")
+
+    def render(
+        self, target_cam_to_world: Tensor, target_intrinsics: Tensor, image_size: tuple[int, int]
+    ) -> MemoryRender:
+        """The map drawn into the cameras about to be generated (a memory with ``gives_render``).
+
+        Args:
+            target_cam_to_world: (B, L, 4, 4) poses of the target cameras.
+            target_intrinsics: (B, L, 3, 3) their ``K`` in pixels.
+            image_size: ``(H, W)`` of the target images, pixels.
+
+        Returns:
+            The render, each field (B, L, C, H, W).
+
+        Raises:
+            TypeError: for a memory without ``gives_render``.
+        """
+        raise TypeError(f"{type(self).__name__} gives no render: read it with tokens()")
 
     def select(self, index: Tensor) -> Memory:
         """A new memory holding copies of the rows ``index``.

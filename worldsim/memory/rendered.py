@@ -66,10 +66,7 @@ Copies
     their renders project its points once per camera rather than per copy.
 
 Tokens
-    This memory is read through :meth:`RenderedMemory.render`, not through tokens:
-    :meth:`RenderedMemory.tokens` validates its inputs and returns ``N = 0`` tokens of width
-    ``config.token_dim`` (like :class:`~worldsim.memory.NoMemory`), so cross-attention consumers
-    still run.
+    This memory gives a render, not tokens (``gives_render``; ``tokens`` raises ``TypeError``).
 
 Bad input
     As :mod:`worldsim.memory.base` (non-rigid poses, bad focal lengths, mismatched shapes:
@@ -93,16 +90,17 @@ from worldsim.memory.base import (
     check_principal_point,
     valid_depth_mask,
 )
+from worldsim.memory.culling import AXES, HALF, ROW_SHIFT, Cells, build_cells, visible_pairs
+from worldsim.memory.splatting import (
+    EMPTY,
+    INDEX_BITS,
+    MemoryRender,
+    reaching_holes,
+    splat,
+    to_camera,
+)
 from worldsim.memory.voxel_grid import BITS
 
-_HALF = 1 << (BITS - 1)
-_AXES = 3
-_ROW_SHIFT = BITS * _AXES
-_INDEX_BITS = 32  # low bits of a z-buffer key: the point's index in its row
-_CELL_SHIFT = 4  # a culling cell is 2^4 voxels on a side
-_CELL_BITS = BITS - _CELL_SHIFT
-_LEVELS = 4  # level of detail l in [0, 4): one point per 2^l voxels on a side
-_EMPTY = torch.iinfo(torch.long).max
 SOURCES = ("observed", "generated")
 """Where an update's frames come from (see the module docstring)."""
 
@@ -126,7 +124,8 @@ class RenderedMemoryConfig:
             as the same surface (the band is ``surface_band * z_front + voxel_size``), in [0, 1].
         level_of_detail: draw far cells from coarser voxels no wider than this many pixels
             (module docstring), in (0, 4], or None to draw every point (exact).
-        token_dim: D reported by :meth:`RenderedMemory.tokens` (which gives N = 0), >= 1.
+        token_dim: the ``token_dim`` attribute every memory has, >= 1; this memory gives no
+            tokens (it gives a render), so nothing reads it.
     """
 
     voxel_size: float = 0.03
@@ -177,51 +176,6 @@ class RenderedMemoryConfig:
             raise ValueError(f"{owner}.token_dim must be >= 1, got {self.token_dim}")
 
 
-class MemoryRender(NamedTuple):
-    """What :meth:`RenderedMemory.render` gives per target camera.
-
-    Attributes:
-        rgb: (B, T, 3, H, W) float RGB in [0, 1]; 0 where ``mask`` is False.
-        depth: (B, T, 1, H, W) float z-depth of the drawn point, metres; 0 where ``mask`` is False.
-        mask: (B, T, 1, H, W) bool, True where a point was drawn.
-        observed: (B, T, 1, H, W) bool, True where the drawn point came from an observed frame.
-        last_seen: (B, T, 1, H, W) int64 row frame counter when the drawn point's voxel was last
-            hit; -1 where ``mask`` is False (the age is ``memory.steps[b] - last_seen``).
-    """
-
-    rgb: Tensor
-    depth: Tensor
-    mask: Tensor
-    observed: Tensor
-    last_seen: Tensor
-
-    @classmethod
-    def empty(
-        cls, batch: int, frames: int, size: tuple[int, int], device: torch.device | str = "cpu"
-    ) -> MemoryRender:
-        """The render of an empty map: nothing drawn anywhere."""
-        height, width = size
-        zeros = torch.zeros(batch, frames, 1, height, width, device=device)
-        return cls(
-            rgb=zeros.expand(-1, -1, 3, -1, -1).clone(),
-            depth=zeros,
-            mask=zeros.bool(),
-            observed=zeros.bool(),
-            last_seen=torch.full_like(zeros, -1, dtype=torch.int64),
-        )
-
-    def observed_only(self) -> MemoryRender:
-        """The render with the pixels of generated points left empty (as if never drawn)."""
-        keep = self.mask & self.observed
-        return MemoryRender(
-            rgb=self.rgb * keep,
-            depth=self.depth * keep,
-            mask=keep,
-            observed=keep,
-            last_seen=torch.where(keep, self.last_seen, torch.full_like(self.last_seen, -1)),
-        )
-
-
 class MapPoints(NamedTuple):
     """The points of a :class:`RenderedMemory`, in storage order (row, then voxel key).
 
@@ -242,28 +196,6 @@ class MapPoints(NamedTuple):
     size: Tensor
 
 
-class _Cells(NamedTuple):
-    """The storage grouped into culling cells (rows first, then cell key).
-
-    Attributes:
-        order: (M',) storage positions, level by level (level 0: every point), cell by cell.
-        size: (M',) the point size at that level, metres.
-        first: (L, C) position in ``order`` of each cell's first point at each level.
-        count: (L, C) points per cell and level.
-        centre: (C, 3) world centre of each cell, metres.
-        row_first: (P,) index of each storage row's first cell.
-        row_count: (P,) cells per storage row.
-    """
-
-    order: Tensor
-    size: Tensor
-    first: Tensor
-    count: Tensor
-    centre: Tensor
-    row_first: Tensor
-    row_count: Tensor
-
-
 class RenderedMemory(Memory):
     """Persistent coloured point map, voxel-downsampled, rendered by z-buffered splatting.
 
@@ -274,6 +206,9 @@ class RenderedMemory(Memory):
         encoder: unused (accepted so :func:`~worldsim.memory.build_memory` can pass one); must
             be None.
     """
+
+    gives_tokens = False
+    gives_render = True
 
     def __init__(self, config: RenderedMemoryConfig | None = None, encoder: None = None) -> None:
         super().__init__()
@@ -298,15 +233,15 @@ class RenderedMemory(Memory):
         self.last_seen = torch.zeros(0, dtype=torch.long, device=device)  # (M,)
         self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)  # (P,)
         self._rows: Tensor | None = None  # (B,) storage row of each row, None = the identity
-        self._cells: _Cells | None = None  # culling cells, rebuilt after a write
+        self._cells: Cells | None = None  # culling cells, rebuilt after a write
 
     # Interface ------------------------------------------------------------------------------
 
     def reset(self, batch_size: int, device: torch.device | str | None = None) -> None:
         """Empty all maps (see :meth:`Memory.reset`)."""
         self._start_reset(batch_size, device)
-        if batch_size >= 1 << (63 - _ROW_SHIFT):
-            raise ValueError(f"batch_size must be < {1 << (63 - _ROW_SHIFT)}, got {batch_size}")
+        if batch_size >= 1 << (63 - ROW_SHIFT):
+            raise ValueError(f"batch_size must be < {1 << (63 - ROW_SHIFT)}, got {batch_size}")
         self._clear(batch_size)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
 
@@ -367,16 +302,6 @@ class RenderedMemory(Memory):
             time[frame_of],
         )
 
-    def tokens(
-        self, target_cam_to_world: Tensor, target_intrinsics: Tensor, image_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
-        """Empty tokens (B, 0, D) and mask (B, 0): read this memory with :meth:`render`."""
-        self._check_targets(target_cam_to_world, target_intrinsics, image_size)
-        return (
-            torch.zeros(self.batch_size, 0, self.token_dim, device=self.device),
-            torch.zeros(self.batch_size, 0, dtype=torch.bool, device=self.device),
-        )
-
     def select(self, index: Tensor) -> RenderedMemory:
         """Copies of rows ``index`` (see :meth:`Memory.select`); repeats allowed.
 
@@ -415,8 +340,8 @@ class RenderedMemory(Memory):
             torch.arange(int(take.sum()), device=self.device) - (take.cumsum(0) - take)[new_rows]
         )
         source = starts[index][new_rows] + offset  # (M',) positions in the shared storage
-        voxel_bits = (1 << _ROW_SHIFT) - 1
-        self.keys = (new_rows << _ROW_SHIFT) | (self.keys[source] & voxel_bits)
+        voxel_bits = (1 << ROW_SHIFT) - 1
+        self.keys = (new_rows << ROW_SHIFT) | (self.keys[source] & voxel_bits)
         for name in ("xyz", "rgb", "size", "observed", "last_seen"):
             setattr(self, name, getattr(self, name)[source])
         self.counts = take
@@ -435,7 +360,7 @@ class RenderedMemory(Memory):
         self._require_reset()
         self._own_storage()
         return MapPoints(
-            self.keys >> _ROW_SHIFT,
+            self.keys >> ROW_SHIFT,
             self.xyz.clone(),
             self.rgb.clone(),
             self.observed.clone(),
@@ -471,7 +396,7 @@ class RenderedMemory(Memory):
         # (image, point) pairs of the cells that can reach each image, then per point: in front
         # of the near plane and its centre within max_splat_radius pixels of the image.
         image, position, point_size = self._pairs(world_to_cam, k, camera_row, size)  # (Q,)
-        x, y, z = _to_camera(world_to_cam, self.xyz[position], image)
+        x, y, z = to_camera(world_to_cam, self.xyz[position], image)
         reach = config.max_splat_radius
         fx, fy = k[image, 0, 0], k[image, 1, 1]
         depth_safe = z.clamp_min(config.near_plane)
@@ -487,7 +412,7 @@ class RenderedMemory(Memory):
         arrays = (u, v, z, index, point_size, fx, fy, image)
         pixels = images * height * width
         shape = (images, height, width)
-        buffer = torch.full((pixels,), _EMPTY, dtype=torch.int64, device=self.device)
+        buffer = torch.full((pixels,), EMPTY, dtype=torch.int64, device=self.device)
         # Observed points first, generated ones only where no observed point covers a pixel;
         # each source's wider fill splat only where its own and earlier splats left a hole.
         from_observed = self.observed[position]  # (Q,)
@@ -497,21 +422,21 @@ class RenderedMemory(Memory):
                 continue
             points = [array[source] for array in arrays]
             for scale in scales:
-                empty = buffer == _EMPTY
+                empty = buffer == EMPTY
                 if scale is None or not bool(empty.any()):
                     continue
                 if not bool(empty.all()):  # only points that can reach a hole matter now
-                    points = _reaching_holes(points, empty.reshape(shape), config, scale)
-                layer = _splat(*points, shape, config, scale)
+                    points = reaching_holes(points, empty.reshape(shape), config, scale)
+                layer = splat(*points, shape, config, scale)
                 buffer = torch.where(empty, layer, buffer)
 
-        mask = buffer != _EMPTY  # (G*H*W,)
+        mask = buffer != EMPTY  # (G*H*W,)
         hit = mask.nonzero()[:, 0]
-        winner = buffer[hit] & ((1 << _INDEX_BITS) - 1)  # index in the storage row
+        winner = buffer[hit] & ((1 << INDEX_BITS) - 1)  # index in the storage row
         hit_image = torch.div(hit, height * width, rounding_mode="floor")
         point = (starts[camera_row[hit_image]] + winner).long()  # index in the flat storage
         depth_out = torch.zeros(pixels, device=self.device)
-        depth_out[hit] = _to_camera(world_to_cam, self.xyz[point], hit_image)[2]
+        depth_out[hit] = to_camera(world_to_cam, self.xyz[point], hit_image)[2]
         rgb_out = torch.zeros(pixels, 3, device=self.device)
         rgb_out[hit] = self.rgb[point]
         observed_out = torch.zeros_like(mask)
@@ -533,135 +458,10 @@ class RenderedMemory(Memory):
     def _pairs(
         self, world_to_cam: Tensor, k: Tensor, camera_row: Tensor, size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(image, storage position, size) of every point in a cell that can reach the image.
-
-        A cell is kept when its bounding sphere is not wholly before the near plane or wholly
-        outside one of the four planes through the camera centre and the image borders widened
-        by ``max_splat_radius`` pixels: every point the per-point test would draw is kept.
-
-        Args:
-            world_to_cam: (G, 4, 4) the images' world-to-camera transforms.
-            k: (G, 3, 3) their ``K``.
-            camera_row: (G,) the storage row each image renders.
-            size: ``(H, W)`` of the images.
-
-        Returns:
-            ``(image, position, size)``: (Q,) int64, int64 and float (the point's size at the
-            cell's level of detail, metres).
-        """
-        cells = self._culling_cells()
-        height, width = size
-        reach = self.config.max_splat_radius
-        per_image = cells.row_count[camera_row]  # (G,) candidate cells
-        image = torch.repeat_interleave(
-            torch.arange(camera_row.numel(), device=self.device), per_image
-        )
-        local = (
-            torch.arange(image.numel(), device=self.device)
-            - (per_image.cumsum(0) - per_image)[image]
-        )
-        cell = cells.row_first[camera_row][image] + local  # (Q',)
-        x, y, z = _to_camera(world_to_cam, cells.centre[cell], image)
-        # Sphere radius: half the cell diagonal, a little more for float rounding.
-        radius = (1 << _CELL_SHIFT) * self.config.voxel_size * (3**0.5 / 2) * 1.001 + 1e-4
-        fx, fy, cx, cy = k[image, 0, 0], k[image, 1, 1], k[image, 0, 2], k[image, 1, 2]
-        keep = z >= self.config.near_plane - radius
-        # Plane n . p = 0 with inward normal n; the sphere is outside when n . c < -r |n|.
-        for a, b in ((fx, cx + reach), (-fx, width + reach - cx)):
-            keep &= a * x + b * z >= -radius * torch.sqrt(a.square() + b.square())
-        for a, b in ((fy, cy + reach), (-fy, height + reach - cy)):
-            keep &= a * y + b * z >= -radius * torch.sqrt(a.square() + b.square())
-        image, cell = image[keep], cell[keep]
-        level = torch.zeros_like(cell)
-        if self.config.level_of_detail is not None:
-            nearest = (z[keep] - radius).clamp_min(self.config.near_plane)
-            pixel = nearest / torch.maximum(fx, fy)[keep]  # metres per pixel at the nearest point
-            coarse = torch.log2(self.config.level_of_detail * pixel / self.config.voxel_size)
-            level = torch.floor(coarse).clamp(0, _LEVELS - 1).long()
-        count = cells.count[level, cell]
-        pair = torch.repeat_interleave(torch.arange(cell.numel(), device=self.device), count)
-        local = torch.arange(pair.numel(), device=self.device) - (count.cumsum(0) - count)[pair]
-        entry = cells.first[level, cell][pair] + local
-        return image[pair], cells.order[entry], cells.size[entry]
-
-    def _culling_cells(self) -> _Cells:
-        """The storage grouped by cells of 16^3 voxels (cached until the next write)."""
-        if self._cells is not None:
-            return self._cells
-        mask = (1 << BITS) - 1
-        voxel = [(self.keys >> (BITS * (_AXES - 1 - a))) & mask for a in range(_AXES)]
-        cell_key = self.keys >> _ROW_SHIFT
-        for coordinate in voxel:
-            cell_key = (cell_key << _CELL_BITS) | (coordinate >> _CELL_SHIFT)
-        order = torch.sort(cell_key, stable=True).indices  # (M,)
-        unique, count = torch.unique_consecutive(cell_key[order], return_counts=True)
-        coordinates = torch.stack(
-            [
-                (unique >> (_CELL_BITS * (_AXES - 1 - a))) & ((1 << _CELL_BITS) - 1)
-                for a in range(_AXES)
-            ],
-            dim=-1,
-        )  # (C, 3) cell coordinates, offset by _HALF voxels
-        side = 1 << _CELL_SHIFT
-        centre = (
-            (coordinates * side + side // 2 - _HALF).double() * self.config.voxel_size
-        ).float()
-        cell_row = unique >> (_CELL_BITS * _AXES)
-        rows = self.counts.numel()
-        row_count = torch.bincount(cell_row, minlength=rows)
-        orders, sizes, counts = [order], [self.size[order]], [count]
-        if self.config.level_of_detail is not None:
-            cell_of = torch.empty_like(order)
-            cell_of[order] = torch.repeat_interleave(
-                torch.arange(unique.numel(), device=self.device), count
-            )  # (M,) cell index of each stored point
-            for level in range(1, _LEVELS):
-                picked = self._coarse_points(voxel, level)  # storage positions, key order
-                # Coarse voxels nest in cells, so every cell keeps at least one point.
-                by_cell = picked[torch.sort(cell_of[picked], stable=True).indices]
-                orders.append(by_cell)
-                sizes.append(self.size[by_cell].clamp_min(self.config.voxel_size * (1 << level)))
-                counts.append(torch.bincount(cell_of[by_cell], minlength=unique.numel()))
-        count_all = torch.stack(counts)  # (L', C)
-        offsets = torch.tensor([0] + [o.numel() for o in orders[:-1]], device=self.device)
-        first = count_all.cumsum(1) - count_all + offsets.cumsum(0)[:, None]
-        if count_all.shape[0] < _LEVELS:  # no level of detail: every level reads level 0
-            count_all = count_all.expand(_LEVELS, -1)
-            first = first.expand(_LEVELS, -1)
-        self._cells = _Cells(
-            torch.cat(orders),
-            torch.cat(sizes),
-            first,
-            count_all,
-            centre,
-            row_count.cumsum(0) - row_count,
-            row_count,
-        )
-        return self._cells
-
-    def _coarse_points(self, voxel: list[Tensor], level: int) -> Tensor:
-        """Storage positions of one point per voxel of ``2^level`` voxels (module docstring).
-
-        Args:
-            voxel: the stored points' voxel coordinates (offset by ``_HALF``), (M,) per axis.
-            level: the level of detail, >= 1.
-
-        Returns:
-            (M_l,) int64 positions, in coarse-key order.
-        """
-        key = self.keys >> _ROW_SHIFT
-        for coordinate in voxel:
-            key = (key << BITS) | (coordinate >> level)
-        coarse = 1 << level
-        centre = torch.stack([(c >> level) * coarse + coarse / 2 - _HALF for c in voxel], dim=-1)
-        offset = (self.xyz / self.config.voxel_size - centre).square().sum(-1)  # (M,)
-        # Observed first, then nearest the coarse centre, then the smaller key (stable sorts,
-        # least significant rule first; storage is key-sorted).
-        order = torch.sort(offset, stable=True).indices
-        order = order[torch.sort((~self.observed[order]).long(), stable=True).indices]
-        order = order[torch.sort(key[order], stable=True).indices]
-        _, group = torch.unique_consecutive(key[order], return_counts=True)
-        return order[group.cumsum(0) - group]
+        """(image, storage position, size) of every point that can reach an image (culling)."""
+        if self._cells is None:  # cached until the next write
+            self._cells = build_cells(self)
+        return visible_pairs(self, self._cells, world_to_cam, k, camera_row, size)
 
     # Internals ------------------------------------------------------------------------------
 
@@ -697,16 +497,16 @@ class RenderedMemory(Memory):
         """
         scaled = points / self.config.voxel_size
         cells = torch.floor(scaled).long()
-        if cells.numel() and (int(cells.min()) < -_HALF or int(cells.max()) >= _HALF):
+        if cells.numel() and (int(cells.min()) < -HALF or int(cells.max()) >= HALF):
             raise ValueError(
-                f"voxel coordinates must lie in [{-_HALF}, {_HALF}), got "
+                f"voxel coordinates must lie in [{-HALF}, {HALF}), got "
                 f"[{int(cells.min())}, {int(cells.max())}]: points are too far from the world "
                 f"origin for voxel_size = {self.config.voxel_size} m (use larger voxels or "
                 "recentre the world)"
             )
         key = rows.long()
-        for axis in range(_AXES):
-            key = (key << BITS) | (cells[:, axis] + _HALF)
+        for axis in range(AXES):
+            key = (key << BITS) | (cells[:, axis] + HALF)
         offset = (scaled - cells - 0.5).square().sum(-1)
         return key, offset
 
@@ -769,7 +569,7 @@ class RenderedMemory(Memory):
                 observed[first[new]],
                 seen[new],
             )
-            added = torch.bincount(unique[new] >> _ROW_SHIFT, minlength=self.batch_size)
+            added = torch.bincount(unique[new] >> ROW_SHIFT, minlength=self.batch_size)
             self.counts = self.counts + added  # out of place: copies may share ``counts``
             if int(self.counts.max()) > self.config.max_points:
                 self._evict()
@@ -807,7 +607,7 @@ class RenderedMemory(Memory):
     def _evict(self) -> None:
         """Drop points of over-full rows: generated first, then least recently seen, then key."""
         bound = self.config.max_points
-        rows = self.keys >> _ROW_SHIFT
+        rows = self.keys >> ROW_SHIFT
         excess = (self.counts - bound).clamp(min=0)  # (B,)
         # Storage is key-sorted, so stable sorts on the later rules keep key order for ties.
         order = torch.sort(self.last_seen, stable=True).indices
@@ -832,199 +632,3 @@ class RenderedMemory(Memory):
             setattr(self, name, getattr(self, name)[keep])
         self.counts = self.counts - excess
         self._cells = None
-
-
-def grow_into_holes(image: Tensor, known: Tensor, passes: int) -> tuple[Tensor, Tensor]:
-    """Fill unknown pixels next to known ones with their known neighbours' mean, ring by ring.
-
-    Each pass gives every unknown pixel with a known pixel among its 8 neighbours their mean.
-
-    Args:
-        image: (B, F, C, H, W) float.
-        known: (B, F, 1, H, W) bool.
-        passes: rings of pixels filled, >= 0.
-
-    Returns:
-        ``(image, known)``: the image with the rings filled (unknown pixels beyond them keep
-        their values) and (B, F, 1, H, W) bool, True where known or filled.
-    """
-    shape = image.shape
-    values = (image * known).flatten(0, 1)  # (B*F, C, H, W)
-    weight = known.flatten(0, 1).to(image.dtype)  # (B*F, 1, H, W)
-    for _ in range(passes):
-        if bool(weight.all()):
-            break
-        total = torch.nn.functional.avg_pool2d(values, 3, 1, 1, count_include_pad=False)
-        count = torch.nn.functional.avg_pool2d(weight, 3, 1, 1, count_include_pad=False)
-        grow = (weight == 0) & (count > 0)
-        values = torch.where(grow, total / count.clamp_min(1e-12), values)
-        weight = torch.where(grow, torch.ones_like(weight), weight)
-    filled = weight.reshape(*shape[:2], 1, *shape[3:]) > 0
-    return torch.where(filled, values.reshape(shape), image), filled
-
-
-def fill_holes(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
-    """Fill unknown pixels from their known neighbours, ``passes`` rings deep, else ``default``.
-
-    Args:
-        image: (B, F, C, H, W) float.
-        known: (B, F, 1, H, W) bool.
-        default: the value of pixels still unknown after the passes.
-        passes: rings of pixels filled (:func:`grow_into_holes`), >= 0.
-
-    Returns:
-        (B, F, C, H, W) ``image`` where known, filled elsewhere.
-    """
-    grown, filled = grow_into_holes(image, known, passes)
-    return torch.where(filled, grown, torch.full_like(grown, default))
-
-
-def _to_camera(world_to_cam: Tensor, xyz: Tensor, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Camera coordinates ``(x, y, z)`` (Q,) each of points seen by images.
-
-    Args:
-        world_to_cam: (G, 4, 4) the images' transforms.
-        xyz: (Q, 3) world points.
-        image: (Q,) non-decreasing image of each point.
-
-    Computed image by image, element-wise, so a point's coordinates are bit-identical however
-    many points are transformed with it.
-    """
-    counts = torch.bincount(image, minlength=world_to_cam.shape[0]).tolist()
-    parts: list[list[Tensor]] = [[], [], []]
-    for g, points in enumerate(torch.split(xyz, counts)):
-        if not counts[g]:
-            continue
-        rotation, shift = world_to_cam[g, :3, :3], world_to_cam[g, :3, 3]
-        px, py, pz = points.unbind(-1)
-        for i in range(_AXES):
-            parts[i].append(
-                rotation[i, 0] * px + rotation[i, 1] * py + rotation[i, 2] * pz + shift[i]
-            )
-    empty = xyz.new_zeros(0)
-    return tuple(torch.cat(part) if part else empty for part in parts)
-
-
-def _footprint(
-    u: Tensor,
-    v: Tensor,
-    z: Tensor,
-    size: Tensor,
-    fx: Tensor,
-    fy: Tensor,
-    config: RenderedMemoryConfig,
-    scale: float,
-    height: int,
-    width: int,
-) -> tuple[Tensor, ...]:
-    """``(col0, col1, row0, row1, radius_u, radius_v)`` of each point's square (Q,) each.
-
-    The pixels whose centre (c + 0.5) lies within [u - r, u + r], as inclusive bounds (empty
-    when ``col1 < col0``), clamped to the image in float first so far off-screen points cannot
-    overflow the integer conversion.
-    """
-    extent = scale * size / z
-    radius_u = (fx * extent).clamp(0.5, config.max_splat_radius)
-    radius_v = (fy * extent).clamp(0.5, config.max_splat_radius)
-    col0 = torch.ceil(u - radius_u - 0.5).clamp(0, width).long()
-    col1 = torch.floor(u + radius_u - 0.5).clamp(-1, width - 1).long()
-    row0 = torch.ceil(v - radius_v - 0.5).clamp(0, height).long()
-    row1 = torch.floor(v + radius_v - 0.5).clamp(-1, height - 1).long()
-    return col0, col1, row0, row1, radius_u, radius_v
-
-
-def _reaching_holes(
-    points: list[Tensor], empty: Tensor, config: RenderedMemoryConfig, scale: float
-) -> list[Tensor]:
-    """The points (arrays as :func:`_splat` takes them) whose square covers an empty pixel.
-
-    A splat that only fills empty pixels is decided there by the points covering them, so
-    dropping the others changes nothing; a summed-area table counts each square's holes.
-
-    Args:
-        points: ``(u, v, z, index, size, fx, fy, image)`` (Q,) each.
-        empty: (G, H, W) bool, True where no point has been drawn.
-        config: the memory's settings.
-        scale: footprint half-width in projected point sizes.
-    """
-    u, v, z, _, size, fx, fy, image = points
-    images, height, width = empty.shape
-    col0, col1, row0, row1, _, _ = _footprint(u, v, z, size, fx, fy, config, scale, height, width)
-    table = torch.zeros(images, height + 1, width + 1, dtype=torch.int32, device=empty.device)
-    table[:, 1:, 1:] = empty.int().cumsum(1).cumsum(2)  # holes in [0, i) x [0, j)
-    flat = table.reshape(-1)
-    base = image * (height + 1) * (width + 1)
-    top, bottom = row0.clamp(max=height), (row1 + 1).clamp(min=0)
-    left, right = col0.clamp(max=width), (col1 + 1).clamp(min=0)
-    holes = (
-        flat[base + bottom * (width + 1) + right]
-        - flat[base + top * (width + 1) + right]
-        - flat[base + bottom * (width + 1) + left]
-        + flat[base + top * (width + 1) + left]
-    )
-    keep = (holes > 0) & (col1 >= col0) & (row1 >= row0)
-    return [array[keep] for array in points]
-
-
-def _splat(
-    u: Tensor,
-    v: Tensor,
-    z: Tensor,
-    index: Tensor,
-    size: Tensor,
-    fx: Tensor,
-    fy: Tensor,
-    target: Tensor,
-    shape: tuple[int, int, int],
-    config: RenderedMemoryConfig,
-    scale: float,
-) -> Tensor:
-    """Z-buffer of square splats (rules in the module docstring).
-
-    Args:
-        u: (Q,) projected column of each point in its target, pixels.
-        v: (Q,) projected row.
-        z: (Q,) camera z-depth, metres, >= near_plane.
-        index: (Q,) the point's index in its row's storage, < 2^31.
-        size: (Q,) point size, metres.
-        fx: (Q,) horizontal focal length of the target, pixels.
-        fy: (Q,) vertical focal length.
-        target: (Q,) target image of each point, in [0, G).
-        shape: ``(G, H, W)`` target images and their size.
-        config: the memory's settings.
-        scale: footprint half-width in projected point sizes.
-
-    Returns:
-        (G * H * W,) int64 keys: the winning point's ``index`` in the low 32 bits, ``_EMPTY``
-        where no point covers the pixel.
-    """
-    images, height, width = shape
-    col0, col1, row0, row1, radius_u, radius_v = _footprint(
-        u, v, z, size, fx, fy, config, scale, height, width
-    )
-    cols = (col1 - col0 + 1).clamp(min=0)
-    lines = (row1 - row0 + 1).clamp(min=0)
-    area = cols * lines  # (Q,) pixels per footprint
-
-    splat = torch.repeat_interleave(torch.arange(area.numel(), device=z.device), area)
-    local = torch.arange(splat.numel(), device=z.device) - (area.cumsum(0) - area)[splat]
-    pixel_col = col0[splat] + local % cols[splat]
-    pixel_row = row0[splat] + torch.div(local, cols[splat], rounding_mode="floor")
-    target = target[splat]  # (S,)
-    pixel = (target * height + pixel_row) * width + pixel_col  # (S,)
-    # Pass 1, the front surface: smallest z per pixel.
-    pixels = images * height * width
-    front = torch.full((pixels,), torch.inf, device=z.device)
-    front.scatter_reduce_(0, pixel, z[splat], "amin")
-    # Pass 2: among the points within the surface band behind the front, the one whose
-    # centre is nearest the pixel centre (ties: smaller index in the row). Both parts of the
-    # key are non-negative float32, whose bits order like the values.
-    splat_z = z[splat]
-    near_front = splat_z <= front[pixel] * (1 + config.surface_band) + config.voxel_size
-    du = (pixel_col.float() + 0.5 - u[splat]) / radius_u[splat]
-    dv = (pixel_row.float() + 0.5 - v[splat]) / radius_v[splat]
-    offset_bits = (du.square() + dv.square()).float().view(torch.int32).long()
-    key = (offset_bits << _INDEX_BITS) | index[splat]  # (S,)
-    buffer = torch.full((pixels,), _EMPTY, device=z.device)
-    buffer.scatter_reduce_(0, pixel[near_front], key[near_front], "amin")
-    return buffer

@@ -1,3 +1,1 @@
-"""Metrics: video (PSNR, SSIM, LPIPS, SRC, FVD, DreamSim), LPIPS itself, and the navigation
-task's success and SPL.
-"""
+"""Metrics: video quality, LPIPS itself, and the navigation task's success and SPL."""

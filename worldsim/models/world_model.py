@@ -1,9 +1,9 @@
 """The world model: RGB-D VAE + memory-conditioned transformer + diffusion schedule, one folder.
 
 :class:`WorldModel` owns the :class:`~worldsim.models.vae.RGBDAutoencoder`, the
-:class:`~worldsim.models.transformer.WorldTransformer` and the settings of its noise schedule, and turns
-raw observations into the transformer's inputs: latents of the conditioning frames, Plücker ray
-images of the chunk's relative camera poses downsampled to the latent grid (paper eq. 1).
+:class:`~worldsim.models.transformer.WorldTransformer` and the settings of its noise schedule, and
+turns raw observations into the transformer's inputs: latents of the conditioning frames, Plücker
+ray images of the chunk's relative camera poses downsampled to the latent grid (paper eq. 1).
 
 Diffusion
     diffusers' ``CogVideoXDDIMScheduler`` with **v-prediction**, zero terminal SNR and
@@ -42,17 +42,25 @@ from worldsim.geometry import (
     DEFAULT_HFOV_DEG,
     DEFAULT_MAX_DEPTH_M,
     ActionSpec,
-    action_to_relative_pose,
     intrinsics_from_hfov,
     plucker_rays,
 )
-from worldsim.memory.rendered import grow_into_holes
 from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
 from worldsim.models.transformer import WorldTransformer
 from worldsim.models.vae import RGBDAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "world_model_small"
 """Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
+LEGACY_SAMPLER_KEYS = (
+    "num_inference_steps",
+    "render_init",
+    "render_fill",
+    "render_composite",
+    "render_generated",
+)
+"""Sampler settings that ``config.json`` files written before
+:class:`~worldsim.simulator.sampler.SamplerConfig` held; loading ignores them here and
+:func:`~worldsim.simulator.sampler.load_sampler_config` reads them as the folder's sampler."""
 MEMORY_FILE = "memory.json"
 """File in a checkpoint folder naming the memory the model was trained with: a JSON object
 ``{"name": ..., **fields}`` of :func:`worldsim.memory.build_memory` arguments."""
@@ -73,7 +81,6 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         time_embed_dim=32,
         patch_size=2,
         memory_token_dim=16,
-        num_inference_steps=2,
     ),
     "small": dict(
         n_context=2,
@@ -90,7 +97,6 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         time_embed_dim=128,
         patch_size=2,
         memory_token_dim=128,
-        num_inference_steps=20,
     ),
     "cogvideox": dict(
         n_context=1,
@@ -111,7 +117,6 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         memory_token_dim=1024,
         spatial_interpolation_scale=1.875,
         snr_shift_scale=3.0,
-        num_inference_steps=50,
     ),
 }
 
@@ -170,29 +175,10 @@ class WorldModel(ModelMixin, ConfigMixin):
         memory_token_dim: width of the memory's map tokens; 0 for no memory blocks.
         memory_render: read the memory as a pixel-aligned render of every future camera
             (:meth:`encode_render`); needs ``use_depth`` (the render comes from RGB-D).
-        render_composite: with ``memory_render``, a generated frame keeps the render's pixels
-            where it shows an *observed* point (within the sensor's range) and the generated
-            ones elsewhere: warp what is known, inpaint what is not. Points the model generated
-            itself are only an input (pasting them back would freeze its own mistakes into
-            every later frame). ``False`` returns the generated pixels everywhere.
-        render_fill: with ``render_composite``, rings of uncovered pixels next to covered ones
-            that take the mean of their covered neighbours' render before the generated pixels
-            are used (splat holes and silhouette edges); 0 for none.
-        render_generated: the render the network reads also shows points the model generated
-            (``True``), or only observed ones (``False``: what a model trained on renders of
-            observed frames has learned to trust; its generated frames still enter the map).
-        render_init: with ``memory_render``, the share in ``[0, 1]`` of each chunk's DDIM steps
-            that a guess of the chunk replaces (SDEdit): the guess is the reprojection
-            baseline's frames (the render where it covers, the last context frame elsewhere,
-            :func:`worldsim.simulator.sampling.render_guess`; without a memory, the last context frame),
-            its latents are noised to the timestep after the first ``render_init * steps`` of
-            the schedule (rounded half up, at least one step left below 1) and only the
-            remaining steps run. 0 starts from pure noise (no guess); 1 decodes the guess.
         spatial_interpolation_scale: spatial scale of the sin-cos position embedding.
         num_train_timesteps: diffusion steps of the training schedule.
         beta_schedule: diffusers beta schedule name.
         snr_shift_scale: CogVideoX SNR shift of the schedule (1.0 = none).
-        num_inference_steps: default DDIM steps when sampling.
     """
 
     @register_to_config
@@ -220,23 +206,13 @@ class WorldModel(ModelMixin, ConfigMixin):
         patch_size: int = 2,
         memory_token_dim: int = 128,
         memory_render: bool = False,
-        render_composite: bool = True,
-        render_fill: int = 0,
-        render_generated: bool = False,
-        render_init: float = 0.0,
         spatial_interpolation_scale: float = 1.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
         snr_shift_scale: float = 1.0,
-        num_inference_steps: int = 20,
     ):
         super().__init__()
         self.action_spec = ActionSpec(forward_step_m, turn_step_deg)
-        if num_inference_steps < 1 or num_inference_steps > num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be in [1, {num_train_timesteps}], got "
-                f"{num_inference_steps}"
-            )
         self.vae = RGBDAutoencoder(
             block_out_channels=tuple(vae_block_out_channels),
             latent_channels=vae_latent_channels,
@@ -253,17 +229,6 @@ class WorldModel(ModelMixin, ConfigMixin):
                 self.vae.num_latent_frames(frames)
             except ValueError as error:
                 raise ValueError(f"{name}={frames}: {error}") from None
-        if render_fill < 0:
-            raise ValueError(f"render_fill must be >= 0 rings of pixels, got {render_fill}")
-        if not 0.0 <= render_init <= 1.0:
-            raise ValueError(
-                f"render_init must be a share of the sampling steps in [0, 1], got {render_init}"
-            )
-        if render_init and not memory_render:
-            raise ValueError(
-                f"render_init={render_init} starts sampling from the memory's render: it needs "
-                "memory_render=True (use render_init=0 otherwise)"
-            )
         if memory_render and not use_depth:
             raise ValueError(
                 "memory_render=True needs use_depth=True: the render is RGB-D, lifted from "
@@ -291,6 +256,12 @@ class WorldModel(ModelMixin, ConfigMixin):
         self.scheduler = self.make_scheduler()
 
     # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Diffusers' config parsing, minus the sampler settings of older checkpoints."""
+        kept = {k: v for k, v in config_dict.items() if k not in LEGACY_SAMPLER_KEYS}
+        return super().extract_init_dict(kept, **kwargs)
 
     @classmethod
     def from_config_name(cls, name: str, **overrides: Any) -> WorldModel:
@@ -536,19 +507,6 @@ class WorldModel(ModelMixin, ConfigMixin):
             rays, "b (f r) c (h sh) (w sw) -> b f (r c sh sw) h w", r=ratio, sh=factor, sw=factor
         )
 
-    def relative_poses_from_actions(self, actions: Tensor) -> Tensor:
-        """Camera poses after each action, relative to the camera before the first one.
-
-        Args:
-            actions: (B, L) int64 action ids (:class:`~worldsim.geometry.Action`).
-
-        Returns:
-            (B, L, 4, 4) float32 poses (free-space motion: no collisions).
-        """
-        from worldsim.simulator.sampling import chain_poses  # sampling builds on this module
-
-        return chain_poses(action_to_relative_pose(actions, self.action_spec))
-
     def predict(
         self,
         noisy: Tensor,
@@ -575,40 +533,6 @@ class WorldModel(ModelMixin, ConfigMixin):
             (..., 1, H, W) bool.
         """
         return mask & (depth <= self.config.max_depth_m)
-
-    def composite_render(
-        self, rgb: Tensor, depth: Tensor, render_rgb: Tensor, render_depth: Tensor, mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Generated frames with the render's pixels where ``mask`` says (``render_composite``).
-
-        A drawn point gives its colour at any distance, as a camera sees a far wall; its depth
-        only within the sensor's range, beyond which depth reads 0 as the sensor's does.
-
-        Args:
-            rgb: (B, F, 3, H, W) generated colour in [0, 1].
-            depth: (B, F, 1, H, W) generated depth, metres.
-            render_rgb: (B, F, 3, H, W) the memory rendered into the same cameras.
-            render_depth: (B, F, 1, H, W) its depth.
-            mask: (B, F, 1, H, W) bool, where the render drew a point to keep (the sampler
-                passes observed points only).
-
-        Returns:
-            ``(rgb, depth)``: unchanged without ``render_composite``; with ``render_fill``, the
-            rings of holes next to the drawn pixels filled from the render too.
-        """
-        if not self.config.render_composite:
-            return rgb, depth
-        covered = self.render_coverage(render_depth, mask)  # drawn within the sensor's range
-        render_depth = torch.where(mask & ~covered, torch.zeros_like(render_depth), render_depth)
-        drawn_rgb, drawn_depth = mask, mask
-        if self.config.render_fill:
-            rings = self.config.render_fill
-            render_rgb, drawn_rgb = grow_into_holes(render_rgb, mask, rings)
-            grown_depth, grown = grow_into_holes(render_depth, covered, rings)
-            render_depth = torch.where(mask, render_depth, grown_depth)
-            drawn_depth = mask | grown
-        rgb = torch.where(drawn_rgb, render_rgb, rgb)
-        return rgb, torch.where(drawn_depth, render_depth, depth)
 
     def encode_render(self, rgb: Tensor, depth: Tensor, mask: Tensor) -> Tensor:
         """The memory rendered into a chunk's cameras, as the transformer reads it.

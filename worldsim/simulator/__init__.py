@@ -1,3 +1,1 @@
-"""The learned simulator: sampling a chunk, the chunk stepper, the one object that owns an
-episode's learned-world state, the planners' rollout protocol, map collisions and checkpoints.
-"""
+"""The learned simulator: one chunk, the stepper, episodes, the rollout protocol, checkpoints."""

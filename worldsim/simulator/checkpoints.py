@@ -1,10 +1,12 @@
-"""Loading the world model and the memory it reads: checkpoint folders, memory.json, smoke models.
+"""Loading a learned simulator: checkpoint folders, memory.json, sampler_config.json, smoke models.
 
-A checkpoint folder is what ``WorldModel.save_pretrained`` writes (``config.json`` and the
-weights as safetensors), optionally with a ``memory.json`` beside them: the keyword arguments of
-:func:`worldsim.memory.build_memory` (``{"name": "feature_map", "encoder": "vgg16", ...}``)
-describing the memory the model was trained with, which is then the default memory.
-:data:`TINY_UNTRAINED` names an untrained tiny model with a cheap memory for smoke tests.
+A checkpoint folder is what ``WorldModel.save_pretrained`` writes (``config.json``, the
+architecture, and the weights as safetensors), optionally with a ``memory.json`` beside them (the
+keyword arguments of :func:`worldsim.memory.build_memory`, ``{"name": "feature_map", "encoder":
+"vgg16", ...}``, describing the memory the model was trained with, which is then the default
+memory) and a ``sampler_config.json`` (the :class:`~worldsim.simulator.sampler.SamplerConfig`
+measured best for it, which is then the default sampler). :data:`TINY_UNTRAINED` names an
+untrained tiny model with a cheap memory for smoke tests.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch
 
 from worldsim.memory import Memory, RenderedMemory, build_memory
 from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
+from worldsim.simulator.chunks import check_memory_fits
 from worldsim.simulator.collision import MapCollisionConfig
-from worldsim.simulator.learned import WorldModelRollout
-from worldsim.simulator.sampling import check_memory_fits
+from worldsim.simulator.learned import LearnedSimulator
+from worldsim.simulator.sampler import SamplerConfig, load_sampler_config
 
 
 def load_world_model(
@@ -70,8 +73,12 @@ def load_learned_simulator(
     device: str | torch.device | None = None,
     memory: str | dict[str, Any] | Memory | None = None,
     turn_step_deg: float | None = None,
-) -> tuple[WorldModel, Memory | None]:
-    """A world model and the memory it reads, for planners and examples.
+    *,
+    sampler: SamplerConfig | None = None,
+    num_inference_steps: int | None = None,
+    **options: Any,
+) -> LearnedSimulator:
+    """A learned simulator: a world model, the memory it reads and how it is sampled.
 
     Args:
         checkpoint: a ``WorldModel.save_pretrained`` folder, a ready model, ``None`` for the
@@ -81,26 +88,37 @@ def load_learned_simulator(
         memory: as :func:`resolve_memory` (``None``: the checkpoint's ``memory.json``).
         turn_step_deg: the turn step the caller acts with; a checkpoint turning by another angle
             is refused, and the tiny model is built with it. ``None`` accepts the model's own.
+        sampler: how chunks are sampled; ``None``: the folder's ``sampler_config.json``
+            (:func:`~worldsim.simulator.sampler.load_sampler_config`), else the defaults.
+        num_inference_steps: overrides the sampler's steps (``None``: keep them).
+        **options: further :class:`LearnedSimulator` keywords (``collisions``, ``map_views``, ...).
 
     Returns:
-        ``(model, memory)`` with the model in eval mode.
+        The simulator, its model in eval mode.
 
     Raises:
-        ValueError: a checkpoint whose turn step differs from ``turn_step_deg``.
+        ValueError: a checkpoint whose turn step differs from ``turn_step_deg``, a malformed
+            sampler file or setting.
     """
     if str(checkpoint) == TINY_UNTRAINED:
         default = memory if isinstance(memory, Memory) else build_memory(**TINY_UNTRAINED_MEMORY)
         turn = {} if turn_step_deg is None else {"turn_step_deg": turn_step_deg}
         model = WorldModel.from_config_name("tiny", memory_token_dim=default.token_dim, **turn)
         model = model.to(device).eval() if device is not None else model.eval()
-        return model, resolve_memory(default if memory is None else memory, model)
-    model, folder = load_world_model(checkpoint, device)
-    if turn_step_deg is not None and model.action_spec.turn_step_deg != turn_step_deg:
-        raise ValueError(
-            f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
-            f"{turn_step_deg} deg was asked for; use the model's turn step"
-        )
-    return model, resolve_memory(memory, model, folder)
+        memory = resolve_memory(default if memory is None else memory, model)
+        folder = None
+    else:
+        model, folder = load_world_model(checkpoint, device)
+        if turn_step_deg is not None and model.action_spec.turn_step_deg != turn_step_deg:
+            raise ValueError(
+                f"the world model turns by {model.action_spec.turn_step_deg} deg per action but "
+                f"{turn_step_deg} deg was asked for; use the model's turn step"
+            )
+        memory = resolve_memory(memory, model, folder)
+    sampler = load_sampler_config(folder) if sampler is None else sampler
+    return LearnedSimulator(
+        model, memory, sampler=sampler.with_steps(num_inference_steps), **options
+    )
 
 
 def learned_planning_rollout(
@@ -113,7 +131,7 @@ def learned_planning_rollout(
     map_views: float | Literal["auto"] | None = "auto",
     level_of_detail: float | None = 1.0,
     collisions: bool = False,
-) -> WorldModelRollout:
+) -> LearnedSimulator:
     """The learned simulator planners imagine in, for square frames of the ground truth.
 
     Args:
@@ -121,10 +139,10 @@ def learned_planning_rollout(
         device: as :func:`load_learned_simulator`.
         memory: as :func:`load_learned_simulator`.
         turn_step_deg: as :func:`load_learned_simulator`.
-        num_inference_steps: denoising steps per chunk; the model's default if ``None``.
+        num_inference_steps: denoising steps per chunk; the checkpoint's sampler's if ``None``.
         size: the frame size the caller renders the ground truth at; ``None`` takes the
             model's own.
-        map_views: as :class:`WorldModelRollout`; ``"auto"``: 1.0 for a model that pastes its
+        map_views: as :class:`LearnedSimulator`; ``"auto"``: 1.0 for a model that pastes its
             render and reads observed points only (candidates whose frames the map covers
             entirely are answered by the render, exactly what the model would generate), else
             ``None``.
@@ -133,19 +151,22 @@ def learned_planning_rollout(
             this many pixels (about 3x faster renders of a house-sized map at 1.0, 29-32 dB from
             the exact render); ``None`` draws every point.
         collisions: give the imagined camera the ground truth's body, which the walls of the
-            map's observed points block (:mod:`worldsim.simulator.collision`); a
-            :class:`~worldsim.memory.RenderedMemory` only (else a ``ValueError``).
+            map's observed points block (:mod:`worldsim.simulator.collision`); a memory that
+            gives a render only (else a ``ValueError``).
 
     Returns:
-        The world model behind the rollout protocol, with common noise over the candidate rows
-        of a call, writing generated frames into a rollout's memory unless the model reads a
-        render of observed points only; ``image_size`` is its frame size.
+        The learned simulator, with common noise over the candidate rows of a call, writing
+        generated frames into a rollout's memory unless the model reads a render of observed
+        points only; ``image_size`` is its frame size.
 
     Raises:
         ValueError: for a model with non-square frames, or one whose frames differ from
             ``size``.
     """
-    model, memory = load_learned_simulator(checkpoint, device, memory, turn_step_deg)
+    loaded = load_learned_simulator(
+        checkpoint, device, memory, turn_step_deg, num_inference_steps=num_inference_steps
+    )
+    model, memory, sampler = loaded.model, loaded.memory, loaded.sampler
     height, width = model.config.height, model.config.width
     if height != width:
         raise ValueError(f"square frames expected, the world model's are {height}x{width}")
@@ -156,19 +177,19 @@ def learned_planning_rollout(
     if isinstance(memory, RenderedMemory):
         memory = RenderedMemory(dataclasses.replace(memory.config, level_of_detail=level_of_detail))
         memory.reset(1, model.device)
+    reads_render = model.transformer.reads_render
     if map_views == "auto":
-        config = model.config
-        exact = model.transformer.reads_render and config.render_composite
-        map_views = 1.0 if exact and not config.render_generated else None
+        exact = reads_render and sampler.render_composite
+        map_views = 1.0 if exact and not sampler.render_generated else None
     # Planners compare candidates: common random numbers make them differ by actions alone;
     # they keep no candidate's memory, so generated frames go in only where they are read.
-    return WorldModelRollout(
+    return LearnedSimulator(
         model,
         memory,
-        num_inference_steps=num_inference_steps,
+        sampler=sampler,
         common_noise=True,
         map_views=map_views,
-        write_generated=not model.transformer.reads_render or model.config.render_generated,
+        write_generated=not reads_render or sampler.render_generated,
         collisions=MapCollisionConfig() if collisions else None,
     )
 
@@ -192,7 +213,7 @@ def resolve_memory(
 
     Raises:
         ValueError: for an unknown name or field, a malformed ``memory.json``, or a memory
-            that does not fit the model (:func:`worldsim.simulator.sampling.check_memory_fits`).
+            that does not fit the model (:func:`worldsim.simulator.chunks.check_memory_fits`).
         TypeError: for an argument of another type.
     """
     if memory is None:

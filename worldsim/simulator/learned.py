@@ -1,24 +1,35 @@
-"""The learned rollout: the world model behind the planners' rollout protocol.
+"""The learned simulator: one object that owns the learned world's state and steps it.
 
-:class:`WorldModelRollout` implements :class:`~worldsim.simulator.protocol.RolloutModel` with a
-:class:`~worldsim.models.world_model.WorldModel` and a :class:`~worldsim.memory.Memory`, so every planner
-that runs against the ground-truth oracle (:class:`envs.oracle.OracleRollout`) runs unchanged
-against the learned simulator.
+:class:`LearnedSimulator` holds a :class:`~worldsim.models.world_model.WorldModel`, its memory
+prototype, the :class:`~worldsim.simulator.sampler.SamplerConfig` and the camera's body
+(:mod:`worldsim.simulator.collision`). It has two thin faces over the one chunk stepper
+(:func:`worldsim.simulator.chunks.generate_next_chunk`):
+
+- **episodes**: :meth:`LearnedSimulator.start` makes an :class:`EpisodeState` (context window,
+  episode map, noise generator, pose, the walls of its observed frames) and
+  :meth:`LearnedSimulator.step` advances any set of them by one action each, all moving rows in
+  one model call; ``PersistentWorld-v0`` and its vector env are this face.
+- **planners**: :meth:`LearnedSimulator.rollout` implements
+  :class:`~worldsim.simulator.protocol.RolloutModel`, so every planner that runs against the
+  ground-truth oracle (:class:`envs.oracle.OracleRollout`) runs unchanged against the learned
+  simulator; a planner's imagination never writes into the episode's map, executed
+  observations do (:meth:`LearnedSimulator.observe`).
 
 Chunks
     The model generates ``n_future`` frames per call, one per action (paper Algorithm 1a). A
     sequence of ``L`` actions is cut into ``ceil(L / n_future)`` chunks; the last chunk is padded
     with ``stop`` (no motion) and the padded frames are discarded: they are neither returned nor
-    written into the memory. The chunk loop is :func:`worldsim.simulator.sampling.rollout`.
+    written into the memory. The chunk loop is :func:`worldsim.simulator.chunks.rollout`.
 
 Actions
     Discrete ids become relative camera poses with the model's step sizes and waypoints through
-    :func:`worldsim.geometry.waypoint_to_relative_pose` (:func:`worldsim.simulator.sampling.step_poses`).
-    Motion is free-space: a learned world knows no collisions (``RolloutResult.collided`` is
+    :func:`worldsim.geometry.waypoint_to_relative_pose`
+    (:func:`worldsim.simulator.chunks.step_poses`). Motion is free-space: a learned world knows no
+    collisions (``RolloutResult.collided`` is
     ``None``), unless ``collisions`` gives its camera a body: then every move is made against
-    the walls that the memory's observed points show (:mod:`worldsim.simulator.collision`), a blocked
-    move slides or stops much as in the ground truth, the frames are imagined from where the body
-    really ends, and ``RolloutResult.collided`` says which steps were blocked.
+    the walls that the memory's observed points show (:mod:`worldsim.simulator.collision`), a
+    blocked move slides or stops much as in the ground truth, the frames are imagined from where the
+    body really ends, and ``RolloutResult.collided`` says which steps were blocked.
 
 Map views
     With ``map_views = c``, a row whose returned frames the memory's *observed* points cover
@@ -44,25 +55,28 @@ Batching and randomness
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from worldsim.geometry import Action
 from worldsim.memory import Memory
-from worldsim.memory.rendered import MemoryRender, RenderedMemory, fill_holes
-from worldsim.simulator.collision import MapCollider, MapCollisionConfig
-from worldsim.simulator.protocol import RolloutResult, RolloutStart, check_rollout_request
-from worldsim.simulator.sampling import (
+from worldsim.memory.splatting import MemoryRender, fill_holes
+from worldsim.simulator.chunks import (
     camera_path,
     check_memory_fits,
+    generate_next_chunk,
     insert_frames,
     render_memory,
     rollout,
     step_poses,
 )
+from worldsim.simulator.collision import MapCollider, MapCollisionConfig
+from worldsim.simulator.protocol import RolloutResult, RolloutStart, check_rollout_request
+from worldsim.simulator.sampler import SamplerConfig, composite_render
 
 if TYPE_CHECKING:
     from worldsim.models.world_model import WorldModel
@@ -97,43 +111,76 @@ def row_generators(
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
 
-class WorldModelRollout:
-    """Rollouts imagined by the world model, batched, with its persistent memory.
+@dataclass
+class EpisodeState:
+    """One episode's learned-world state (a row of :meth:`LearnedSimulator.step`).
 
-    Memory of a rollout: a copy of ``start.memory`` when the start has one (for example the
-    memory of a ``PersistentWorld-v0`` episode), otherwise a fresh memory like ``memory``; with
-    ``insert_start_frames`` the start's frames are unprojected into it first (harmless for the
-    3D feature map, whose max-pooling ignores frames it has already seen). ``start.memory`` is
-    never modified; the memory after the rollout is ``RolloutResult.memory``. Without any memory
-    the model is conditioned on its context frames only.
+    Attributes:
+        context_rgb: (n_context, 3, H, W) float32 last frames in [0, 1], oldest first.
+        context_depth: (n_context, 1, H, W) float32 metres.
+        context_pose: (n_context, 4, 4) float64 ``cam_to_world`` of those frames.
+        intrinsics: (3, 3) float32 ``K`` in pixels.
+        memory: the episode's map (one row), or ``None`` for a simulator without memory.
+        generator: the row's noise generator (CPU).
+        collider: the walls of the episode's observed frames that block its moves
+            (``collisions``), or ``None``: free-space motion.
+        collided: whether a wall blocked the last step.
+    """
+
+    context_rgb: Tensor
+    context_depth: Tensor
+    context_pose: Tensor
+    intrinsics: Tensor
+    memory: Memory | None
+    generator: torch.Generator
+    collider: MapCollider | None = None
+    collided: bool = False
+
+    @property
+    def pose(self) -> Tensor:
+        """(4, 4) float64 current ``cam_to_world``."""
+        return self.context_pose[-1]
+
+
+class LearnedSimulator:
+    """The world model as a simulator, batched, with its persistent memory.
+
+    Episodes (:meth:`start`, :meth:`step`): each holds its own map, started from its frames.
+    Rollouts (:meth:`rollout`): the memory of a rollout is a copy of ``start.memory`` when the
+    start has one (for example an episode's map, :meth:`start_of`), otherwise a fresh memory
+    like ``memory``; with ``insert_start_frames`` the start's frames are unprojected into it first
+    (harmless for the 3D feature map, whose max-pooling ignores frames it has already seen).
+    ``start.memory`` is never modified; the memory after the rollout is
+    ``RolloutResult.memory``. Without any memory the model is conditioned on its context frames
+    only.
 
     Args:
         model: the world model (its device and dtype are used).
-        memory: prototype of fresh memories for starts without one, or ``None`` for no memory
-            (it is reset by every rollout that uses it; its rows are copied, so results never
-            share storage with it).
-        num_inference_steps: DDIM steps per chunk; the model's default if ``None``.
-        insert_start_frames: unproject every start frame into the rollout's memory first.
+        memory: prototype of fresh memories, or ``None`` for no memory (it is reset by every
+            rollout that uses it; its rows are copied, so results never share storage with it).
+        sampler: how each chunk is sampled; ``None``: :class:`SamplerConfig`'s defaults.
+        collisions: the camera's body, whose moves the walls of the map's observed points
+            block (module docstring); ``None``: free-space motion. Needs a memory that gives a
+            render (its points).
+        insert_start_frames: unproject every rollout start's frames into its memory first.
         common_noise: every row of one rollout call draws the same noise (common random
             numbers): candidates a planner compares then differ by their actions, not by their
             sampling luck. Off, each row has its own noise.
-        map_views: answer rows whose returned frames the map covers at least this share of
-            (module docstring), in (0, 1]; ``None`` generates every row.
-        write_generated: write the generated frames into the rollout's memory (its
+        map_views: answer rollout rows whose returned frames the map covers at least this share
+            of (module docstring), in (0, 1]; ``None`` generates every row.
+        write_generated: write a rollout's generated frames into its memory (its
             ``RolloutResult.memory``). Off saves the time where nothing reads them: a model
-            without ``render_generated`` never reads its generated points, and planners do not
-            keep a candidate's memory.
-        collisions: the camera's body, whose moves the walls of the map's observed points
-            block (module docstring); ``None``: free-space motion. Needs a
-            :class:`~worldsim.memory.RenderedMemory`.
+            that reads only observed points of its render never reads its generated ones, and
+            planners do not keep a candidate's memory. Episodes always write them.
 
     Attributes:
         image_size: ``(H, W)`` of the model's frames.
         max_horizon: ``None``: the model rolls out autoregressively without a limit.
 
     Raises:
-        ValueError: for a memory that does not fit the model (:func:`check_memory_fits`) or a
-            number of steps outside ``[1, num_train_timesteps]``.
+        ValueError: for a memory that does not fit the model (:func:`check_memory_fits`), a
+            sampler whose steps the model's schedule cannot give, or settings that need what
+            the model or memory lacks.
     """
 
     max_horizon: int | None = None
@@ -143,50 +190,162 @@ class WorldModelRollout:
         model: WorldModel,
         memory: Memory | None = None,
         *,
-        num_inference_steps: int | None = None,
+        sampler: SamplerConfig | None = None,
+        collisions: MapCollisionConfig | None = None,
         insert_start_frames: bool = True,
         common_noise: bool = False,
         map_views: float | None = None,
         write_generated: bool = True,
-        collisions: MapCollisionConfig | None = None,
     ) -> None:
         check_memory_fits(model, memory)
-        if collisions is not None and not isinstance(memory, RenderedMemory):
+        sampler = SamplerConfig() if sampler is None else sampler
+        sampler.check_model(model)
+        if collisions is not None and (memory is None or not memory.gives_render):
             raise ValueError(
-                "collisions need the walls of a map of points: a RenderedMemory, got "
-                f"{type(memory).__name__ if memory is not None else None}; use collisions=None"
+                "collisions need the walls of a map of points: a memory that gives a render "
+                f"('rendered'), got {type(memory).__name__ if memory is not None else None}; "
+                "use collisions=None"
             )
         if map_views is not None:
             if not 0 < map_views <= 1:
                 raise ValueError(f"map_views must be in (0, 1] or None, got {map_views}")
-            config = model.config
-            if not (
-                model.transformer.reads_render
-                and config.render_composite
-                and not config.render_generated
-            ):
+            reads_render = model.transformer.reads_render
+            if not (reads_render and sampler.render_composite and not sampler.render_generated):
                 raise ValueError(
-                    "map_views needs a model that reads the rendered memory, pastes it where it "
-                    "covers and reads observed points only (memory_render, render_composite, "
-                    f"not render_generated); this one has memory_render="
-                    f"{model.transformer.reads_render}, render_composite="
-                    f"{config.render_composite}, render_generated={config.render_generated}. "
-                    "Use map_views=None"
+                    "map_views needs a model that reads the rendered memory (memory_render) and "
+                    "a sampler that pastes it where it covers and reads observed points only "
+                    f"(render_composite, not render_generated); here memory_render="
+                    f"{reads_render}, render_composite={sampler.render_composite}, "
+                    f"render_generated={sampler.render_generated}. Use map_views=None"
                 )
-        limit = model.config.num_train_timesteps
-        if num_inference_steps is not None and not 1 <= num_inference_steps <= limit:
-            raise ValueError(
-                f"num_inference_steps must be in [1, {limit}] or None, got {num_inference_steps}"
-            )
         self.model = model
         self.memory = memory
-        self.num_inference_steps = num_inference_steps
+        self.sampler = sampler
+        self.collisions = collisions
         self.insert_start_frames = insert_start_frames
         self.common_noise = common_noise
         self.map_views = map_views
         self.write_generated = write_generated
-        self.collisions = collisions
         self.image_size = (model.config.height, model.config.width)
+
+    # ----------------------------------------------------------------------------- episodes
+
+    def start(
+        self,
+        rgb: Tensor,
+        depth: Tensor,
+        cam_to_world: Tensor,
+        intrinsics: Tensor,
+        generator: torch.Generator,
+    ) -> EpisodeState:
+        """An episode that starts from T observed frames: all enter its map, the last are context.
+
+        Args:
+            rgb: (T, 3, H, W) float32 in [0, 1], T >= 1, oldest first.
+            depth: (T, 1, H, W) float32 metres.
+            cam_to_world: (T, 4, 4) poses (float64 keeps them exact).
+            intrinsics: (T, 3, 3) ``K``; the last one is the episode's camera.
+            generator: the episode's noise generator.
+
+        Returns:
+            The state; with fewer than ``n_context`` frames the oldest is repeated (the agent
+            stood still).
+        """
+        memory = None
+        if self.memory is not None:
+            memory = self.memory.select(torch.zeros(1, dtype=torch.int64))
+            memory.reset(1, self.model.device)
+            insert_frames(memory, rgb[None], depth[None], intrinsics[None], cam_to_world[None])
+        count = self.model.config.n_context
+        state = EpisodeState(
+            context_rgb=_context(rgb[None], count)[0],
+            context_depth=_context(depth[None], count)[0],
+            context_pose=_context(cam_to_world[None].double(), count)[0],
+            intrinsics=intrinsics[-1].float(),
+            memory=memory,
+            generator=generator,
+        )
+        if self.collisions is not None:  # observed frames enter the map only here
+            floor = float(state.pose[1, 3]) - self.collisions.sensor_height
+            state.collider = MapCollider.from_memory(memory, 0, floor, self.collisions)
+        return state
+
+    def step(
+        self, states: list[EpisodeState], actions: list[int], batch_size: int | None = None
+    ) -> list[tuple[Tensor, Tensor, Tensor] | None]:
+        """Advance every episode by one action; moving rows share one model call.
+
+        Each moving row generates one chunk whose first action is the row's and whose others
+        are ``stop``; the chunk's first frame is the new view and the only one written into the
+        episode's map (no buffered frames, no look-ahead). ``stop`` generates nothing.
+
+        Args:
+            states: the rows to step, updated in place (context, map, ``collided``).
+            actions: one checked action id per row.
+            batch_size: most rows per model call; ``None`` = all moving rows in one call.
+
+        Returns:
+            Per row, ``(rgb, depth, cam_to_world)`` of the new view ((3, H, W) float32 in
+            [0, 1], (1, H, W) float32 metres, 0 for an RGB-only model, (4, 4) float64), or
+            ``None`` for ``stop``.
+        """
+        model = self.model
+        n_future = model.config.n_future
+        results: list[tuple[Tensor, Tensor, Tensor] | None] = [None] * len(states)
+        moving = [i for i, action in enumerate(actions) if action != Action.STOP]
+        for i, state in enumerate(states):
+            if actions[i] == Action.STOP:
+                state.collided = False
+        if not moving:
+            return results
+        rows = [states[i] for i in moving]
+        chunk = torch.zeros(len(rows), n_future, dtype=torch.int64)  # padded with stop
+        chunk[:, 0] = torch.tensor([actions[i] for i in moving])
+        keep = torch.zeros(len(rows), n_future, dtype=torch.bool)
+        keep[:, 0] = True  # the step's frame is the chunk's first; the padding is discarded
+        steps = step_poses(chunk, model)  # (B, n_future, 4, 4)
+        for row, state in enumerate(rows):
+            if state.collider is not None:
+                first, hit = state.collider.constrain(state.pose, steps[row, :1])
+                steps[row, 0], state.collided = first[0], bool(hit[0])
+        new = generate_next_chunk(
+            model,
+            torch.stack([state.context_rgb for state in rows]),
+            torch.stack([state.context_depth for state in rows]),
+            torch.stack([state.pose for state in rows]),  # (B, 4, 4) f64
+            steps,
+            torch.stack([state.intrinsics for state in rows]),  # (B, 3, 3)
+            memory=None if self.memory is None else [state.memory for state in rows],
+            generator=[state.generator for state in rows],
+            sampler=self.sampler,
+            memory_frames=keep,
+            batch_size=batch_size,
+        )
+        rgb = new.rgb[:, 0].cpu()  # (B, 3, H, W)
+        depth = torch.zeros_like(rgb[:, :1]) if new.depth is None else new.depth[:, 0].cpu()
+        for row, state in enumerate(rows):
+            pose = new.cam_to_world[row, 0].cpu()
+            state.context_rgb = torch.cat([state.context_rgb[1:], rgb[row][None]])
+            state.context_depth = torch.cat([state.context_depth[1:], depth[row][None]])
+            state.context_pose = torch.cat([state.context_pose[1:], pose[None]])
+            results[moving[row]] = (rgb[row], depth[row], pose)
+        return results
+
+    def start_of(self, state: EpisodeState, scene: str | None = None) -> RolloutStart:
+        """An episode's current state as a one-row planner start (its map copied)."""
+        memory = None
+        if state.memory is not None:
+            memory = state.memory.select(torch.zeros(1, dtype=torch.int64))
+        return RolloutStart(
+            rgb=state.context_rgb[None],
+            depth=state.context_depth[None],
+            cam_to_world=state.context_pose[None].float(),
+            intrinsics=state.intrinsics[None],
+            scene=None if scene is None else (scene,),
+            memory=memory,
+        )
+
+    # ----------------------------------------------------------------------------- planners
 
     def rollout(
         self,
@@ -302,14 +461,14 @@ class WorldModelRollout:
         n_context = model.config.n_context
         generated = rollout(
             model,
-            _context(start.rgb, n_context),  # (B, n_context, 3, H, W)
-            _context(start.depth, n_context) if model.config.use_depth else None,
-            _context(start.cam_to_world, n_context),  # (B, n_context, 4, 4)
+            _context(start.rgb, n_context).float(),  # (B, n_context, 3, H, W)
+            _context(start.depth, n_context).float() if model.config.use_depth else None,
+            _context(start.cam_to_world, n_context).float(),  # (B, n_context, 4, 4)
             steps,
-            start.intrinsics.float(),
+            sampler=self.sampler,
+            intrinsics=start.intrinsics.float(),
             memory=memory,
             insert_start_frames=False,  # done by _rollout_memory, without the repeated frames
-            num_inference_steps=self.num_inference_steps,
             generator=noise,
             memory_frames=real,
             batch_size=batch_size,
@@ -387,13 +546,15 @@ class WorldModelRollout:
         """
         render, covered, share, poses = self._map_render(start, steps, memory, horizon, num_frames)
         answered = share >= self.map_views  # (B,)
-        # As the composite: a drawn point's colour at any distance, its depth within the range.
-        far = render.mask & ~covered
-        depth = fill_holes(render.depth, covered, 0.0)
+        # The composite over the nearest drawn neighbours' colour and in-range depth.
+        rgb, depth = composite_render(
+            render,
+            fill_holes(render.rgb, render.mask, 0.5),
+            fill_holes(render.depth, covered, 0.0),
+            self.model.config.max_depth_m,
+        )
         views = RolloutResult(
-            rgb=fill_holes(render.rgb, render.mask, 0.5).cpu(),
-            depth=torch.where(far, torch.zeros_like(depth), depth).cpu(),
-            cam_to_world=poses[:, :horizon].float().cpu(),
+            rgb=rgb.cpu(), depth=depth.cpu(), cam_to_world=poses[:, :horizon].float().cpu()
         )
         return views, answered.cpu()
 
@@ -498,13 +659,20 @@ def _rows_alike(start: RolloutStart) -> bool:
 
 
 def _context(frames: Tensor, count: int) -> Tensor:
-    """The last ``count`` of (B, T, ...) frames or poses, the oldest repeated if there are fewer."""
+    """The last ``count`` of (B, T, ...) frames or poses, the oldest repeated if there are fewer.
+
+    Returns a new tensor in ``frames``' dtype.
+    """
     if frames.shape[1] < count:
         repeats = frames[:, :1].expand(-1, count - frames.shape[1], *frames.shape[2:])
         frames = torch.cat([repeats, frames], dim=1)
-    return frames[:, -count:].float()
+    return frames[:, -count:].clone()
 
 
 def _insert_start(memory: Memory, start: RolloutStart) -> None:
     """Write a start's frames into a memory of as many rows."""
     insert_frames(memory, start.rgb, start.depth, start.intrinsics, start.cam_to_world)
+
+
+WorldModelRollout = LearnedSimulator
+"""The name :class:`LearnedSimulator` had when it only served planners (kept for old code)."""

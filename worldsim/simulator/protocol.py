@@ -4,7 +4,7 @@ A planner hands a :class:`RolloutModel` a batch of start states (:class:`Rollout
 batch of action sequences, and gets back what the simulator predicts would be seen
 (:class:`RolloutResult`). The same planner therefore runs against the ground-truth simulator (the
 oracle, :class:`envs.oracle.OracleRollout`, which renders the true frames) and against the learned
-world model (:class:`worldsim.simulator.learned.WorldModelRollout`), and can be checked against the
+world model (:class:`worldsim.simulator.learned.LearnedSimulator`), and can be checked against the
 truth first. The protocol lives here, in ``worldsim``, so that ``envs`` and ``planners`` both stand
 on it without importing each other.
 

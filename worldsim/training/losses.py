@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from worldsim.geometry import relative_pose, waypoint_to_relative_pose
-from worldsim.simulator.sampling import (
+from worldsim.simulator.chunks import (
     chain_poses,
     insert_clip_memory,
     insert_frames,

@@ -55,11 +55,12 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.simulator.sampling import (
+from worldsim.simulator.chunks import (
     check_memory_fits,
     insert_clip_memory,
     rollout,
 )
+from worldsim.simulator.sampler import SamplerConfig
 
 if TYPE_CHECKING:
     from worldsim.memory import Memory
@@ -89,7 +90,7 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints, >= 1.
         keep_checkpoints: most recent checkpoints kept, >= 1.
         sample_every: steps between sample videos, >= 0 (0 = none).
-        sample_inference_steps: DDIM steps of sample videos; the model's default if None.
+        sample_inference_steps: DDIM steps of sample videos; the default sampler's if None.
         log_every: steps between lines of ``metrics.jsonl``, >= 1.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (accelerate).
         seed: seed of the noise / timestep / posterior generator, >= 0.
@@ -490,9 +491,9 @@ class Trainer:
                 clip["depth"][:, :n_context],
                 clip["cam_to_world"][:, :n_context],
                 clip["actions"][:, n_context - 1 :][:, : model.config.n_future],
+                sampler=SamplerConfig().with_steps(self.config.sample_inference_steps),
                 intrinsics=clip["intrinsics"][:, 0],
                 memory=memory,
-                num_inference_steps=self.config.sample_inference_steps,
                 generator=torch.Generator().manual_seed(self.config.seed),
             )
             rgb, predicted_depth = result.rgb, result.depth

@@ -1,38 +1,38 @@
-"""Autoregressive rollout of the world model (paper Algorithm 1a): one chunk stepper, one loop.
+"""The chunk stepper (paper Algorithm 1a): motions to cameras, read the memory, generate, write.
 
 Given start frames, a memory and a sequence of motions, :func:`rollout` generates the future one
 chunk of ``n_future`` frames at a time with :func:`generate_next_chunk`, the one chunk stepper
-(``PersistentWorld-v0`` steps with it too): chain the chunk's motions into camera poses, read
-the memory's map tokens for those cameras, denoise the chunk's RGB-D latents
-(:func:`sample_chunk`), decode them (:func:`generate_chunk`), unproject the generated RGB-D into
-the memory (:func:`insert_frames`), and condition the next chunk on the last generated frames.
-:class:`worldsim.simulator.learned.WorldModelRollout` puts this behind the planners'
-:class:`~worldsim.simulator.protocol.RolloutModel` protocol.
+that the learned simulator (:class:`~worldsim.simulator.learned.LearnedSimulator`, behind both
+``PersistentWorld-v0`` and the planners' rollout protocol), training's samples and the
+evaluation use: chain the chunk's motions into camera poses, read the memory for those cameras
+(its render or its map tokens, whichever it gives), generate the chunk
+(:func:`worldsim.simulator.sampler.generate_chunk`), unproject the generated RGB-D into the
+memory (:func:`insert_frames`), and condition the next chunk on the last generated frames.
 
 Motions
     Discrete action ids (:class:`~worldsim.geometry.Action`, the model's step sizes), local-frame
     waypoints ``(dx, dz, dyaw)``, or relative step poses (each step's camera in the frame of the
     camera before it); :func:`step_poses` turns any of them into step poses and
     :func:`chain_poses` chains them (training uses the same two functions). Motion is
-    free-space: a learned world knows no collisions.
+    free-space here; map collisions are the learned simulator's
+    (:mod:`worldsim.simulator.collision`).
 
 Batching and randomness
     All B rollouts of a batch run together, ``batch_size`` rows per model call; each chunk is
-    sampled with the model's DDIM schedule (``num_inference_steps`` steps, deterministic given the
-    initial noise), and the initial noise comes from the caller's generator(s). With one generator
-    per row (:func:`worldsim.simulator.learned.row_generators`) a row's frames depend neither on
-    ``batch_size`` nor on the other rows (up to floating-point rounding of batched matrix products).
+    sampled as the :class:`~worldsim.simulator.sampler.SamplerConfig` says (deterministic given
+    the initial noise), and the initial noise comes from the caller's generator(s). With one
+    generator per row (:func:`worldsim.simulator.learned.row_generators`) a row's frames depend
+    neither on ``batch_size`` nor on the other rows (up to floating-point rounding of batched
+    matrix products).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -42,8 +42,9 @@ from worldsim.geometry import (
     relative_pose,
     waypoint_to_relative_pose,
 )
-from worldsim.memory import Memory, RenderedMemory
-from worldsim.memory.rendered import MemoryRender
+from worldsim.memory import Memory
+from worldsim.memory.splatting import MemoryRender
+from worldsim.simulator.sampler import SamplerConfig, generate_chunk
 
 if TYPE_CHECKING:
     from worldsim.models.world_model import WorldModel
@@ -129,209 +130,6 @@ def camera_path(reference: Tensor, steps: Tensor, chunk: int) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-@torch.no_grad()
-def sample_chunk(
-    model: WorldModel,
-    context_latents: Tensor,
-    rays: Tensor,
-    memory_tokens: Tensor | None = None,
-    memory_mask: Tensor | None = None,
-    num_inference_steps: int | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    render: Tensor | None = None,
-    init_latents: Tensor | None = None,
-    init_share: float | None = None,
-) -> Tensor:
-    """Denoise the latents of one future chunk, from pure noise or from a guess (SDEdit).
-
-    With a guess, the first ``init_share * steps`` DDIM timesteps (rounded half up) are skipped,
-    as in diffusers' image-to-image pipelines, but at least one step runs unless the share is
-    1: the guess's latents are noised to the first timestep
-    left (the same noise as without a guess, ``scheduler.add_noise``) and denoised from there.
-
-    Args:
-        model: the world model.
-        context_latents: (B, Fc, C, h, w) latents of the conditioning frames.
-        rays: (B, F, Cr, h, w) pixel-unshuffled Plücker rays of the chunk.
-        memory_tokens: (B, N, D_mem) map tokens, or ``None``.
-        memory_mask: (B, N) bool, True for real tokens.
-        num_inference_steps: DDIM steps; the model's default if ``None``.
-        generator: draws the initial noise (one generator, or one per batch row).
-        render: (B, F, Cm, h, w) encoded memory render (:meth:`WorldModel.encode_render`), or
-            ``None``.
-        init_latents: (B, F, C, h, w) latents of a guess of the chunk (:func:`render_guess`), or
-            ``None`` to start from pure noise.
-        init_share: share in ``[0, 1]`` of the steps the guess replaces; the model's
-            ``render_init`` if ``None``. Ignored without ``init_latents``.
-
-    Returns:
-        (B, F, C, h, w) denoised latents (``init_latents`` itself when the share skips every
-        step).
-    """
-    steps = num_inference_steps or model.config.num_inference_steps
-    if steps < 1 or steps > model.config.num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps must be in [1, {model.config.num_train_timesteps}], got {steps}"
-        )
-    share = model.config.render_init if init_share is None else init_share
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"init_share must be a share of the steps in [0, 1], got {share}")
-    batch = context_latents.shape[0]
-    shape = model.future_latent_shape(batch)
-    if init_latents is not None and tuple(init_latents.shape) != shape:
-        raise ValueError(
-            f"init_latents must have shape {shape} (the chunk's latents), got "
-            f"{tuple(init_latents.shape)}"
-        )
-    scheduler = model.make_scheduler()
-    scheduler.set_timesteps(steps, device=context_latents.device)
-    skipped = _skipped_steps(share, steps) if init_latents is not None else 0
-    if skipped == steps:
-        return init_latents
-    noise = randn_tensor(
-        shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype
-    )
-    timesteps = scheduler.timesteps[skipped:]
-    if skipped:
-        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
-    else:
-        latents = noise * scheduler.init_noise_sigma
-    for timestep in timesteps:
-        prediction = model.predict(
-            latents,
-            timestep.expand(batch),
-            context_latents,
-            rays,
-            memory_tokens,
-            memory_mask,
-            render,
-        )
-        latents = scheduler.step(prediction, timestep, latents).prev_sample
-    return latents
-
-
-def _skipped_steps(share: float, steps: int) -> int:
-    """DDIM steps a guess replaces: ``share * steps`` rounded half up, at least one left below 1.
-
-    Rounding half up keeps the count monotone in ``steps`` (Python's ``round`` takes 1.5 to 2 and
-    2.5 to 2).
-    """
-    if share >= 1.0:
-        return steps
-    return min(math.floor(share * steps + 0.5), steps - 1)
-
-
-def render_guess(
-    model: WorldModel, context_rgb: Tensor, context_depth: Tensor, render: MemoryRender | None
-) -> tuple[Tensor, Tensor]:
-    """A chunk's frames as the reprojection baseline guesses them, where ``render_init`` starts.
-
-    Where the render drew an observed point, its colour (at any distance, as a camera sees a far
-    wall) and its depth within the sensor's range (0 beyond it, as the sensor reads); the last
-    context frame's RGB-D elsewhere. The same pixels the composite keeps
-    (:meth:`WorldModel.composite_render`, before its ``render_fill`` rings).
-
-    Args:
-        model: the world model (its sensor range decides coverage).
-        context_rgb: (B, n_context, 3, H, W) conditioning RGB in [0, 1].
-        context_depth: (B, n_context, 1, H, W) conditioning depth, metres.
-        render: the memory rendered into the chunk's cameras, or ``None`` (covers nothing).
-
-    Returns:
-        ``(rgb, depth)``: (B, n_future, 3, H, W) in [0, 1] and (B, n_future, 1, H, W) metres,
-        in ``context_rgb``'s device and dtype.
-    """
-    batch, frames = context_rgb.shape[0], model.config.n_future
-    last_rgb = context_rgb[:, -1:].expand(batch, frames, -1, -1, -1)  # (B, F, 3, H, W)
-    last_depth = context_depth[:, -1:].expand(batch, frames, -1, -1, -1)  # (B, F, 1, H, W)
-    if render is None:
-        return last_rgb, last_depth
-    device, dtype = context_rgb.device, context_rgb.dtype
-    render_depth = render.depth.to(device, dtype)
-    drawn = (render.mask & render.observed).to(device)
-    covered = model.render_coverage(render_depth, drawn)  # drawn within the sensor's range
-    return (
-        torch.where(drawn, render.rgb.to(device, dtype), last_rgb),
-        torch.where(drawn, render_depth * covered, last_depth),
-    )
-
-
-@torch.no_grad()
-def generate_chunk(
-    model: WorldModel,
-    context_rgb: Tensor,
-    context_depth: Tensor | None,
-    cam_to_ref: Tensor,
-    intrinsics: Tensor,
-    memory_tokens: Tensor | None,
-    memory_mask: Tensor | None,
-    generators: torch.Generator | list[torch.Generator] | None,
-    num_inference_steps: int | None = None,
-    render: MemoryRender | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Generate the frames of one chunk for B rows in one model call.
-
-    Args:
-        model: the world model (inputs are moved to its device and dtype).
-        context_rgb: (B, n_context, 3, H, W) conditioning RGB in [0, 1].
-        context_depth: (B, n_context, 1, H, W) conditioning depth, metres (ignored, and may be
-            ``None``, for an RGB-only model).
-        cam_to_ref: (B, n_future, 4, 4) poses of the chunk's cameras in the frame of the last
-            conditioning camera.
-        intrinsics: (B, 3, 3) ``K`` in pixels.
-        memory_tokens: (B, N, D) map tokens, or ``None`` for no memory.
-        memory_mask: (B, N) bool, True for real tokens.
-        generators: noise generator(s): one, or one per row.
-        num_inference_steps: DDIM steps; the model's default if ``None``.
-        render: the memory rendered into the chunk's cameras (a model with
-            ``memory_render``), or ``None`` for no memory. With the model's ``render_init``,
-            sampling starts from :func:`render_guess` (SDEdit).
-
-    Returns:
-        ``(rgb, depth)``: (B, n_future, 3, H, W) float32 in [0, 1] and (B, n_future, 1, H, W)
-        float32 metres (``None`` for an RGB-only model), on the model's device.
-    """
-    batch, frames = cam_to_ref.shape[:2]
-    device, dtype = model.device, model.dtype
-    chunk_k = intrinsics.to(device)[:, None].expand(batch, frames, 3, 3)
-    rays = model.chunk_rays(chunk_k, cam_to_ref.to(device)).to(dtype)
-    depth = context_depth.to(device, dtype) if model.config.use_depth else None
-    context_latents = model.encode(context_rgb.to(device, dtype), depth)
-    if memory_tokens is not None:
-        memory_tokens = memory_tokens.to(device, dtype)
-        memory_mask = memory_mask.to(device)
-    encoded = None
-    if render is not None:
-        encoded = model.encode_render(
-            render.rgb.to(device, dtype), render.depth.to(device, dtype), render.mask.to(device)
-        )
-    init_latents = None
-    if model.config.render_init:  # SDEdit from the reprojection baseline's frames
-        guess_rgb, guess_depth = render_guess(model, context_rgb.to(device, dtype), depth, render)
-        init_latents = model.encode(guess_rgb, guess_depth)
-    latents = sample_chunk(
-        model,
-        context_latents,
-        rays,
-        memory_tokens,
-        memory_mask,
-        num_inference_steps,
-        generators,
-        encoded,
-        init_latents,
-    )
-    rgb, new_depth = model.decode(latents)
-    if render is not None:  # warp what is known, inpaint what is not (``render_composite``)
-        rgb, new_depth = model.composite_render(
-            rgb,
-            new_depth,
-            render.rgb.to(device, rgb.dtype),
-            render.depth.to(device, rgb.dtype),
-            (render.mask & render.observed).to(device),  # never paste generated points back
-        )
-    return rgb.float(), None if new_depth is None else new_depth.float()
-
-
 def _check_rollout_inputs(
     model: WorldModel,
     rgb: Tensor,
@@ -386,7 +184,8 @@ def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
 
     Raises:
         TypeError: for an object that is not a :class:`~worldsim.memory.Memory`.
-        ValueError: for a model without memory branch, an RGB-only model, or a token width that
+        ValueError: for a memory that does not give what the model reads (a render or map
+            tokens), a model without memory branch, an RGB-only model, or a token width that
             differs from the model's ``memory_token_dim``.
     """
     if memory is None:
@@ -395,14 +194,18 @@ def check_memory_fits(model: WorldModel, memory: Memory | None) -> None:
         raise TypeError(
             f"memory must be a worldsim.memory.Memory or None, got {type(memory).__name__}"
         )
-    if model.transformer.reads_render or isinstance(memory, RenderedMemory):
-        if not (model.transformer.reads_render and isinstance(memory, RenderedMemory)):
+    if model.transformer.reads_render:
+        if not memory.gives_render:
             raise ValueError(
-                "a model that reads its memory as a render (memory_render=True) needs a "
-                "RenderedMemory ('rendered'), and a RenderedMemory needs such a model: got "
-                f"memory_render={model.config.memory_render} and {type(memory).__name__}"
+                "a model that reads its memory as a render (memory_render=True) needs a memory "
+                f"that gives one (gives_render: 'rendered'), got {type(memory).__name__}"
             )
         return
+    if not memory.gives_tokens:
+        raise ValueError(
+            f"this world model reads map tokens but {type(memory).__name__} gives none (it gives "
+            "a render): use a model trained with memory_render=True, or a token memory"
+        )
     if not model.transformer.has_memory:
         raise ValueError(
             "this world model has no memory branch (memory_token_dim=0): use no memory"
@@ -585,18 +388,19 @@ def generate_next_chunk(
     reference: Tensor,
     steps: Tensor,
     intrinsics: Tensor,
+    *,
     memory: Memory | Sequence[Memory] | None,
     generator: torch.Generator | list[torch.Generator] | None,
-    num_inference_steps: int | None = None,
+    sampler: SamplerConfig,
     memory_frames: Tensor | None = None,
     batch_size: int | None = None,
 ) -> Chunk:
     """One step of Algorithm 1a for B rows: the chunk stepper every rollout and env uses.
 
-    Chains the chunk's step poses into cameras, reads the memory for them (map tokens, or for a
-    ``memory_render`` model the render of its observed points; no memory reads as an empty map),
-    generates the chunk (``batch_size`` rows per model call) and writes its frames into the
-    memory as generated.
+    Chains the chunk's step poses into cameras, reads the memory for them (the render of a
+    ``memory_render`` model, observed points only unless ``render_generated``, with no memory
+    read as an empty map; else map tokens), generates the chunk (``batch_size`` rows per model
+    call) and writes its frames into the memory as generated.
 
     Args:
         model: the world model.
@@ -607,7 +411,7 @@ def generate_next_chunk(
         intrinsics: (B, 3, 3) ``K`` of every frame.
         memory: one memory of B rows, B one-row memories, or ``None``; updated in place.
         generator: noise generator(s): one, or one per row.
-        num_inference_steps: DDIM steps; the model's default if ``None``.
+        sampler: how each chunk is sampled.
         memory_frames: (B, n_future) bool, which generated frames go into the memory
             (``None`` = all).
         batch_size: most rows per model call and memory update; ``None`` = all B.
@@ -628,7 +432,7 @@ def generate_next_chunk(
         render = render_memory(memory, targets, chunk_k, image_size)
         if render is None:  # no memory reads as an empty map, as in training (dropped memories)
             render = MemoryRender.empty(batch, frames, image_size, device)
-        elif not model.config.render_generated:
+        elif not sampler.render_generated:
             render = render.observed_only()
     else:
         tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
@@ -637,43 +441,54 @@ def generate_next_chunk(
         part = slice(first, first + size)
         new_rgb, new_depth = generate_chunk(
             model,
+            sampler,
             context_rgb[part],
             None if context_depth is None else context_depth[part],
             cam_to_ref[part].float(),
             intrinsics[part],
-            None if tokens is None else tokens[part],
-            None if mask is None else mask[part],
-            generator[part] if isinstance(generator, list) else generator,
-            num_inference_steps,
-            None if render is None else MemoryRender(*(field[part] for field in render)),
+            generators=generator[part] if isinstance(generator, list) else generator,
+            memory_tokens=None if tokens is None else tokens[part],
+            memory_mask=None if mask is None else mask[part],
+            render=None if render is None else MemoryRender(*(field[part] for field in render)),
         )
         parts_rgb.append(new_rgb)
         parts_depth.append(new_depth)
     rgb = torch.cat(parts_rgb)  # (B, F, 3, H, W)
     depth = None if parts_depth[0] is None else torch.cat(parts_depth)  # (B, F, 1, H, W)
     if memory is not None and depth is not None:
-        poses = targets.float()
-        if isinstance(memory, Sequence):
-            for row, row_memory in enumerate(memory):
-                keep = None if memory_frames is None else memory_frames[row : row + 1]
-                if keep is None or keep.any():
-                    insert_frames(
-                        row_memory,
-                        rgb[row : row + 1],
-                        depth[row : row + 1],
-                        intrinsics[row : row + 1],
-                        poses[row : row + 1],
-                        valid=keep,
-                        generated=True,
-                    )
-        else:
-            keep = memory_frames
-            if keep is None:
-                keep = torch.ones(batch, frames, dtype=torch.bool)
-            insert_frames(
-                memory, rgb, depth, intrinsics, poses, valid=keep, batch_size=size, generated=True
-            )
+        _write_generated(memory, rgb, depth, intrinsics, targets.float(), memory_frames, size)
     return Chunk(rgb=rgb, depth=depth, cam_to_world=targets)
+
+
+def _write_generated(
+    memory: Memory | Sequence[Memory],
+    rgb: Tensor,
+    depth: Tensor,
+    intrinsics: Tensor,
+    poses: Tensor,
+    keep: Tensor | None,
+    batch_size: int,
+) -> None:
+    """Write a chunk's generated frames (those ``keep`` says) into one or B one-row memories."""
+    if isinstance(memory, Sequence):
+        for row, row_memory in enumerate(memory):
+            row_keep = None if keep is None else keep[row : row + 1]
+            if row_keep is None or row_keep.any():
+                insert_frames(
+                    row_memory,
+                    rgb[row : row + 1],
+                    depth[row : row + 1],
+                    intrinsics[row : row + 1],
+                    poses[row : row + 1],
+                    valid=row_keep,
+                    generated=True,
+                )
+        return
+    if keep is None:
+        keep = torch.ones(rgb.shape[:2], dtype=torch.bool)
+    insert_frames(
+        memory, rgb, depth, intrinsics, poses, valid=keep, batch_size=batch_size, generated=True
+    )
 
 
 @torch.no_grad()
@@ -683,13 +498,13 @@ def rollout(
     depth: Tensor | None,
     cam_to_world: Tensor,
     actions: Tensor,
+    *,
+    sampler: SamplerConfig | None = None,
     intrinsics: Tensor | None = None,
     memory: Memory | None = None,
     insert_start_frames: bool = True,
-    num_inference_steps: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
-    *,
     memory_frames: Tensor | None = None,
     batch_size: int | None = None,
 ) -> Rollout:
@@ -703,11 +518,11 @@ def rollout(
         actions: the motions (see :func:`step_poses`): (B, L) int64 action ids, (B, L, 3)
             waypoints or (B, L, 4, 4) relative step poses; ``L`` a positive multiple of
             ``n_future``.
+        sampler: how each chunk is sampled; ``None``: :class:`SamplerConfig`'s defaults.
         intrinsics: (B, 3, 3) ``K`` of every frame; the model's default camera if ``None``.
         memory: a :class:`~worldsim.memory.Memory` holding B maps (already reset), on any
             device, updated in place; ``None`` for no memory.
         insert_start_frames: unproject the start frames into the memory first.
-        num_inference_steps: DDIM steps per chunk; the model's default if ``None``.
         generator: draws the initial noise of every chunk (one, or one per rollout; pass one per
             rollout for results that do not depend on ``batch_size``).
         progress: show a progress bar over chunks.
@@ -723,6 +538,7 @@ def rollout(
     """
     device = model.device
     batch = rgb.shape[0]
+    sampler = SamplerConfig() if sampler is None else sampler
     if intrinsics is None:
         intrinsics = model.default_intrinsics(batch, device)
     steps = step_poses(actions, model)  # (B, L, 4, 4)
@@ -762,11 +578,11 @@ def rollout(
             reference,
             steps[:, window],
             intrinsics,
-            memory,
-            generator,
-            num_inference_steps,
-            keep[:, window],
-            batch_size,
+            memory=memory,
+            generator=generator,
+            sampler=sampler,
+            memory_frames=keep[:, window],
+            batch_size=batch_size,
         )
         context_rgb = torch.cat([context_rgb, new.rgb], dim=1)[:, -n_context:]
         if use_depth:
@@ -788,10 +604,11 @@ def rollout_along_recorded_poses(
     depth: Tensor | None,
     cam_to_world: Tensor,
     future_cam_to_world: Tensor,
+    *,
     intrinsics: Tensor,
+    sampler: SamplerConfig | None = None,
     memory: Memory | None = None,
     insert_start_frames: bool = True,
-    num_inference_steps: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Generate the frames of recorded future cameras (evaluation: views align with the truth).
@@ -803,10 +620,10 @@ def rollout_along_recorded_poses(
         cam_to_world: (B, n_context, 4, 4) their poses.
         future_cam_to_world: (B, L, 4, 4) the recorded future poses; each step is the motion
             from the camera before it; ``L`` a multiple of ``n_future``.
+        sampler: as :func:`rollout`.
         intrinsics: (B, 3, 3) ``K``.
         memory: as :func:`rollout`.
         insert_start_frames: as :func:`rollout`.
-        num_inference_steps: as :func:`rollout`.
         generator: as :func:`rollout`.
 
     Returns:
@@ -820,10 +637,10 @@ def rollout_along_recorded_poses(
         depth if model.config.use_depth else None,
         cam_to_world,
         steps,
-        intrinsics,
+        sampler=sampler,
+        intrinsics=intrinsics,
         memory=memory,
         insert_start_frames=insert_start_frames,
-        num_inference_steps=num_inference_steps,
         generator=generator,
     )
     return result.rgb.cpu(), None if result.depth is None else result.depth.cpu()
