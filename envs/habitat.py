@@ -151,6 +151,26 @@ class HabitatSimulator:
         self._sim.get_agent(0).act(name)
         return bool(self._sim.previous_step_collided)
 
+    def move(self, waypoint: np.ndarray) -> bool:
+        """Go to a local waypoint ``(dx, dz, dyaw)``, sliding along the navmesh, then turn.
+
+        The move is habitat-sim's ``pathfinder.try_step`` (its sliding, as its own forward step);
+        returns whether it was cut short.
+        """
+        dx, dz, dyaw = (float(value) for value in waypoint)
+        yaw = self.yaw
+        start = self.position
+        # The agent's right is (cos, -sin) and its forward (-sin, -cos) on the floor (x, z).
+        target = start + np.array(
+            [dx * math.cos(yaw) - dz * math.sin(yaw), 0.0, -dx * math.sin(yaw) - dz * math.cos(yaw)]
+        )
+        end = np.asarray(
+            self._sim.pathfinder.try_step(start.astype(np.float32), target.astype(np.float32)),
+            dtype=np.float64,
+        )
+        self.reset_agent(end, wrap_angle(yaw + dyaw))
+        return bool(np.linalg.norm((end - target)[[0, 2]]) > 1e-3)
+
     def render(self, cam_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Render an arbitrary camera pose (moves the sensors, then restores them)."""
         agent = self._sim.get_agent(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,23 @@ def pose_space() -> spaces.Box:
     return spaces.Box(low, high, dtype=np.float32)
 
 
+def reset_options(options: Any) -> dict[str, Any]:
+    """``reset(options=...)`` as a new dict: ``None`` is empty, anything but a mapping is refused.
+
+    Raises:
+        ValueError: for options that are not a dict, e.g. a bare scene id.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        example = f"{{'scene': {options!r}}}" if isinstance(options, str) else "{'scene': ...}"
+        raise ValueError(
+            f"reset options must be a dict such as options={example}, got "
+            f"{type(options).__name__} {options!r}"
+        )
+    return dict(options)
+
+
 def check_pose_bound(positions: np.ndarray, what: str) -> None:
     """Raise unless every position lies within :data:`POSE_BOUND_M` of the origin (per axis).
 
@@ -50,6 +68,62 @@ def check_pose_bound(positions: np.ndarray, what: str) -> None:
             f"{what} lie {largest:.4g} m from the origin along an axis, beyond the pose space's "
             f"bound of {POSE_BOUND_M:g} m: move the scene or frames near the origin"
         )
+
+
+ACTION_TYPES = ("discrete", "waypoint")
+"""Action spaces both envs offer (:func:`action_space`)."""
+WAYPOINT_BOUND = (1.0, 1.0, 1.0)
+"""Largest ``|dx|`` and ``|dz|`` (metres) and ``|dyaw|`` (radians, 57°) of one waypoint action:
+the space is ``[-1, 1]^3``, as reinforcement-learning libraries expect."""
+
+
+def action_space(action_type: str) -> spaces.Space:
+    """The action space shared by ``IndoorNav-v0`` and ``PersistentWorld-v0``.
+
+    Args:
+        action_type: ``"discrete"`` (Habitat's ids, :class:`worldsim.geometry.Action`) or
+            ``"waypoint"`` (a local-frame ``(dx, dz, dyaw)``: metres right, metres forward,
+            radians left, as NoMaD-style policies emit; within :data:`WAYPOINT_BOUND`).
+
+    Raises:
+        ValueError: for another action type.
+    """
+    if action_type == "discrete":
+        return spaces.Discrete(NUM_ACTIONS)
+    if action_type == "waypoint":
+        bound = np.asarray(WAYPOINT_BOUND, dtype=np.float32)
+        return spaces.Box(-bound, bound, dtype=np.float32)
+    raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {action_type!r}")
+
+
+def check_waypoint(action: Any) -> np.ndarray:
+    """Return a waypoint action as (3,) float64, or raise naming what is wrong.
+
+    The zero waypoint is ``stop`` (it ends the episode), as ``action_to_waypoint(STOP)`` is.
+
+    Raises:
+        ValueError: for another shape, a non-finite value or a value beyond
+            :data:`WAYPOINT_BOUND`.
+    """
+    waypoint = np.asarray(action, dtype=np.float64)
+    if waypoint.shape != (3,) or not np.isfinite(waypoint).all():
+        raise ValueError(
+            f"a waypoint action is 3 finite numbers (dx, dz, dyaw) in metres right, metres "
+            f"forward and radians left, got {action!r}"
+        )
+    if (np.abs(waypoint) > np.asarray(WAYPOINT_BOUND) + 1e-6).any():
+        raise ValueError(
+            f"waypoint {waypoint.tolist()} exceeds the bound (|dx|, |dz|, |dyaw|) <= "
+            f"{WAYPOINT_BOUND}: split the move into several steps"
+        )
+    return waypoint
+
+
+def is_stop(action: int | np.ndarray) -> bool:
+    """Whether a checked action (an id or a waypoint) is ``stop``."""
+    if isinstance(action, np.ndarray):
+        return not action.any()
+    return action == Action.STOP
 
 
 def observation_space(config: SimulatorConfig) -> spaces.Dict:
@@ -87,6 +161,11 @@ class IndoorNavEnv(gym.Env):
     ``Discrete(4)``, as Habitat: ``0`` stop, ``1`` move forward (0.25 m), ``2`` turn left (10°),
     ``3`` turn right (10°); step sizes are arguments. A forward move into an obstacle slides along
     it or stops at it (``info["collided"]``). Any other value raises ``ValueError``.
+    With ``action_type="waypoint"``: ``Box(3)`` of local waypoints ``(dx, dz, dyaw)`` (metres
+    right, metres forward, radians left; :data:`WAYPOINT_BOUND`), as NoMaD-style policies emit:
+    the agent moves to the point (sliding along obstacles as above), then turns; ``(0, 0, 0)`` is
+    ``stop``. A waypoint equal to a discrete action's (``worldsim.geometry.action_to_waypoint``)
+    reaches the same pose.
 
     ## Observation Space
     ``Dict`` of ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W, 1) metric z-depth in metres
@@ -123,7 +202,8 @@ class IndoorNavEnv(gym.Env):
     ``turn_step_deg``, ``agent_radius``, ``agent_height``, ``up_axis`` (``"z"`` for Habitat's
     MP3D / HM3D files; ``None`` reads a Habitat stage config beside the file, else y) as
     :class:`SimulatorConfig`; ``success_distance`` (0.2 m), ``min_goal_distance`` (1.0 m),
-    ``backend`` (``"embedded"`` or ``"habitat"``), ``render_mode`` (``None`` or ``"rgb_array"``).
+    ``backend`` (``"embedded"`` or ``"habitat"``), ``render_mode`` (``None`` or ``"rgb_array"``),
+    ``action_type`` (``"discrete"`` or ``"waypoint"``, :data:`ACTION_TYPES`).
 
     ## Version History
     * v0: initial version.
@@ -150,6 +230,7 @@ class IndoorNavEnv(gym.Env):
         backend: str = "embedded",
         render_mode: str | None = None,
         up_axis: str | None = None,
+        action_type: str = "discrete",
     ) -> None:
         from envs.embedded.scenes import SPLITS
 
@@ -177,7 +258,8 @@ class IndoorNavEnv(gym.Env):
         )
         self.render_mode = render_mode
         self.observation_space = observation_space(self.config)
-        self.action_space = spaces.Discrete(NUM_ACTIONS)
+        self.action_space = action_space(action_type)
+        self.action_type = action_type
         self._fixed_scene = None if scene is None else str(scene)
         self._split = split
         self._num_scenes = num_scenes
@@ -205,7 +287,7 @@ class IndoorNavEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode; see the class docstring for ``options``."""
         super().reset(seed=seed)
-        options = dict(options or {})
+        options = reset_options(options)
         unknown = set(options) - {"scene", "start", "goal"}
         if unknown:
             raise ValueError(
@@ -283,19 +365,22 @@ class IndoorNavEnv(gym.Env):
             raise RuntimeError(f"found no reachable goal in scene {sim.scene_id!r}")
         return best
 
-    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: int | np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Apply an action; see the class docstring."""
         if self._last_observation is None:
             raise RuntimeError("call reset() before step()")
-        action = check_action(action)
+        waypoint = self.action_type == "waypoint"
+        action = check_waypoint(action) if waypoint else check_action(action)
         sim = self.sim
         before = sim.position
-        collided = sim.step(action)
+        collided = sim.move(action) if waypoint else sim.step(action)
         self._path_length += float(np.linalg.norm(sim.position - before))
         distance = sim.geodesic_distance(sim.position, self._goal)
         reward = float(self._distance - distance)
         self._distance = distance
-        terminated = action == Action.STOP
+        terminated = is_stop(action)
         success = terminated and distance <= self._success_distance
         self._last_observation = sim.observe()
         info = self._info(collided=collided, success=success, done=terminated)

@@ -22,11 +22,18 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from envs.indoor_nav import IndoorNavEnv, check_pose_bound
-from envs.simulator import SimulatorConfig
+from envs.indoor_nav import (
+    IndoorNavEnv,
+    action_space,
+    check_pose_bound,
+    check_waypoint,
+    is_stop,
+    reset_options,
+)
+from envs.simulator import SimulatorConfig, check_action
 from worldsim.data import frames_to_tensors
+from worldsim.devices import check_device
 from worldsim.geometry import (
-    Action,
     check_rigid,
     pose_from_position_yaw,
     position_yaw_from_pose,
@@ -100,6 +107,8 @@ class LearnedWorld:
         collisions: the walls of each episode's observed frames block its moves
             (:mod:`worldsim.simulator.collision`, with the ground truth's body); needs a
             :class:`~worldsim.memory.RenderedMemory`.
+        action_type: ``"discrete"`` ids or ``"waypoint"`` ``(dx, dz, dyaw)`` actions
+            (:func:`envs.indoor_nav.action_space`).
     """
 
     def __init__(
@@ -114,14 +123,20 @@ class LearnedWorld:
         success_distance: float,
         ground_truth: dict[str, Any],
         collisions: bool = False,
+        action_type: str = "discrete",
     ) -> None:
+        self.action_space = action_space(action_type)  # refuses an unknown type first
+        self.action_type = action_type
         if num_sampling_steps is not None and num_sampling_steps < 1:
             raise ValueError(f"num_sampling_steps must be >= 1 or None, got {num_sampling_steps}")
         if not success_distance > 0:
             raise ValueError(f"success_distance must be > 0 metres, got {success_distance}")
+        if device is not None:
+            check_device(device, "device")
         ground_truth = dict(ground_truth)
         agent_radius = ground_truth.pop("agent_radius")
         agent_height = ground_truth.pop("agent_height")
+        up_axis = ground_truth.pop("up_axis", None)
         body = MapCollisionConfig(
             agent_radius=agent_radius, agent_height=agent_height, sensor_height=sensor_height
         )
@@ -158,6 +173,7 @@ class LearnedWorld:
             turn_step_deg=config.turn_step_deg,
             agent_radius=agent_radius,
             agent_height=agent_height,
+            up_axis=up_axis,
         )
         self._ground_truth_settings = ground_truth
         self._ground_truth: IndoorNavEnv | None = None
@@ -180,7 +196,7 @@ class LearnedWorld:
 
     def reset(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Episode:
         """Start an episode from a scene or from few-shot frames (see the env docstring)."""
-        options = dict(options or {})
+        options = reset_options(options)
         unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
             raise ValueError(
@@ -320,21 +336,34 @@ class LearnedWorld:
 
     # ----------------------------------------------------------------------------- step
 
+    def check_action(self, action: Any) -> int | np.ndarray:
+        """One action of this env's action type, checked (an id, or a (3,) waypoint)."""
+        return check_waypoint(action) if self.action_type == "waypoint" else check_action(action)
+
     def step(
-        self, episodes: list[Episode], actions: list[int], batch_size: int | None = None
+        self,
+        episodes: list[Episode],
+        actions: list[int | np.ndarray],
+        batch_size: int | None = None,
     ) -> list[tuple[float, bool]]:
         """Advance every episode by its action; moving rows share one model call.
 
         Args:
             episodes: the rows to step (not done).
-            actions: one checked action id per row.
+            actions: one action per row, checked by :meth:`check_action`.
             batch_size: most rows per model call; ``None`` = all moving rows in one call.
 
         Returns:
             ``(reward, terminated)`` per row; each episode's observation and state are updated.
         """
         poses = [episode.pose for episode in episodes]  # before the step
-        views = self.simulator.step([episode.state for episode in episodes], actions, batch_size)
+        motions = [
+            torch.as_tensor(action, dtype=torch.float32)
+            if isinstance(action, np.ndarray)
+            else action
+            for action in actions
+        ]
+        views = self.simulator.step([episode.state for episode in episodes], motions, batch_size)
         results = []
         for episode, action, view, pose in zip(episodes, actions, views, poses, strict=True):
             if view is not None:
@@ -343,7 +372,7 @@ class LearnedWorld:
             before = episode.distance
             episode.distance = self._distance(episode, episode.pose)
             reward = 0.0 if math.isnan(before) else float(before - episode.distance)
-            results.append((reward, action == Action.STOP))
+            results.append((reward, is_stop(action)))
         return results
 
     def _observe(

@@ -24,15 +24,13 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.indoor_nav import observation_space
+from envs.indoor_nav import observation_space, reset_options
 from envs.learned_world import Episode, LearnedWorld
-from envs.simulator import check_action
-from worldsim.geometry import DEFAULT_SENSOR_HEIGHT_M, NUM_ACTIONS
+from worldsim.geometry import DEFAULT_SENSOR_HEIGHT_M
 from worldsim.memory import Memory
 from worldsim.metrics.task import SUCCESS_RADIUS_M
 from worldsim.models.world_model import WorldModel
@@ -54,7 +52,11 @@ class PersistentWorldEnv(gym.Env):
     ## Action Space
     ``Discrete(4)``, as Habitat: ``0`` stop, ``1`` move forward, ``2`` turn left, ``3`` turn
     right, with the step sizes the model was trained with (``forward_step_m``,
-    ``turn_step_deg`` of its config). Any other value raises ``ValueError``.
+    ``turn_step_deg`` of its config). Any other value raises ``ValueError``. With
+    ``action_type="waypoint"``, ``IndoorNav-v0``'s ``Box(3)`` of local waypoints ``(dx, dz,
+    dyaw)`` (the zero waypoint is ``stop``): the model imagines the camera moved by the waypoint's
+    relative pose (:func:`worldsim.geometry.waypoint_to_relative_pose`, the conversion the
+    planners use); waypoints far from the model's training steps are extrapolation.
 
     Actions and chunks: the model generates chunks of ``n_future`` frames, one per action. Each
     step generates one chunk whose first action is the step's and whose other actions are
@@ -126,6 +128,8 @@ class PersistentWorldEnv(gym.Env):
     ``sensor_height``: camera height above the floor, metres (positions in ``info``).
     ``success_distance`` (0.2 m). ``collisions``: observed walls block moves (a rendered
     memory only; ``ValueError`` otherwise). ``render_mode``: ``None`` or ``"rgb_array"``.
+    ``up_axis``: the up axis of a scene file the ground truth loads, as ``IndoorNav-v0``
+    (``"z"`` for Habitat's files). ``action_type``: ``"discrete"`` or ``"waypoint"``.
 
     ## Version History
     * v0: initial version.
@@ -152,6 +156,8 @@ class PersistentWorldEnv(gym.Env):
         backend: str = "embedded",
         collisions: bool = False,
         render_mode: str | None = None,
+        up_axis: str | None = None,
+        action_type: str = "discrete",
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -172,12 +178,14 @@ class PersistentWorldEnv(gym.Env):
                 backend=backend,
                 agent_radius=agent_radius,
                 agent_height=agent_height,
+                up_axis=up_axis,
             ),
             collisions,
+            action_type,
         )
         self.render_mode = render_mode
         self.observation_space = observation_space(self.world.config)
-        self.action_space = spaces.Discrete(NUM_ACTIONS)
+        self.action_space = self.world.action_space
         self._episode: Episode | None = None
 
     @property
@@ -198,11 +206,13 @@ class PersistentWorldEnv(gym.Env):
         self._episode = self.world.reset(self.np_random, options)
         return _copy(self._episode.observation), self.world.info(self._episode)
 
-    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: int | np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Generate the view after ``action``; see the class docstring."""
         if self._episode is None:
             raise RuntimeError("call reset() before step()")
-        action = check_action(action)
+        action = self.world.check_action(action)
         [(reward, terminated)] = self.world.step([self._episode], [action])
         info = self.world.info(self._episode, terminated)
         return _copy(self._episode.observation), reward, terminated, False, info
@@ -298,7 +308,7 @@ class PersistentWorldVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset all rows (or those of ``options["reset_mask"]``); see the class docstring."""
         seeds = self._seeds(seed)
-        options = dict(options or {})
+        options = reset_options(options)
         mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, dtype=bool)))
         if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
             raise ValueError(
@@ -338,17 +348,20 @@ class PersistentWorldVectorEnv(VectorEnv):
         if self._episodes[0] is None:
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
+        expected = self.action_space.shape
+        if actions.shape != expected:
+            what = "action ids" if self.world.action_type == "discrete" else "waypoints"
             raise ValueError(
-                f"actions must be ({self.num_envs},) action ids, one per row, got shape "
-                f"{actions.shape}"
+                f"actions must be {expected} {what}, one per row, got shape {actions.shape}"
             )
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         ended = [episode.done for episode in self._episodes]
         stepping = [
-            (row, check_action(actions[row])) for row in range(self.num_envs) if not ended[row]
+            (row, self.world.check_action(actions[row]))
+            for row in range(self.num_envs)
+            if not ended[row]
         ]
         for row in range(self.num_envs):
             if ended[row]:

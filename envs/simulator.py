@@ -136,6 +136,8 @@ class GroundTruthSimulator(Protocol):
 
     def step(self, action: int) -> bool: ...  # noqa: D102
 
+    def move(self, waypoint: np.ndarray) -> bool: ...  # noqa: D102
+
     def observe(self) -> dict[str, np.ndarray]: ...  # noqa: D102
 
     def render(self, cam_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # noqa: D102

@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 import torch
 import tyro
 
+from worldsim.devices import check_device
+
 ArgsT = TypeVar("ArgsT")
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
@@ -98,10 +100,6 @@ def parse(args_type: type[ArgsT], argv: Sequence[str] | None = None) -> ArgsT:
         sys.stdout.write(plain_text(buffer.getvalue()))
 
 
-class DeviceUnavailableError(ValueError):
-    """The requested torch device does not exist on this machine or in this torch build."""
-
-
 def check_threads(threads: int) -> None:
     """Refuse a negative thread count.
 
@@ -134,48 +132,40 @@ def idle_threads() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def check_device(device: str) -> None:
-    """Refuse a torch device that this machine or this torch build cannot use.
+def check_output_dir(path: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written to.
 
     Args:
-        device: a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), or
-            ``"auto"``, which the script resolves itself.
+        path: the folder (it need not exist yet; its nearest existing ancestor is checked).
 
     Raises:
-        DeviceUnavailableError: if the string is no torch device, or names a CUDA / MPS device
-            that is not available.
+        ValueError: if the path or an ancestor is a file, or the folder is not writable.
     """
-    if device == "auto":
-        return
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise DeviceUnavailableError(
-            f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps"
-        ) from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"--device {device!r}: CUDA is not available to this torch "
-                f"({torch.__version__}, {torch.cuda.device_count()} GPUs); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise DeviceUnavailableError(
-                f"--device {device!r}: this machine has {count} CUDA devices (cuda:0..{count - 1})"
-            )
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailableError(f"--device {device!r}: MPS is not available; use --device cpu")
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--output-dir {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "the folder" if existing == Path(path).absolute() else f"{str(existing)!r}"
+        raise ValueError(
+            f"--output-dir {str(path)!r} cannot be written ({what} is read-only for this user); "
+            "choose a folder you can write to"
+        )
 
 
 def configure(args: object) -> None:
-    """Check ``args.threads`` and ``args.device`` where ``args`` has them; set torch's threads.
+    """Check the flags every script shares, before any work; set torch's threads.
+
+    ``threads`` (>= 0), ``device`` (available here), ``output_dir`` (writable) and
+    ``success_radius_m`` (> 0), where ``args`` has them.
 
     Args:
         args: a parsed ``Args`` of a script.
 
     Raises:
-        ValueError: for a negative thread count or an unavailable device.
+        ValueError: for a negative thread count, an unavailable device, an output folder that
+            cannot be written or a success radius that is not positive.
     """
     threads = getattr(args, "threads", None)
     if threads is not None:
@@ -184,6 +174,12 @@ def configure(args: object) -> None:
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
+    output_dir = getattr(args, "output_dir", None)
+    if isinstance(output_dir, Path):
+        check_output_dir(output_dir)
+    radius = getattr(args, "success_radius_m", None)
+    if radius is not None and not radius > 0:
+        raise ValueError(f"--success-radius-m must be > 0 metres, got {radius}")
 
 
 def run(

@@ -33,6 +33,8 @@ from envs.embedded.navmesh import (
 )
 from worldsim.simulator.collision import clearance_footprint
 
+_EDGE_QUANTUM = 2.0**30
+"""Path-graph edge lengths are whole multiples of 1 / this many metres (see _path_graph)."""
 _MOVES = (
     ((0, 1), ()),
     ((1, 0), ()),
@@ -369,7 +371,12 @@ class NavGrid:
                     mask = mask & shifted(nav, row, col)
                 sources.append(shifted(node, 0, 0)[mask])
                 targets.append(shifted(node, d_row, d_col)[mask])
-                weights.append(np.full(int(mask.sum()), self._cell * math.hypot(d_row, d_col)))
+                length = self._cell * math.hypot(d_row, d_col)
+                # Whole multiples of 2^-30 m add up exactly in float64 (under 2^23 m), so a path's
+                # length is the same summed from either end: a distance does not depend on which
+                # end's field the cache happens to hold (1e-9 m from the true edge length).
+                length = round(length * _EDGE_QUANTUM) / _EDGE_QUANTUM
+                weights.append(np.full(int(mask.sum()), length))
             count = len(self._node_cells)
             self._graph = sparse.csr_matrix(
                 (np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))),

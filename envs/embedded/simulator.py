@@ -222,6 +222,28 @@ class Simulator:
             self._yaw = wrap_angle(self._yaw - self._spec.turn_step_rad)
         return False
 
+    def move(self, waypoint: np.ndarray) -> bool:
+        """Go to a local waypoint, then turn: a continuous action.
+
+        Args:
+            waypoint: (3,) ``(dx, dz, dyaw)``: metres right, metres forward, radians left, in the
+                agent's frame before the move (:func:`worldsim.geometry.waypoint_to_relative_pose`).
+
+        Returns:
+            Whether an obstacle blocked the move (the agent slid along or stopped at it, as a
+            forward step does).
+        """
+        dx, dz, dyaw = (float(value) for value in waypoint)
+        sin, cos = math.sin(self._yaw), math.cos(self._yaw)
+        # The agent's right is (cos, -sin) and its forward (-sin, -cos) on the floor (x, z).
+        displacement = np.array([dx * cos - dz * sin, -dx * sin - dz * cos])
+        collided = False
+        if displacement.any():
+            position, collided = self._loaded().navigation.try_move(self._position, displacement)
+            self._position = np.asarray(position, dtype=np.float64)
+        self._yaw = wrap_angle(self._yaw + dyaw)
+        return bool(collided)
+
     # ----------------------------------------------------------------------------- sensing
     def render(self, cam_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Render any camera pose in the loaded scene.

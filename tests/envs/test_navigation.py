@@ -617,3 +617,22 @@ def test_follower_reaches_99_percent_of_goals_in_houses():
     ids = [f"house-{split}-{index:04d}" for split in ("train", "val", "test") for index in (2, 3)]
     grids = [NavGrid.from_mesh(scene_mesh(generate_house(i))) for i in ids]
     _check_follower(grids, episodes=50, seed=2)
+
+
+def test_a_geodesic_distance_does_not_depend_on_which_end_the_cache_holds(rooms):
+    """Summed from the start's field or from the goal's, a path has one length, to the bit."""
+    _, grid = rooms
+    rng = np.random.default_rng(5)
+    pairs = [
+        (grid.sample_navigable_point(rng), grid.sample_navigable_point(rng)) for _ in range(40)
+    ]
+    around_a_wall = 0
+    for start, goal in pairs:
+        grid._fields.clear()
+        grid._field(grid._node_of(start))  # only the start's field is cached
+        from_start = grid.geodesic_distance(start, goal)
+        grid._fields.clear()
+        from_goal = grid.geodesic_distance(start, goal)  # the goal's field
+        assert from_start == from_goal
+        around_a_wall += from_start > math.dist(start[[0, 2]], goal[[0, 2]]) + 1e-6
+    assert around_a_wall >= 5  # pairs whose distance comes from the fields, not a straight line

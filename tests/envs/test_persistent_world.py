@@ -445,3 +445,27 @@ def test_collisions_stop_the_agent_at_an_observed_wall():
     assert ends[False] == pytest.approx(-1.5, abs=1e-4)  # the control: through it
     with pytest.raises(ValueError, match="collisions=True needs the walls of a map of points"):
         gym.make("PersistentWorld-v0", checkpoint=model, memory="none", collisions=True)
+
+
+def test_a_device_this_machine_lacks_and_options_that_are_no_dict_are_refused():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device='cuda': CUDA is not available.*device='cpu'"):
+            gym.make("PersistentWorld-v0", checkpoint=TINY_UNTRAINED, device="cuda")
+    env = gym.make("PersistentWorld-v0", checkpoint=TINY_UNTRAINED, num_sampling_steps=1)
+    with pytest.raises(ValueError, match=r"options=\{'scene': 'house-val-0002'\}, got str"):
+        env.reset(options="house-val-0002")
+    env.reset(seed=0, options={"scene": "house-val-0002"})  # the control
+    assert env.unwrapped.world.ground_truth.sim.scene_id == "house-val-0002"
+
+
+def test_a_z_up_scene_file_starts_on_its_floor_with_up_axis(tmp_path):
+    from tests.envs.test_indoor_nav import _z_up_house
+
+    path = _z_up_house(tmp_path / "house.glb")
+    settings = dict(checkpoint=TINY_UNTRAINED, num_sampling_steps=1, scene=path)
+    with pytest.raises(ValueError, match=r"up_axis='z'"):  # read as y-up: refused
+        gym.make("PersistentWorld-v0", **settings).reset(seed=0)
+    env = gym.make("PersistentWorld-v0", up_axis="z", **settings)
+    observation, _ = env.reset(seed=0)
+    assert abs(observation["pose"][1, 3] - 1.25) < 1e-4  # the sensor above the house's floor
+    assert (observation["depth"] > 0).mean() > 0.9

@@ -1,11 +1,14 @@
 """The shared command-line plumbing: user errors in one line, bugs with their traceback."""
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from worldsim import cli
+from worldsim.devices import DeviceUnavailableError, check_device
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,13 @@ def test_negative_threads_are_refused_before_torch_sees_them(capsys):
 def test_an_unavailable_device_is_a_user_error(device):
     if device == "mps:7" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    with pytest.raises(cli.DeviceUnavailableError, match=f"--device '{device}'"):
-        cli.check_device(device)
+    with pytest.raises(DeviceUnavailableError, match=f"--device '{device}'"):
+        check_device(device)
 
 
 def test_cpu_and_auto_are_accepted():
-    cli.check_device("cpu")
-    cli.check_device("auto")
+    check_device("cpu")
+    check_device("auto")
 
 
 def test_help_is_plain_text(capsys):
@@ -117,3 +120,40 @@ def test_threads_zero_takes_the_cores_other_work_leaves_idle(monkeypatch):
     assert cli.idle_threads() == 2  # an idle machine keeps both
     monkeypatch.setattr(cli.os, "getloadavg", lambda: (7.5, 0.0, 0.0))
     assert cli.idle_threads() == 1  # never fewer than one
+
+
+@dataclass(frozen=True)
+class WritingArgs:
+    """Settings of a test script that writes files."""
+
+    output_dir: Path = Path("outputs/test")
+    """Output folder."""
+    success_radius_m: float = 0.5
+    """Success radius."""
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    ran = []
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file")
+    with pytest.raises(SystemExit):
+        cli.run(ran.append, WritingArgs, ["--output-dir", str(blocker / "out")])
+    assert "file.txt' is a file, not a folder" in capsys.readouterr().err
+    # A read-only folder (root may write anywhere, so the permission check is what is tested).
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(SystemExit):
+        cli.run(ran.append, WritingArgs, ["--output-dir", str(tmp_path / "new" / "out")])
+    assert "cannot be written" in capsys.readouterr().err and ran == []
+    monkeypatch.undo()
+    cli.run(ran.append, WritingArgs, ["--output-dir", str(tmp_path / "new" / "out")])
+    assert len(ran) == 1  # the control: a writable folder runs
+
+
+def test_a_success_radius_that_is_not_positive_is_refused_before_the_run(capsys):
+    ran = []
+    with pytest.raises(SystemExit):
+        cli.run(ran.append, WritingArgs, ["--success-radius-m", "-1"])
+    assert "--success-radius-m must be > 0 metres, got -1.0" in capsys.readouterr().err
+    assert ran == []

@@ -1,10 +1,14 @@
-"""Loaded models live in ordinary, aligned memory (exact-equality tests rely on it)."""
+"""Loaded models live in ordinary, aligned memory; broken checkpoint folders are named."""
 
+import json
+import shutil
+
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldsim.models.pretrained import rehome_tensors
+from worldsim.models.pretrained import WEIGHTS_FILE, rehome_tensors
 
 ALIGNMENT = 64  # bytes: torch's CPU allocator aligns every fresh allocation to 64
 
@@ -41,3 +45,51 @@ def test_rehome_tensors_aligns_and_keeps_identity_dtype_and_grad(tmp_path):
     assert not parameter.requires_grad and model[1].bias.requires_grad
     for key, value in model.state_dict().items():
         assert value.dtype == before[key][0] and torch.equal(value, before[key][1]), key
+
+
+def _broken_copy(tmp_path, name, change):
+    from worldsim.models.world_model import DEFAULT_CHECKPOINT
+
+    folder = tmp_path / name
+    shutil.copytree(DEFAULT_CHECKPOINT, folder)
+    change(folder)
+    return folder
+
+
+def _truncate(folder):
+    weights = folder / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _config(**changes):
+    def change(folder):
+        path = folder / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda f: (f / WEIGHTS_FILE).unlink(), FileNotFoundError, r"no weights file 'diffusion"),
+        (_truncate, ValueError, r"safetensors' is not a complete safetensors file.*truncated"),
+        (_config(height="64"), ValueError, r"config\.json': height must be an integer, got '64'"),
+        (_config(use_depth=1), ValueError, r"use_depth must be true or false, got 1"),
+        (_config(vae_block_out_channels=16), ValueError, r"vae_block_out_channels must be a list"),
+        (
+            lambda f: (f / "config.json").write_text('{"height": 64,'),
+            ValueError,
+            r"config\.json' is not valid JSON",
+        ),
+    ],
+)
+def test_a_broken_checkpoint_folder_names_the_file_and_the_problem(
+    tmp_path, change, error, message
+):
+    from worldsim.models.world_model import WorldModel
+
+    folder = _broken_copy(tmp_path, "broken", change)
+    with pytest.raises(error, match=message):
+        WorldModel.from_pretrained(folder)
+    WorldModel.from_pretrained(_broken_copy(tmp_path, "intact", lambda f: None))  # the control

@@ -55,6 +55,7 @@ Batching and randomness
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -271,17 +272,21 @@ class LearnedSimulator:
         return state
 
     def step(
-        self, states: list[EpisodeState], actions: list[int], batch_size: int | None = None
+        self,
+        states: list[EpisodeState],
+        actions: Sequence[int | Tensor],
+        batch_size: int | None = None,
     ) -> list[tuple[Tensor, Tensor, Tensor] | None]:
         """Advance every episode by one action; moving rows share one model call.
 
-        Each moving row generates one chunk whose first action is the row's and whose others
+        Each moving row generates one chunk whose first motion is the row's and whose others
         are ``stop``; the chunk's first frame is the new view and the only one written into the
         episode's map (no buffered frames, no look-ahead). ``stop`` generates nothing.
 
         Args:
             states: the rows to step, updated in place (context, map, ``collided``).
-            actions: one checked action id per row.
+            actions: one checked action per row: an action id, or a (3,) float waypoint
+                ``(dx, dz, dyaw)`` (the zero waypoint is ``stop``).
             batch_size: most rows per model call; ``None`` = all moving rows in one call.
 
         Returns:
@@ -292,18 +297,19 @@ class LearnedSimulator:
         model = self.model
         n_future = model.config.n_future
         results: list[tuple[Tensor, Tensor, Tensor] | None] = [None] * len(states)
-        moving = [i for i, action in enumerate(actions) if action != Action.STOP]
+        motions = [self._motion(action) for action in actions]  # (4, 4) each, None for stop
+        moving = [i for i, motion in enumerate(motions) if motion is not None]
         for i, state in enumerate(states):
-            if actions[i] == Action.STOP:
+            if motions[i] is None:
                 state.collided = False
         if not moving:
             return results
         rows = [states[i] for i in moving]
-        chunk = torch.zeros(len(rows), n_future, dtype=torch.int64)  # padded with stop
-        chunk[:, 0] = torch.tensor([actions[i] for i in moving])
+        # The step's motion, then stops: its frame is the chunk's first, the padding discarded.
+        steps = torch.eye(4).repeat(len(rows), n_future, 1, 1)  # (B, n_future, 4, 4)
+        steps[:, 0] = torch.stack([motions[i] for i in moving])
         keep = torch.zeros(len(rows), n_future, dtype=torch.bool)
-        keep[:, 0] = True  # the step's frame is the chunk's first; the padding is discarded
-        steps = step_poses(chunk, model)  # (B, n_future, 4, 4)
+        keep[:, 0] = True
         for row, state in enumerate(rows):
             if state.collider is not None:
                 first, hit = state.collider.constrain(state.pose, steps[row, :1])
@@ -330,6 +336,16 @@ class LearnedSimulator:
             state.context_pose = torch.cat([state.context_pose[1:], pose[None]])
             results[moving[row]] = (rgb[row], depth[row], pose)
         return results
+
+    def _motion(self, action: int | Tensor) -> Tensor | None:
+        """(4, 4) float32 relative camera pose of one action id or waypoint; ``None`` for stop."""
+        if isinstance(action, Tensor) and action.is_floating_point():
+            if not bool(action.any()):
+                return None
+            return step_poses(action.reshape(1, 1, 3), self.model)[0, 0]
+        if int(action) == Action.STOP:
+            return None
+        return step_poses(torch.tensor([[int(action)]]), self.model)[0, 0]
 
     def start_of(self, state: EpisodeState, scene: str | None = None) -> RolloutStart:
         """An episode's current state as a one-row planner start (its map copied)."""
