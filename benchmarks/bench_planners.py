@@ -62,7 +62,7 @@ class Args:
     probe_turns: int = 6
     """Most turns of a CEM probe."""
     sampling_steps: int | None = None
-    """DDIM steps per chunk of a world model (None: the model's default)."""
+    """DDIM steps per chunk of a world model (None: the checkpoint's sampler_config.json)."""
     tour_steps: int = 300
     """Frames of the earlier walk through the house in a world model's episode map (0: none)."""
     repeats: int = 1

@@ -88,7 +88,8 @@ class Args:
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (None: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the checkpoint's
+    sampler_config.json)."""
     seed: int = 0
     """Seed of everything."""
     device: str = "cpu"

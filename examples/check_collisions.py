@@ -49,6 +49,9 @@ class Args:
     """Scene split of the houses."""
     num_scenes: int = 4
     """Houses checked."""
+    scene_start: int = 0
+    """Index of the first house in the split (houses scene_start .. scene_start + num_scenes - 1;
+    e.g. 10 for house-test-0010..): results on the first houses alone are not held out."""
     tour_steps: int = 300
     """Frames of the earlier walk whose observed points give the map's walls."""
     starts: int = 10
@@ -74,6 +77,7 @@ def _ends(reference: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 def main(args: Args) -> list[dict[str, float | str]]:
     """Run the check; returns the table's rows (one per house, then all)."""
+    scenes = scene_ids(args.split, args.num_scenes, args.scene_start)  # refuses bad ranges first
     if not 0.0 <= args.forward_share <= 1.0:
         raise ValueError(f"--forward-share must be in [0, 1], got {args.forward_share}")
     if args.starts < 1 or args.steps < 1:
@@ -88,7 +92,7 @@ def main(args: Args) -> list[dict[str, float | str]]:
     spec = ActionSpec(forward_step_m=config.forward_step_m, turn_step_deg=args.turn_step_deg)
     turn = (1.0 - args.forward_share) / 2
     rows, totals = [], {"steps": 0, "agree": 0, "truth": 0, "map": 0, "map_m": 0.0, "free_m": 0.0}
-    for index, scene in enumerate(tqdm(scene_ids(args.split, args.num_scenes), desc="houses")):
+    for index, scene in enumerate(tqdm(scenes, desc="houses")):
         rng = np.random.default_rng([args.seed, index])
         walk = oracle.tour(scene, args.tour_steps, rng)
         memory = RenderedMemory()

@@ -66,6 +66,9 @@ class Args:
     """Scene split the episodes come from."""
     num_scenes: int = 4
     """Scenes cycled through."""
+    scene_start: int = 0
+    """Index of the first house in the split (houses scene_start .. scene_start + num_scenes - 1;
+    e.g. 10 for house-test-0010..): results on the first houses alone are not held out."""
     episodes: int = 8
     """Image-goal episodes."""
     num_samples: int = 32
@@ -88,6 +91,7 @@ class Args:
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the comparison; returns the table's rows."""
+    scenes = scene_ids(args.split, args.num_scenes, args.scene_start)  # refuses bad ranges first
     for share in args.coverages:
         if not 0 < share <= 1:
             raise ValueError(f"--coverages must lie in (0, 1], got {share}")
@@ -98,7 +102,6 @@ def main(args: Args) -> list[dict[str, float]]:
     )
     cost = GoalCost()
     rng = np.random.default_rng(args.seed)
-    scenes = scene_ids(args.split, args.num_scenes)
     episodes = sample_image_goal_episodes(
         oracle, scenes, args.episodes, rng, args.min_goal_m, args.max_goal_m
     )

@@ -109,7 +109,7 @@ class Args:
     batch_size: int = 8
     """Windows (clips) per model call."""
     sampling_steps: int | None = None
-    """DDIM steps per chunk; the model's default if None."""
+    """DDIM steps per chunk; None: the checkpoint's sampler_config.json."""
     picture_windows: int = 4
     """Windows shown in evaluation.png."""
     max_clips: int = 64

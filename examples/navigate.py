@@ -93,7 +93,8 @@ class Args:
     job's 12 sequences x 2 iterations, a horizon of two of the embedded model's 4-frame chunks,
     probes of at most 4 x 10° turns either way, 4 actions per decision, 24 per episode."""
     sampling_steps: int | None = None
-    """DDIM steps per imagined chunk (None: the model's default; the shipped model's is 4)."""
+    """DDIM steps per imagined chunk (None: the checkpoint's sampler_config.json; the shipped one
+    says 4)."""
     tour_steps: int = 300
     """Frames of an earlier walk through the house (random waypoints, from a random start) that
     the world model's episode map starts from: what the agent saw there before (0: nothing, the

@@ -59,6 +59,7 @@ from typing import Any, Literal
 import torch
 import tyro
 
+from envs.embedded.scenes import scene_ids
 from planners.cem import CEMConfig
 from planners.hindsight import HindsightConfig
 from planners.mpc import MPCConfig
@@ -200,11 +201,15 @@ class Args:
     preset: Literal["tiny", "small", "upstream"] = "small"
     """Size of an untrained policy."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk (None: the model's default; with --quick: 1)."""
+    """DDIM steps per generated chunk (None: the checkpoint's sampler_config.json; with --quick:
+    1)."""
     split: str = "test"
     """Scene split of the planning episodes (test: houses unseen in training)."""
     num_scenes: int = 5
     """Houses the episodes of Table 2 and Fig. 6a cycle through."""
+    scene_start: int = 0
+    """Index of the first of those houses in the split (e.g. 10: house-test-0010..); Fig. 6b
+    adapts in this house."""
     episodes: int | None = None
     """Episodes per table (None: 20; with --quick: 1)."""
     tour_steps: int = 300
@@ -236,6 +241,7 @@ class Args:
 
     def __post_init__(self) -> None:
         _check_positive("args", num_scenes=self.num_scenes)
+        scene_ids(self.split, self.num_scenes, self.scene_start)  # refuses houses out of range
         if self.episodes is not None:
             _check_positive("args", episodes=self.episodes)
         if self.tour_steps < 0:
@@ -421,6 +427,7 @@ def ranking(args: Args, size: int, turn_step_deg: float) -> Table:
         preset=args.preset,
         split=args.split,
         num_scenes=args.num_scenes,
+        scene_start=args.scene_start,
         episodes=args.episodes,
         num_samples=args.table2.num_samples,
         seed=args.seed,
@@ -470,6 +477,7 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
     common = dict(
         split=args.split,
         num_scenes=args.num_scenes,
+        scene_start=args.scene_start,
         episodes=args.episodes,
         iterations=settings.iterations,
         planning=dataclasses.replace(settings.planning, record_imagined=True),
@@ -532,6 +540,7 @@ def adaptation(args: Args) -> Table:
             policy=args.policy,
             preset=args.preset,
             split=args.split,
+            scene_index=args.scene_start,
             few_images=settings.few_images,
             episodes=args.episodes,
             eval_steps=settings.eval_steps,

@@ -76,11 +76,15 @@ class Args:
     """World-model folder (WorldModel.save_pretrained), tiny-untrained (an untrained
     smoke-test model), or None: the embedded default checkpoint."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (None: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the checkpoint's
+    sampler_config.json)."""
     split: str = "train"
     """Scene split the episodes come from."""
     num_scenes: int = 5
     """Scenes cycled through."""
+    scene_start: int = 0
+    """Index of the first house in the split (houses scene_start .. scene_start + num_scenes - 1;
+    e.g. 10 for house-test-0010..): results on the first houses alone are not held out."""
     episodes: int = 10
     """Episodes per iteration count."""
     size: int | None = None
@@ -134,6 +138,7 @@ def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
+    scenes = scene_ids(args.split, args.num_scenes, args.scene_start)  # refuses bad ranges first
     args.output_dir.mkdir(parents=True, exist_ok=True)
     learned, size, turn_step_deg = planning_simulator(
         args.planner,
@@ -151,7 +156,6 @@ def main(args: Args) -> list[dict[str, float]]:
     planner = oracle if learned is None else learned
     cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
-    scenes = scene_ids(args.split, args.num_scenes)
     episodes = sample_image_goal_episodes(
         oracle, scenes, args.episodes, rng, args.min_goal_m, args.max_goal_m
     )

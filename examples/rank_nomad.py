@@ -83,11 +83,15 @@ class Args:
     memory: str | None = None
     """World-model memory (a build_memory name, or none); default: the checkpoint's."""
     sampling_steps: int | None = None
-    """DDIM steps per generated chunk of the world model (None: the model's default)."""
+    """DDIM steps per generated chunk of the world model (None: the checkpoint's
+    sampler_config.json)."""
     split: str = "train"
     """Scene split of the episodes."""
     num_scenes: int = 5
     """Scenes cycled through."""
+    scene_start: int = 0
+    """Index of the first house in the split (houses scene_start .. scene_start + num_scenes - 1;
+    e.g. 10 for house-test-0010..): results on the first houses alone are not held out."""
     episodes: int = 10
     """Episodes."""
     num_samples: tuple[int, ...] = (8, 16)
@@ -166,6 +170,7 @@ def score(
 
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
+    scenes = scene_ids(args.split, args.num_scenes, args.scene_start)  # refuses bad ranges first
     args.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)  # initialisation of an untrained policy
     policy = load_policy(args.policy, args.preset, device=args.device)
@@ -185,7 +190,6 @@ def main(args: Args) -> list[dict[str, float]]:
     sampler = NoMaDSampler(policy, oracle.sim.config.action_spec)
     cost = GoalCost(device=args.device)
     rng = np.random.default_rng(args.seed)
-    scenes = scene_ids(args.split, args.num_scenes)
     used = [scenes[index % len(scenes)] for index in range(args.episodes)]
     priors = earlier_walks(oracle, learned, used, args.tour_steps, args.seed)
     methods = ["policy alone", *[f"ranked by {args.planner}, N={n}" for n in args.num_samples]]

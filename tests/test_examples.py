@@ -205,6 +205,16 @@ def test_plan_cem(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_plan_cem_in_houses_chosen_by_flag(tmp_path):
+    argv = ["--output-dir", str(tmp_path), "--episodes", "2", "--iterations", "1"]
+    argv += ["--num-samples", "4", "--horizon", "3", "--max-steps", "3", "--size", "32"]
+    run("plan_cem", [*argv, "--split", "test", "--scene-start", "10", "--num-scenes", "2"])
+    episodes = json.loads((tmp_path / "episodes.json").read_text())
+    assert sorted({e["scene"] for e in episodes}) == ["house-test-0010", "house-test-0011"]
+    with pytest.raises(ValueError, match=r"scene range start=9999, count=2 is outside"):
+        run("plan_cem", [*argv, "--split", "test", "--scene-start", "9999", "--num-scenes", "2"])
+
+
 def test_plan_cem_with_the_learned_simulator(tmp_path):
     argv = [
         "--output-dir",
