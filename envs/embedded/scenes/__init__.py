@@ -8,6 +8,7 @@ module         what it holds
 ``textures``   wall and floor patterns, the pictures' photographs
 ``meshes``     a layout as a textured triangle mesh
 ``files``      ``.glb`` in and out, the house cache, the up axis of other scenes
+``basis``      Basis Universal (KTX2) textures in ``.glb``: decoded to PNG, encoded
 =============  ==================================================================
 
 Their public names are importable from this package (``from envs.embedded.scenes import
@@ -16,9 +17,17 @@ load_scene``).
 
 from __future__ import annotations
 
+from envs.embedded.scenes.basis import (
+    BasisEncodeConfig,
+    decode_basis_image,
+    decode_basis_textures,
+    encode_basis_image,
+    encode_basis_textures,
+)
 from envs.embedded.scenes.files import (
     CACHE_ENV_VAR,
     UP_AXES,
+    decoded_texture_dir,
     default_cache_dir,
     export_glb,
     habitat_up_front,
@@ -63,6 +72,7 @@ __all__ = [
     "SCENES_PER_SPLIT",
     "SPLITS",
     "UP_AXES",
+    "BasisEncodeConfig",
     "Door",
     "Furniture",
     "HouseLayout",
@@ -70,7 +80,12 @@ __all__ = [
     "Picture",
     "Room",
     "build_scene",
+    "decode_basis_image",
+    "decode_basis_textures",
+    "decoded_texture_dir",
     "default_cache_dir",
+    "encode_basis_image",
+    "encode_basis_textures",
     "export_glb",
     "generate_house",
     "generate_layout",
