@@ -57,8 +57,10 @@ from envs.embedded.scenes.layout import (
     room_is_navigable,
 )
 from envs.embedded.scenes.meshes import (
+    STOREY_SLAB_M,
     build_scene,
     generate_house,
+    storey_house,
 )
 from envs.embedded.scenes.textures import (
     material_texture,
@@ -71,6 +73,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "SCENES_PER_SPLIT",
     "SPLITS",
+    "STOREY_SLAB_M",
     "UP_AXES",
     "BasisEncodeConfig",
     "Door",
@@ -100,5 +103,6 @@ __all__ = [
     "scene_mesh",
     "scene_meshes",
     "scene_seed",
+    "storey_house",
     "to_y_up",
 ]
