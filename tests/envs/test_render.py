@@ -7,7 +7,14 @@ import trimesh
 from PIL import Image
 
 from envs.embedded.render import RenderConfig, Renderer, egl_available, projection_matrix
-from envs.embedded.scenes import build_scene, export_glb, generate_layout, load_glb, scene_mesh
+from envs.embedded.scenes import (
+    build_scene,
+    export_glb,
+    generate_layout,
+    load_glb,
+    scene_mesh,
+    storey_house,
+)
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw, project_points
 
 pytestmark = pytest.mark.skipif(
@@ -114,6 +121,7 @@ def house_renderer(house):
         ({"ambient": 1.5}, "ambient"),
         ({"texture_size": 0}, "texture_size"),
         ({"light_direction": (0.0, 0.0, 0.0)}, "light_direction"),
+        ({"cull_min_triangles": -1}, "cull_min_triangles"),
     ],
 )
 def test_out_of_range_settings_are_rejected_by_name(kwargs, field):
@@ -360,3 +368,35 @@ def test_bad_poses_and_scenes_raise_clear_errors(house_renderer):
         house_renderer.render(np.diag([2.0, 2.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match=r"shape \(N, 4, 4\)"):
         house_renderer.render_batch(np.eye(4))
+
+
+# ------------------------------------------------------------------------------------- culling
+def test_culled_renders_equal_whole_scene_renders_along_a_walk_with_jumps(rng):
+    # Two storeys subdivided to ~20 k triangles; culling forced on for one renderer only.
+    scene = storey_house("house-val-0002", storeys=2, min_triangles=20_000)
+    culled = Renderer(96, 64, cull_min_triangles=0)
+    whole = Renderer(96, 64, cull_min_triangles=10**9)
+    culled.load_scene(scene)
+    whole.load_scene(scene)
+    layout = generate_layout("house-val-0002")
+    storey_lift = layout.ceiling_height + 0.2
+    poses = []
+    for room in layout.rooms:  # a few small turns per room (coherent), then a jump
+        for turn in range(3):
+            poses.append(_level_pose(*room.center, 0.4 * turn + room.index))
+    poses.append(_level_pose(*layout.rooms[0].center, 1.0))  # back to the start
+    upstairs = _level_pose(*layout.rooms[1].center, 2.0)
+    upstairs[1, 3] += storey_lift
+    poses.append(upstairs)
+    x, z = layout.rooms[2].center
+    poses.append(_pose(_random_rotation(rng), [x, 1.0, z]))  # looking any way, ceiling too
+    drawn = []
+    for pose in poses:
+        for a, b in zip(culled.render(pose), whole.render(pose), strict=True):
+            np.testing.assert_array_equal(a, b)
+        drawn.append(culled.triangles_drawn)
+    assert whole.triangles_drawn == whole.num_triangles == culled.num_triangles >= 20_000
+    # Inside one room of one storey most of the house is out of view or behind walls.
+    assert np.median(drawn) < 0.35 * culled.num_triangles, drawn
+    culled.release()
+    whole.release()
