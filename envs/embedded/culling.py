@@ -128,23 +128,28 @@ class ChunkCuller:
         boxes = self._project(world_to_camera)
         in_view, crossing = boxes[0], boxes[1]
         first = in_view & (self._visible | crossing)
-        self._render(first)
+        self._render(first, boxes[2])
         hidden = self._hidden(read_depth(), boxes)
         second = in_view & ~first & ~hidden
-        self._render(second)
+        self._render(second, boxes[2])
         # Next frame starts from what was drawn, less the step-1 chunks that the others hide.
         self._visible = (first & ~hidden) | second
         return int(self._count[first | second].sum()) // 3
 
-    def _render(self, chunks: np.ndarray) -> None:
-        """Draw the chosen chunks, one call per run of consecutive chunks."""
+    def _render(self, chunks: np.ndarray, z_min: np.ndarray) -> None:
+        """Draw the chosen chunks, one call per run of consecutive chunks, nearest runs first.
+
+        Front to back, the depth test rejects more fragments before they are shaded.
+        """
         index = np.flatnonzero(chunks)
         if not len(index):
             return
         breaks = np.flatnonzero(np.diff(index) != 1)
         run_starts = index[np.concatenate([[0], breaks + 1])]
         run_ends = index[np.concatenate([breaks, [len(index) - 1]])]
-        for start, end in zip(run_starts, run_ends, strict=True):
+        nearest = np.minimum.reduceat(z_min[index], np.concatenate([[0], breaks + 1]))
+        order = np.argsort(nearest, kind="stable")
+        for start, end in zip(run_starts[order], run_ends[order], strict=True):
             vertices = self._first[end] + self._count[end] - self._first[start]
             self._vao.render(first=int(self._first[start]), vertices=int(vertices))
 
