@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-_TARGET_CELLS = 512
+_TARGET_CELLS = 1024
 """Grid cells a scene's bounding box is split into, about (chunks are occupied cells, split by
 facing): small enough to cull a wall's far side, large enough that a frame's draw calls (one
 per run of consecutive visible chunks) stay few."""
@@ -103,11 +103,21 @@ class ChunkCuller:
         highs = np.maximum.reduceat(triangles.max(axis=1), starts[:-1], axis=0)
         low, high = lows - _BOX_PADDING_M, highs + _BOX_PADDING_M  # (C, 3)
         self._corners = low[:, None] + _CORNER_BITS * (high - low)[:, None]  # (C, 8, 3)
+        self._centres = 0.5 * (low + high)  # (C, 3)
+        self._radii = 0.5 * np.linalg.norm(high - low, axis=1)  # (C,) bounding spheres
         self._visible = np.zeros(len(self._first), dtype=bool)
         k = np.asarray(intrinsics, dtype=np.float64)
-        self._k = (k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+        self._k = (fx, fy, cx, cy)
         self._size = size
         self._near = near
+        width, height = size
+        # Outward unit normals of the four side planes of the view frustum (camera frame):
+        # u < 0, u > W, v < 0, v > H for points with z > 0.
+        sides = np.array(
+            [[-fx, 0.0, -cx], [fx, 0.0, cx - width], [0.0, -fy, -cy], [0.0, fy, cy - height]]
+        )
+        self._side_normals = sides / np.linalg.norm(sides, axis=1, keepdims=True)
 
     @property
     def num_chunks(self) -> int:
@@ -158,27 +168,45 @@ class ChunkCuller:
 
         Returns:
             ``(in_view, crossing, z_min, col_lo, col_hi, row_lo, row_hi)``, each (C,): a box is
-            out of view when all eight corners lie beyond one image border or behind the near
-            plane; the rectangle (inclusive, clipped to the image, one pixel wider on each side
-            than the corners' projections) is meaningful for boxes in view and not crossing.
+            out of view when its bounding sphere lies beyond one side of the view frustum, or
+            all its corners lie behind the near plane, or (none behind it) their projections all
+            lie beyond one image border; a box crossing the near plane is in view otherwise. The
+            rectangle (inclusive, clipped to the image, one pixel wider on each side than the
+            corners' projections) and ``z_min`` are meaningful for boxes in view and not
+            crossing the near plane.
         """
-        camera = self._corners @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]  # (C, 8, 3)
-        x, y, z = camera[..., 0], camera[..., 1], camera[..., 2]
+        count = len(self._first)
+        rotation, translation = world_to_camera[:3, :3], world_to_camera[:3, 3]
+        centres = self._centres @ rotation.T + translation  # (C, 3) camera frame
+        # Spheres first (one point per chunk): most chunks of a house are behind or beside.
+        near = centres @ np.array([0.0, 0.0, -1.0]) - self._radii > -self._near  # all z < near
+        side = centres @ self._side_normals.T > self._radii[:, None]  # (C, 4) beyond a border
+        maybe = np.flatnonzero(~(near | side.any(axis=1)))
+        camera = self._corners[maybe] @ rotation.T + translation  # (M, 8, 3)
+        z = camera[..., 2]
+        behind = z < self._near
+        straddles = behind.any(axis=1)  # drawn without further tests (a few, near the camera)
         fx, fy, cx, cy = self._k
         width, height = self._size
-        outside = (z < self._near).all(axis=1)
-        outside |= (fx * x + cx * z < 0).all(axis=1)  # u = fx x / z + cx < 0 with z > 0
-        outside |= (fx * x + (cx - width) * z > 0).all(axis=1)
-        outside |= (fy * y + cy * z < 0).all(axis=1)
-        outside |= (fy * y + (cy - height) * z > 0).all(axis=1)
-        crossing = (z < self._near).any(axis=1) & ~outside
         safe_z = np.maximum(z, self._near)
-        u, v = fx * x / safe_z + cx, fy * y / safe_z + cy  # (C, 8) pixels
-        col_lo = np.clip(np.floor(u.min(axis=1)) - 1, 0, width - 1).astype(np.int64)
-        col_hi = np.clip(np.floor(u.max(axis=1)) + 1, 0, width - 1).astype(np.int64)
-        row_lo = np.clip(np.floor(v.min(axis=1)) - 1, 0, height - 1).astype(np.int64)
-        row_hi = np.clip(np.floor(v.max(axis=1)) + 1, 0, height - 1).astype(np.int64)
-        return ~outside, crossing, z.min(axis=1), col_lo, col_hi, row_lo, row_hi
+        u = fx * camera[..., 0] / safe_z + cx  # (M, 8) pixels, exact where not behind
+        v = fy * camera[..., 1] / safe_z + cy
+        u_lo, u_hi, v_lo, v_hi = u.min(axis=1), u.max(axis=1), v.min(axis=1), v.max(axis=1)
+        outside = (u_hi < 0) | (u_lo > width) | (v_hi < 0) | (v_lo > height)
+        outside = np.where(straddles, behind.all(axis=1), outside)
+        in_view, crossing = np.zeros(count, dtype=bool), np.zeros(count, dtype=bool)
+        in_view[maybe] = ~outside
+        crossing[maybe] = straddles & ~outside
+        z_min = np.zeros(count)
+        z_min[maybe] = z.min(axis=1)
+        rectangle = np.zeros((4, count), dtype=np.int64)
+        rectangle[:, maybe] = [
+            np.clip(np.floor(u_lo) - 1, 0, width - 1),
+            np.clip(np.floor(u_hi) + 1, 0, width - 1),
+            np.clip(np.floor(v_lo) - 1, 0, height - 1),
+            np.clip(np.floor(v_hi) + 1, 0, height - 1),
+        ]
+        return in_view, crossing, z_min, *rectangle
 
     def _hidden(self, depth: np.ndarray, boxes: tuple[np.ndarray, ...]) -> np.ndarray:
         """(C,) chunks in view, not crossing the near plane, whose box is behind ``depth``."""
