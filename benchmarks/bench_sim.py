@@ -183,7 +183,8 @@ def main(args: Args) -> list[dict[str, float]]:
             f"{large['step_renders_per_s']:.0f} bare renders/s "
             f"({large['step_steps_per_s'] / small['steps_per_s']:.2f} x the small house's "
             f"{small['steps_per_s']:.0f} steps/s in this run); last frame drew "
-            f"{large['step_drawn']:,} of {large['step_triangles']:,} triangles"
+            f"{large['step_drawn']:,} of {large['step_triangles']:,} triangles; the env's first "
+            f"reset (load, upload, nav grid, first views) took {large['step_first_reset_s']:.2f} s"
         )
         rows.append(large)
     return rows
