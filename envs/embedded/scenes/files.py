@@ -13,10 +13,11 @@ stands on its side.
 Basis Universal textures (HM3D's ``.basis.glb``: glTF extension ``KHR_texture_basisu``, KTX2
 images) are transcoded to PNG at load time (:mod:`envs.embedded.scenes.basis`), and the rewritten
 file is cached on disk under ``<cache root>/decoded-textures`` keyed by the SHA-256 of the
-file's bytes (:func:`decoded_texture_dir`): transcoding and PNG encoding take seconds for a
-scene with a hundred 1024-pixel textures, while every process that loads the scene again (data
-collection workers, later runs) then only hashes the file and reads the cached one. A file whose
-bytes change gets a new key, so a cached copy is never stale.
+file's bytes (:func:`decoded_texture_dir`): a 1024-pixel ETC1S texture takes about 10 ms to
+transcode and 55 ms to store as PNG, seconds for a scene with a hundred of them, while every
+process that loads the scene again (data collection workers, later runs) then only hashes the
+file and reads the cached one. A file whose bytes change gets a new key, so a cached copy is
+never stale.
 """
 
 from __future__ import annotations
