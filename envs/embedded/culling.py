@@ -9,16 +9,18 @@ chunks are neighbours in the buffer) and draws, per frame:
 
 1. the chunks in the view frustum that were visible in the previous frame (temporal
    coherence: an agent moves a little between frames);
-2. after reading back the depth of step 1, every other chunk in the frustum that a max-depth
-   pyramid of it (Hi-Z) does not prove hidden.
+2. after reading back the depth drawn so far, every other chunk in the frustum that a
+   max-depth pyramid of it (Hi-Z) does not prove hidden; when those hold many triangles (a
+   turn or a doorway revealed much), only their nearer half, then step 2 again (at most
+   :data:`_MAX_ROUNDS` read-backs).
 
 A chunk is hidden when the nearest corner of its bounding box lies behind the farthest surface
 drawn over every pixel its box can cover (plus :data:`_DEPTH_MARGIN_M`, far above the depth
 buffer's rounding), so none of its fragments could pass the depth test: the image is exactly
 the image of the whole scene, and only the work depends on the history (the first frame, or a
 jump to a far pose, draws every chunk in the frustum). Boxes that cross the near plane are
-always drawn. The chunks drawn, less those of step 1 that the depth of step 1 hides, are the
-next frame's step 1.
+always drawn. The chunks drawn, less those that the frame's final depth hides, are the next
+frame's step 1.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ _BOX_PADDING_M = 1e-3
 _DEPTH_MARGIN_M = 0.01
 """A box is hidden only when it lies this much (plus 0.1 %) behind the drawn surfaces: the depth
 buffer resolves about 0.6 mm at 10 m (24 bits, near plane 1 cm), the sensor's range."""
+_MAX_ROUNDS = 3
+"""Depth read-backs and occlusion tests per frame at most (see :meth:`ChunkCuller.draw`)."""
+_ROUND_TRIANGLES = 16_000
+"""Unproven chunks holding more triangles than this are drawn nearer half first."""
 _CORNER_BITS = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], dtype=np.float64)
 _MORTON_BITS = 10
 """Bits per axis of the cell coordinates interleaved into the chunk order."""
@@ -136,15 +142,25 @@ class ChunkCuller:
             The number of triangles drawn.
         """
         boxes = self._project(world_to_camera)
-        in_view, crossing = boxes[0], boxes[1]
-        first = in_view & (self._visible | crossing)
-        self._render(first, boxes[2])
-        hidden = self._hidden(read_depth(), boxes)
-        second = in_view & ~first & ~hidden
-        self._render(second, boxes[2])
-        # Next frame starts from what was drawn, less the step-1 chunks that the others hide.
-        self._visible = (first & ~hidden) | second
-        return int(self._count[first | second].sum()) // 3
+        in_view, crossing, z_min = boxes[0], boxes[1], boxes[2]
+        drawn = in_view & (self._visible | crossing)
+        self._render(drawn, z_min)
+        pending = in_view & ~drawn
+        for round_ in range(_MAX_ROUNDS):
+            if not pending.any():
+                break
+            pending &= ~self._hidden(read_depth(), boxes)
+            batch = pending
+            if round_ + 1 < _MAX_ROUNDS and self._count[pending].sum() > 3 * _ROUND_TRIANGLES:
+                # Many chunks still unproven (a turn or a doorway revealed much): draw the
+                # nearer half, whose surfaces may hide the farther half, and test again.
+                batch = pending & (z_min <= np.median(z_min[pending]))
+            self._render(batch, z_min)
+            drawn |= batch
+            pending &= ~batch
+        # Next frame starts from the chunks that the final depth does not hide.
+        self._visible = drawn & ~self._hidden(read_depth(), boxes)
+        return int(self._count[drawn].sum()) // 3
 
     def _render(self, chunks: np.ndarray, z_min: np.ndarray) -> None:
         """Draw the chosen chunks, one call per run of consecutive chunks, nearest runs first.
