@@ -231,7 +231,7 @@ class ChunkCuller:
         hidden = np.zeros(len(in_view), dtype=bool)
         if not len(candidates):
             return hidden
-        pyramid = _max_pyramid(np.where(depth > 0, depth, np.inf))
+        pyramid = _max_pyramid(np.where(depth > 0, depth, np.float32(np.inf)))
         span = np.maximum(col_hi - col_lo, row_hi - row_lo)[candidates] + 1  # pixels
         levels = np.minimum(
             np.ceil(np.log2(span)).astype(np.int64), len(pyramid) - 1
@@ -261,7 +261,10 @@ def _max_pyramid(depth: np.ndarray) -> list[np.ndarray]:
     while max(levels[-1].shape) > 1:
         level = levels[-1]
         height, width = level.shape
-        padded = np.full((height + height % 2, width + width % 2), np.inf)
-        padded[:height, :width] = level
-        levels.append(padded.reshape(len(padded) // 2, 2, -1, 2).max(axis=(1, 3)))
+        if height % 2 or width % 2:
+            padded = np.full((height + height % 2, width + width % 2), np.inf, level.dtype)
+            padded[:height, :width] = level
+            level = padded
+        rows = np.maximum(level[0::2], level[1::2])  # (H / 2, W)
+        levels.append(np.maximum(rows[:, 0::2], rows[:, 1::2]))  # (H / 2, W / 2)
     return levels
