@@ -108,7 +108,9 @@ class ChunkCuller:
         lows = np.minimum.reduceat(triangles.min(axis=1), starts[:-1], axis=0)
         highs = np.maximum.reduceat(triangles.max(axis=1), starts[:-1], axis=0)
         low, high = lows - _BOX_PADDING_M, highs + _BOX_PADDING_M  # (C, 3)
-        self._corners = low[:, None] + _CORNER_BITS * (high - low)[:, None]  # (C, 8, 3)
+        corners = low[:, None] + _CORNER_BITS * (high - low)[:, None]  # (C, 8, 3)
+        # (3, 8, C): coordinate, corner, chunk, so that per-corner arithmetic runs on whole rows.
+        self._corners = np.ascontiguousarray(corners.transpose(2, 1, 0))
         self._centres = 0.5 * (low + high)  # (C, 3)
         self._radii = 0.5 * np.linalg.norm(high - low, axis=1)  # (C,) bounding spheres
         self._visible = np.zeros(len(self._first), dtype=bool)
@@ -198,30 +200,31 @@ class ChunkCuller:
         near = centres @ np.array([0.0, 0.0, -1.0]) - self._radii > -self._near  # all z < near
         side = centres @ self._side_normals.T > self._radii[:, None]  # (C, 4) beyond a border
         maybe = np.flatnonzero(~(near | side.any(axis=1)))
-        camera = self._corners[maybe] @ rotation.T + translation  # (M, 8, 3)
-        z = camera[..., 2]
+        world = self._corners[:, :, maybe]  # (3, 8, M)
+        x, y, z = (
+            sum(rotation[axis, k] * world[k] for k in range(3)) + translation[axis]
+            for axis in range(3)
+        )  # each (8, M), camera frame
         behind = z < self._near
-        straddles = behind.any(axis=1)  # drawn without further tests (a few, near the camera)
+        straddles = behind.any(axis=0)  # drawn without further tests (a few, near the camera)
         fx, fy, cx, cy = self._k
         width, height = self._size
         safe_z = np.maximum(z, self._near)
-        u = fx * camera[..., 0] / safe_z + cx  # (M, 8) pixels, exact where not behind
-        v = fy * camera[..., 1] / safe_z + cy
-        u_lo, u_hi, v_lo, v_hi = u.min(axis=1), u.max(axis=1), v.min(axis=1), v.max(axis=1)
+        u = fx * x / safe_z + cx  # (8, M) pixels, exact where not behind
+        v = fy * y / safe_z + cy
+        u_lo, u_hi, v_lo, v_hi = u.min(axis=0), u.max(axis=0), v.min(axis=0), v.max(axis=0)
         outside = (u_hi < 0) | (u_lo > width) | (v_hi < 0) | (v_lo > height)
-        outside = np.where(straddles, behind.all(axis=1), outside)
+        outside = np.where(straddles, behind.all(axis=0), outside)
         in_view, crossing = np.zeros(count, dtype=bool), np.zeros(count, dtype=bool)
         in_view[maybe] = ~outside
         crossing[maybe] = straddles & ~outside
         z_min = np.zeros(count)
-        z_min[maybe] = z.min(axis=1)
+        z_min[maybe] = z.min(axis=0)
         rectangle = np.zeros((4, count), dtype=np.int64)
-        rectangle[:, maybe] = [
-            np.clip(np.floor(u_lo) - 1, 0, width - 1),
-            np.clip(np.floor(u_hi) + 1, 0, width - 1),
-            np.clip(np.floor(v_lo) - 1, 0, height - 1),
-            np.clip(np.floor(v_hi) + 1, 0, height - 1),
-        ]
+        grow = np.array([[-1.0], [1.0], [-1.0], [1.0]])  # one pixel out on every side
+        grown = np.floor(np.stack([u_lo, u_hi, v_lo, v_hi])) + grow  # (4, M)
+        limits = np.array([[width - 1], [width - 1], [height - 1], [height - 1]])
+        rectangle[:, maybe] = np.minimum(np.maximum(grown, 0), limits)
         return in_view, crossing, z_min, *rectangle
 
     def _hidden(self, depth: np.ndarray, boxes: tuple[np.ndarray, ...]) -> np.ndarray:
