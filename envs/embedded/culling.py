@@ -1,4 +1,4 @@
-"""Frustum and occlusion culling of large scenes by spatial chunks, exact for every frame.
+"""Frustum and occlusion culling of large scenes by spatial chunks: the same surfaces, less work.
 
 A scan-sized scene (HM3D: half a million triangles and more, two storeys) is mostly outside the
 camera's view or hidden behind the walls and floors in front of it, and a software rasteriser
@@ -16,11 +16,15 @@ chunks are neighbours in the buffer) and draws, per frame:
 
 A chunk is hidden when the nearest corner of its bounding box lies behind the farthest surface
 drawn over every pixel its box can cover (plus :data:`_DEPTH_MARGIN_M`, far above the depth
-buffer's rounding), so none of its fragments could pass the depth test: the image is exactly
-the image of the whole scene, and only the work depends on the history (the first frame, or a
-jump to a far pose, draws every chunk in the frustum). Boxes that cross the near plane are
-always drawn. The chunks drawn, less those that the frame's final depth hides, are the next
-frame's step 1.
+buffer's rounding), so none of its fragments could pass the depth test: every pixel shows the
+surface that the whole scene drawn in one call shows, except where two surfaces lie closer
+together than the depth buffer resolves (z-fighting: coplanar faces, T-junctions), where the
+draw order decides. That order follows the history (which chunks were visible before), so
+:meth:`ChunkCuller.forget` starts afresh (the simulator does at every agent reset, so that an
+episode's frames depend on its poses alone); the first frame after it, or a jump to a far
+pose, draws every chunk in the frustum, nearer first. Boxes that cross the near plane are always
+drawn. The chunks drawn, less those that the frame's final depth hides, are the next frame's
+step 1.
 """
 
 from __future__ import annotations
@@ -131,6 +135,10 @@ class ChunkCuller:
     def num_chunks(self) -> int:
         """Number of chunks."""
         return len(self._first)
+
+    def forget(self) -> None:
+        """Drop the visibility of past frames: the next frame is culled from scratch."""
+        self._visible[:] = False
 
     def draw(self, world_to_camera: np.ndarray, read_depth: Callable[[], np.ndarray]) -> int:
         """Draw the scene into the bound framebuffer (program, uniforms and textures set).

@@ -25,8 +25,9 @@ Context
     resampled to ``texture_size`` squared and stacked in one texture array, and identical
     triangle corners are shared through an index buffer, so a scene renders with a single
     indexed draw call; a scene of at least ``cull_min_triangles`` triangles is drawn chunk by
-    chunk with frustum and occlusion culling instead (:mod:`envs.embedded.culling`), which gives
-    the same images.
+    chunk with frustum and occlusion culling instead (:mod:`envs.embedded.culling`), which shows
+    the same surface at every pixel (where two surfaces z-fight, the draw order picks one; see
+    :meth:`Renderer.forget_visibility`).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class RenderConfig:
         ambient: share of ambient light, in [0, 1]; the rest is a directional light.
         light_direction: world-space direction towards the light (normalised internally).
         cull_min_triangles: scenes with at least this many triangles are drawn chunk by chunk
-            with frustum and occlusion culling (:mod:`envs.embedded.culling`; the images are
-            the same, the work is less), >= 0; smaller scenes are drawn in one call.
+            with frustum and occlusion culling (:mod:`envs.embedded.culling`; the same surfaces,
+            less work), >= 0; smaller scenes are drawn in one call.
     """
 
     width: int
@@ -426,6 +427,17 @@ class Renderer:
             index_buffer=self._ibo,
             index_element_size=4,
         )
+
+    def forget_visibility(self) -> None:
+        """Cull the next frame without the visibility of the frames before it.
+
+        With culling (scenes of at least ``cull_min_triangles``), a pixel where two surfaces
+        z-fight shows the one drawn first, and which is drawn first follows the chunks seen in
+        earlier frames (:mod:`envs.embedded.culling`); after this call, the frames that follow
+        depend on their own poses only. A no-op for scenes drawn in one call.
+        """
+        if self._culler is not None:
+            self._culler.forget()
 
     def release_scene(self) -> None:
         """Free the GL buffers and textures of the loaded scene."""

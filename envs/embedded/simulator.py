@@ -260,6 +260,8 @@ class Simulator:
         self._loaded().floor = self._storey_at(position)
         self._position = position.copy()
         self._yaw = wrap_angle(float(yaw))
+        # An episode's frames then depend on its own poses, not on what was rendered before.
+        self._renderer.forget_visibility()
 
     def step(self, action: int) -> bool:
         """Apply one discrete action.
