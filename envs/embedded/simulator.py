@@ -30,8 +30,9 @@ class _LoadedScene:
     """A scene ready to simulate: its mesh and the navigation grid of each storey used so far.
 
     ``storeys`` maps a floor height (metres, rounded to 1 mm) to that storey's ``(NavGrid,
-    ShortestPathFollower)``; ``floor`` is the storey the agent is on, ``first_floor`` the one
-    detected at load (the dominant floor level, where episodes start unless told otherwise).
+    ShortestPathFollower)``, or to ``None`` for an upward surface without room for the agent;
+    ``floor`` is the storey the agent is on, ``first_floor`` the one detected at load (the
+    dominant floor level, where episodes start unless told otherwise).
     """
 
     scene_id: str
@@ -177,9 +178,13 @@ class Simulator:
             return scene.floor
         floor = round(height, 3)
         if floor not in scene.storeys:
-            navigation = NavGrid.from_mesh(scene.mesh, self._nav_config(height))
-            scene.storeys[floor] = (navigation, self._follower(navigation))
-        return floor
+            try:
+                navigation = NavGrid.from_mesh(scene.mesh, self._nav_config(height))
+            except ValueError:  # a surface with no room for the body (a shelf): no storey
+                scene.storeys[floor] = None
+            else:
+                scene.storeys[floor] = (navigation, self._follower(navigation))
+        return scene.floor if scene.storeys[floor] is None else floor
 
     def _check_first_views(self) -> None:
         """Refuse a scene whose views from the start point see (almost) nothing."""
