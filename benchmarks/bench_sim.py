@@ -2,23 +2,35 @@
 
     python benchmarks/bench_sim.py
     python benchmarks/bench_sim.py --sizes 64 128 256 --steps 1000
+    python benchmarks/bench_sim.py --sizes 128 --large-min-triangles 500000
 
 For each size it reports env steps/s (random actions, RGB-D rendered every step) and the ratio of
 one full ``env.step`` to a bare ``render`` of the same pose, both measured in this run: the ratio
 is the overhead of collision, geodesic reward and bookkeeping on top of rendering.
+
+Then an HM3D-scale scene (``large_*``; skipped with ``--large-min-triangles 0``): the house
+stacked into two storeys and subdivided to at least 500 k triangles
+(:func:`envs.embedded.scenes.storey_house`), its textures encoded as Basis Universal KTX2 and
+written as a ``.basis.glb`` like HM3D's. It reports the first load (transcoding the textures and
+filling the decoded-texture cache) and a cached load, the navigation-grid build, and env steps/s
+at ``large_size``, with the ratio to the small house's steps/s of this same run (the figure
+that does not depend on how busy the machine is) and the triangles drawn per frame after
+culling.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers IndoorNav-v0)
+from envs.embedded.scenes import CACHE_ENV_VAR
 from worldsim import cli
 
 
@@ -32,6 +44,15 @@ class Args:
     """Timed env steps per size (after a warm-up)."""
     scene: str = "house-train-0000"
     seed: int = 0
+    large_scene: str = "house-train-0004"
+    """House stacked into the large scene (house-train-0004: 8 rooms, 138 m² per storey)."""
+    large_storeys: int = 2
+    large_min_triangles: int = 500_000
+    """Least triangle count of the large scene; 0 skips it."""
+    large_steps: int = 500
+    """Timed env steps in the large scene (after a warm-up)."""
+    large_size: int = 128
+    """Square image size of the large-scene steps, pixels (compared with the small house's)."""
 
 
 def time_scene_generation(scene: str) -> tuple[float, float, float]:
@@ -50,8 +71,8 @@ def time_scene_generation(scene: str) -> tuple[float, float, float]:
     return generated - started, exported - generated, loaded - exported
 
 
-def bench_size(size: int, args: Args) -> dict[str, float]:
-    env = gym.make("IndoorNav-v0", scene=args.scene, width=size, height=size)
+def bench_size(size: int, args: Args, scene: str | None = None) -> dict[str, float]:
+    env = gym.make("IndoorNav-v0", scene=scene or args.scene, width=size, height=size)
     started = time.perf_counter()
     env.reset(seed=args.seed)
     first_reset = time.perf_counter() - started
@@ -61,9 +82,11 @@ def bench_size(size: int, args: Args) -> dict[str, float]:
     for action in actions[:50]:  # warm-up
         env.step(int(action))
 
+    drawn = 0
     started = time.perf_counter()
     for action in actions[50:]:
         _, _, terminated, truncated, _ = env.step(int(action))
+        drawn += sim.renderer.triangles_drawn
         if terminated or truncated:
             env.reset()
     step_seconds = (time.perf_counter() - started) / args.steps
@@ -73,6 +96,7 @@ def bench_size(size: int, args: Args) -> dict[str, float]:
     for _ in range(args.steps):
         sim.render(pose)
     render_seconds = (time.perf_counter() - started) / args.steps
+    renderer = sim.renderer
     env.close()
     return {
         "size": size,
@@ -80,6 +104,45 @@ def bench_size(size: int, args: Args) -> dict[str, float]:
         "renders_per_s": 1.0 / render_seconds,
         "step_over_render": step_seconds / render_seconds,
         "first_reset_s": first_reset,
+        "triangles": renderer.num_triangles,
+        "drawn": drawn / args.steps,
+    }
+
+
+def bench_large_scene(args: Args, folder: Path) -> dict[str, float]:
+    """Load, navigation-grid and step figures of the HM3D-scale scene (see the module doc)."""
+    from envs.embedded.navigation import NavGrid
+    from envs.embedded.scenes import (
+        encode_basis_textures,
+        load_scene,
+        scene_mesh,
+        storey_house,
+    )
+
+    started = time.perf_counter()
+    scene = storey_house(args.large_scene, args.large_storeys, args.large_min_triangles)
+    path = folder / "large.basis.glb"
+    path.write_bytes(encode_basis_textures(scene.export(file_type="glb")))
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    load_scene(path)
+    first_load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    loaded = load_scene(path)
+    cached_load_s = time.perf_counter() - started
+    mesh = scene_mesh(loaded)
+    started = time.perf_counter()
+    NavGrid.from_mesh(mesh)
+    nav_s = time.perf_counter() - started
+    steps = bench_size(args.large_size, replace(args, steps=args.large_steps), str(path))
+    return {
+        "triangles": len(mesh.faces),
+        "megabytes": path.stat().st_size / 1e6,
+        "build_s": build_s,
+        "first_load_s": first_load_s,
+        "cached_load_s": cached_load_s,
+        "nav_s": nav_s,
+        **{f"step_{key}": value for key, value in steps.items()},
     }
 
 
@@ -97,6 +160,36 @@ def main(args: Args) -> list[dict[str, float]]:
             f"| {row['size']}² | {row['steps_per_s']:.0f} | {row['renders_per_s']:.0f} | "
             f"{row['step_over_render']:.2f} | {row['first_reset_s']:.2f} |"
         )
+    if args.large_min_triangles > 0:
+        previous = os.environ.get(CACHE_ENV_VAR)
+        with tempfile.TemporaryDirectory() as folder:
+            os.environ[CACHE_ENV_VAR] = folder  # an empty decoded-texture cache: a true first load
+            try:
+                large = bench_large_scene(args, Path(folder))
+            finally:
+                os.environ.pop(CACHE_ENV_VAR)
+                if previous is not None:
+                    os.environ[CACHE_ENV_VAR] = previous
+        small = next((row for row in rows if row["size"] == args.large_size), None)
+        if small is None:
+            small = bench_size(args.large_size, args)
+        print(
+            f"large scene ({args.large_scene} x {args.large_storeys} storeys): "
+            f"{large['triangles']:,} triangles, .basis.glb {large['megabytes']:.1f} MB "
+            f"(built and encoded in {large['build_s']:.1f} s); load {large['first_load_s']:.2f} s "
+            f"first (decoding textures), {large['cached_load_s']:.2f} s cached; "
+            f"nav grid {large['nav_s']:.2f} s"
+        )
+        print(
+            f"large scene at {small['size']}²: {large['step_steps_per_s']:.0f} env steps/s, "
+            f"{large['step_renders_per_s']:.0f} bare renders/s "
+            f"({large['step_steps_per_s'] / small['steps_per_s']:.2f} x the small house's "
+            f"{small['steps_per_s']:.0f} steps/s in this run); a step drew "
+            f"{large['step_drawn']:,.0f} of {large['step_triangles']:,} triangles on average; "
+            f"the env's first reset (load, upload, nav grid, first views) took "
+            f"{large['step_first_reset_s']:.2f} s"
+        )
+        rows.append(large)
     return rows
 
 

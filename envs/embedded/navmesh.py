@@ -54,7 +54,9 @@ class NavConfig:
         floor_height: world y of the floor, metres; ``None`` detects the dominant floor level:
             among the heights of upward-facing surfaces, the lowest level whose total area is at
             least half the largest level's area (so a ceiling's top face, as large as the floor but
-            higher, is not taken for the floor). Multi-storey meshes: pass the storey's height.
+            higher, is not taken for the floor). Multi-storey meshes: the grid is that of one
+            storey (floor cells within ``floor_tolerance`` of this height, obstacles within the
+            body's slab above it); pass the storey's height, e.g. from :func:`floor_height_at`.
         floor_tolerance: how far an upward surface may lie from ``floor_height`` and still count
             as floor, and how far a queried point's y may lie from it, metres, in (0, 1].
         max_floor_slope_deg: steepest surface that counts as floor, degrees, in [0, 90).
@@ -129,6 +131,34 @@ def detect_floor_height(mesh: trimesh.Trimesh, config: NavConfig) -> float:
     floor_level = np.flatnonzero(level_areas >= _FLOOR_AREA_FRACTION * level_areas.max())[0]
     near = np.abs(heights - levels[floor_level] * _FLOOR_LEVEL_BIN_M) <= _FLOOR_LEVEL_BIN_M
     return float(np.average(heights[near], weights=areas[near]))
+
+
+def floor_height_at(mesh: trimesh.Trimesh, point: np.ndarray, config: NavConfig) -> float | None:
+    """The floor level under a point: the storey it stands on, in a mesh of several.
+
+    Args:
+        mesh: world-frame mesh, y up, metres.
+        point: (3,) world point ``(x, y, z)`` with ``y`` on the floor (an agent's position).
+        config: slope limit of floor surfaces and the height tolerance.
+
+    Returns:
+        The area-weighted mean height of the upward faces (no steeper than
+        ``max_floor_slope_deg``) whose xz shadow holds ``(x, z)`` and whose height lies within
+        ``floor_tolerance`` of ``y``, metres; ``None`` when there is none (the point floats or
+        stands inside something).
+    """
+    x, y, z = np.asarray(point, dtype=np.float64)
+    upward, heights, areas = _upward_faces(mesh, config)
+    candidates = np.flatnonzero(upward & (np.abs(heights - y) <= config.floor_tolerance))
+    corners = mesh.triangles[candidates][..., [0, 2]]  # (K, 3, 2)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    p = np.array([x, z])
+    sides = np.stack([_cross(b - a, p - a), _cross(c - b, p - b), _cross(a - c, p - c)], axis=1)
+    inside = (sides >= 0).all(axis=1) | (sides <= 0).all(axis=1)  # either winding, edges count
+    under = candidates[inside]
+    if not len(under):
+        return None
+    return float(np.average(heights[under], weights=areas[under]))
 
 
 def _upward_faces(

@@ -22,8 +22,12 @@ Shading
 Context
     One EGL context per process, created on first use and shared by every :class:`Renderer`
     (use renderers from the thread that created the first one). All textures of a scene are
-    resampled to ``texture_size`` squared and stacked in one texture array, so a whole scene
-    renders with a single draw call.
+    resampled to ``texture_size`` squared and stacked in one texture array, and identical
+    triangle corners are shared through an index buffer, so a scene renders with a single
+    indexed draw call; a scene of at least ``cull_min_triangles`` triangles is drawn chunk by
+    chunk with frustum and occlusion culling instead (:mod:`envs.embedded.culling`), which shows
+    the same surface at every pixel (where two surfaces z-fight, the draw order picks one; see
+    :meth:`Renderer.forget_visibility`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from envs.embedded.culling import ChunkCuller, chunk_order
 from envs.embedded.scenes import scene_meshes
 from worldsim.geometry import (
     DEFAULT_HFOV_DEG,
@@ -149,6 +154,9 @@ class RenderConfig:
         texture_size: side in pixels that every texture is resampled to, in [1, 4096].
         ambient: share of ambient light, in [0, 1]; the rest is a directional light.
         light_direction: world-space direction towards the light (normalised internally).
+        cull_min_triangles: scenes with at least this many triangles are drawn chunk by chunk
+            with frustum and occlusion culling (:mod:`envs.embedded.culling`; the same surfaces,
+            less work), >= 0; smaller scenes are drawn in one call.
     """
 
     width: int
@@ -160,6 +168,7 @@ class RenderConfig:
     texture_size: int = 256
     ambient: float = 0.6
     light_direction: tuple[float, float, float] = (0.3, 1.0, 0.5)
+    cull_min_triangles: int = 100_000
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "texture_size"):
@@ -176,6 +185,13 @@ class RenderConfig:
             raise ValueError(f"far must be >= max_depth ({self.max_depth} m), got {self.far}")
         if not 0.0 <= self.ambient <= 1.0:
             raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
+        if (
+            not isinstance(self.cull_min_triangles, (int, np.integer))
+            or self.cull_min_triangles < 0
+        ):
+            raise ValueError(
+                f"cull_min_triangles must be an integer >= 0, got {self.cull_min_triangles!r}"
+            )
         direction = np.asarray(self.light_direction, dtype=np.float64)
         if direction.shape != (3,) or not np.isfinite(direction).all() or not direction.any():
             raise ValueError(
@@ -281,7 +297,7 @@ class Renderer:
         hfov_deg: horizontal field of view, degrees, in (0, 180).
         max_depth: depth range, metres; farther surfaces read depth 0.
         **options: further :class:`RenderConfig` fields (``near``, ``far``, ``texture_size``,
-            ``ambient``, ``light_direction``).
+            ``ambient``, ``light_direction``, ``cull_min_triangles``).
 
     Raises:
         ValueError: for settings out of range (see :class:`RenderConfig`).
@@ -317,9 +333,13 @@ class Renderer:
         self._program["textures"].value = 0
         self._world_to_camera = self._program["world_to_camera"]
         self._vbo = None
+        self._ibo = None
         self._vao = None
         self._textures = None
+        self._culler: ChunkCuller | None = None
         self.num_triangles = 0
+        self.triangles_drawn = 0
+        """Triangles handed to the rasteriser for the last image (all of them without culling)."""
 
     # ----------------------------------------------------------------------------- scene
     def load_scene(self, scene: trimesh.Scene) -> None:
@@ -353,10 +373,31 @@ class Renderer:
             chunk["layer"] = material.layer
             chunks.append(chunk)
         vertices = np.concatenate(chunks)  # (3F,) unshared corners
+        cull = len(vertices) // 3 >= self.config.cull_min_triangles
+        if cull:
+            triangles = vertices["position"].reshape(-1, 3, 3).astype(np.float64)  # (F, 3, 3)
+            order, starts = chunk_order(triangles)
+            vertices = vertices.reshape(-1, 3)[order].reshape(-1)
         self._upload(vertices, images)
         self.num_triangles = len(vertices) // 3
+        if cull:
+            self._culler = ChunkCuller(
+                self._vao,
+                triangles[order],
+                starts,
+                self.intrinsics.numpy(),
+                (self.config.width, self.config.height),
+                self.config.near,
+            )
 
     def _upload(self, vertices: np.ndarray, images: list) -> None:
+        """Upload (3F,) triangle corners as shared vertices and an index buffer, and textures.
+
+        Identical corners (same position, UV, colour and layer) become one vertex: indexed
+        drawing shades each vertex about once instead of once per triangle corner, which halves
+        llvmpipe's time on meshes whose triangles share corners (glTF meshes, scans) and draws
+        the same pixels.
+        """
         ctx = self._ctx
         max_layers = ctx.info.get("GL_MAX_ARRAY_TEXTURE_LAYERS", 256)
         if len(images) + 1 > max_layers:
@@ -376,18 +417,35 @@ class Renderer:
         )
         self._textures.build_mipmaps()
         self._textures.filter = (ctx.LINEAR_MIPMAP_LINEAR, ctx.LINEAR)
-        self._vbo = ctx.buffer(vertices.tobytes())
+        records = np.ascontiguousarray(vertices).view(np.dtype((np.void, vertices.dtype.itemsize)))
+        shared, index = np.unique(records, return_inverse=True)
+        self._vbo = ctx.buffer(shared.tobytes())  # (V,) unique vertices
+        self._ibo = ctx.buffer(index.astype("<u4").ravel().tobytes())  # (3F,) corner -> vertex
         self._vao = ctx.vertex_array(
             self._program,
             [(self._vbo, _VERTEX_FORMAT, "in_position", "in_uv", "in_color", "in_layer")],
+            index_buffer=self._ibo,
+            index_element_size=4,
         )
+
+    def forget_visibility(self) -> None:
+        """Cull the next frame without the visibility of the frames before it.
+
+        With culling (scenes of at least ``cull_min_triangles``), a pixel where two surfaces
+        z-fight shows the one drawn first, and which is drawn first follows the chunks seen in
+        earlier frames (:mod:`envs.embedded.culling`); after this call, the frames that follow
+        depend on their own poses only. A no-op for scenes drawn in one call.
+        """
+        if self._culler is not None:
+            self._culler.forget()
 
     def release_scene(self) -> None:
         """Free the GL buffers and textures of the loaded scene."""
-        for resource in (self._vao, self._vbo, self._textures):
+        self._culler = None
+        for resource in (self._vao, self._vbo, self._ibo, self._textures):
             if resource is not None:
                 resource.release()
-        self._vao = self._vbo = self._textures = None
+        self._vao = self._vbo = self._ibo = self._textures = None
         self.num_triangles = 0
 
     def release(self) -> None:
@@ -470,7 +528,17 @@ class Renderer:
         self._fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         self._world_to_camera.write(world_to_camera_t)
         self._textures.use(0)
-        self._vao.render()
+        if self._culler is None:
+            self._vao.render()
+            self.triangles_drawn = self.num_triangles
+        else:
+            world_to_camera = world_to_camera_t.T.astype(np.float64)
+
+            def read_depth() -> np.ndarray:
+                self._fbo.read_into(depth, components=1, attachment=1, alignment=1, dtype="f4")
+                return depth
+
+            self.triangles_drawn = self._culler.draw(world_to_camera, read_depth)
         # Framebuffer row 0 is image row 0 (see projection_matrix): no flip.
         self._fbo.read_into(rgb, components=3, attachment=0, alignment=1)
         self._fbo.read_into(depth, components=1, attachment=1, alignment=1, dtype="f4")

@@ -27,11 +27,29 @@ _FIRST_VIEWS = 4
 
 @dataclass
 class _LoadedScene:
-    """A scene ready to simulate: its navigation grid and renderer buffers."""
+    """A scene ready to simulate: its mesh and the navigation grid of each storey used so far.
+
+    ``storeys`` maps a floor height (metres, rounded to 1 mm) to that storey's ``(NavGrid,
+    ShortestPathFollower)``, or to ``None`` for an upward surface without room for the agent;
+    ``floor`` is the storey the agent is on, ``first_floor`` the one detected at load (the
+    dominant floor level, where episodes start unless told otherwise).
+    """
 
     scene_id: str
-    navigation: object  # envs.embedded.navigation.NavGrid
-    follower: object  # envs.embedded.navigation.ShortestPathFollower
+    mesh: object  # trimesh.Trimesh, world frame
+    storeys: dict
+    floor: float
+    first_floor: float
+
+    @property
+    def navigation(self):
+        """The NavGrid of the agent's storey."""
+        return self.storeys[self.floor][0]
+
+    @property
+    def follower(self):
+        """The shortest-path follower on the agent's storey."""
+        return self.storeys[self.floor][1]
 
 
 class Simulator:
@@ -74,6 +92,11 @@ class Simulator:
         """The loaded scene's :class:`envs.embedded.navigation.NavGrid` (for top-down maps)."""
         return self._loaded().navigation
 
+    @property
+    def renderer(self):
+        """The :class:`envs.embedded.render.Renderer` drawing the loaded scene."""
+        return self._renderer
+
     def load_scene(self, scene: str | Path) -> None:
         """Load a scene by id or ``.glb`` path; keeps recently used scenes ready.
 
@@ -83,16 +106,17 @@ class Simulator:
         (:class:`envs.embedded.navigation.NavGrid`), and views from the start point in 4
         headings that see geometry (depth or colour) in at least :data:`MIN_SEEN_FRACTION` of
         their pixels; a scene on its side, or whose surfaces all face
-        away from the agent, fails one or the other.
+        away from the agent, fails one or the other. Navigation starts on the scene's dominant
+        floor level (the lowest storey, for storeys of similar area; see
+        :attr:`envs.embedded.navmesh.NavConfig.floor_height`); :meth:`reset_agent` on another
+        storey moves it there.
 
         Raises:
             ValueError: unknown scene id, a malformed ``.glb`` or Habitat config, no floor under
                 the agent, or first views that see nothing (the message names the fix).
             FileNotFoundError: a path that does not exist.
         """
-        from envs.embedded.follower import ShortestPathFollower
         from envs.embedded.navigation import NavGrid
-        from envs.embedded.navmesh import NavConfig
         from envs.embedded.scenes import load_scene, scene_mesh
 
         key = str(scene)
@@ -103,24 +127,64 @@ class Simulator:
         if key in self._scenes:
             self._scenes.move_to_end(key)
         else:
-            nav_config = NavConfig(
-                agent_radius=self.config.agent_radius, agent_height=self.config.agent_height
-            )
-            navigation = NavGrid.from_mesh(scene_mesh(trimesh_scene), nav_config)
-            follower = ShortestPathFollower(
-                navigation,
-                forward_step_m=self.config.forward_step_m,
-                turn_step_deg=self.config.turn_step_deg,
-            )
-            self._scene = _LoadedScene(key, navigation, follower)
+            mesh = scene_mesh(trimesh_scene)
+            navigation = NavGrid.from_mesh(mesh, self._nav_config())
+            floor = round(navigation.floor_height, 3)
+            storeys = {floor: (navigation, self._follower(navigation))}
+            self._scene = _LoadedScene(key, mesh, storeys, floor, floor)
             self._position = self.sample_navigable_point(np.random.default_rng(0))
             self._check_first_views()
             self._scenes[key] = self._scene
             while len(self._scenes) > self.config.scene_cache_size:
                 self._scenes.popitem(last=False)
         self._scene = self._scenes[key]
+        self._scene.floor = self._scene.first_floor
         self._position = self.sample_navigable_point(np.random.default_rng(0))
         self._yaw = 0.0
+
+    def _nav_config(self, floor_height: float | None = None):
+        from envs.embedded.navmesh import NavConfig
+
+        return NavConfig(
+            agent_radius=self.config.agent_radius,
+            agent_height=self.config.agent_height,
+            floor_height=floor_height,
+        )
+
+    def _follower(self, navigation):
+        from envs.embedded.follower import ShortestPathFollower
+
+        return ShortestPathFollower(
+            navigation,
+            forward_step_m=self.config.forward_step_m,
+            turn_step_deg=self.config.turn_step_deg,
+        )
+
+    def _storey_at(self, position: np.ndarray) -> float:
+        """Key of the storey whose floor ``position`` stands on; its grid is built on first use.
+
+        The agent's storey when ``position`` is at its floor level or stands on no floor at all
+        (the caller then finds it not navigable there).
+        """
+        from envs.embedded.navigation import NavGrid
+        from envs.embedded.navmesh import floor_height_at
+
+        scene = self._loaded()
+        tolerance = scene.navigation.config.floor_tolerance
+        if abs(position[1] - scene.navigation.floor_height) <= tolerance:
+            return scene.floor
+        height = floor_height_at(scene.mesh, position, self._nav_config())
+        if height is None:
+            return scene.floor
+        floor = round(height, 3)
+        if floor not in scene.storeys:
+            try:
+                navigation = NavGrid.from_mesh(scene.mesh, self._nav_config(height))
+            except ValueError:  # a surface with no room for the body (a shelf): no storey
+                scene.storeys[floor] = None
+            else:
+                scene.storeys[floor] = (navigation, self._follower(navigation))
+        return scene.floor if scene.storeys[floor] is None else floor
 
     def _check_first_views(self) -> None:
         """Refuse a scene whose views from the start point see (almost) nothing."""
@@ -177,8 +241,12 @@ class Simulator:
     def reset_agent(self, position: np.ndarray, yaw: float) -> None:
         """Place the agent.
 
+        In a scene of several storeys, a position on another storey's floor moves navigation
+        there: collisions, sampled points, geodesics and the follower then use the grid of that
+        storey (built on first use, kept with the scene). There are no stairs between storeys.
+
         Args:
-            position: (3,) floor position in world metres, on the navigable area.
+            position: (3,) floor position in world metres, on the navigable area of any storey.
             yaw: heading in radians (wrapped to (-pi, pi]).
 
         Raises:
@@ -194,8 +262,11 @@ class Simulator:
                 f"position {position.round(3).tolist()} is not on the navigable area of scene "
                 f"{self.scene_id!r}; use sample_navigable_point() or is_navigable() to pick one"
             )
+        self._loaded().floor = self._storey_at(position)
         self._position = position.copy()
         self._yaw = wrap_angle(float(yaw))
+        # An episode's frames then depend on its own poses, not on what was rendered before.
+        self._renderer.forget_visibility()
 
     def step(self, action: int) -> bool:
         """Apply one discrete action.
@@ -270,8 +341,15 @@ class Simulator:
 
     # ----------------------------------------------------------------------------- navigation
     def is_navigable(self, position: np.ndarray) -> bool:
-        """Whether the agent's body fits at ``position`` (3,) on the navigable floor."""
-        return bool(self._loaded().navigation.is_navigable(np.asarray(position, dtype=np.float64)))
+        """Whether the agent's body fits at ``position`` (3,) on the navigable floor.
+
+        Any storey's floor counts (see :meth:`reset_agent`); the agent's storey is unchanged.
+        """
+        position = np.asarray(position, dtype=np.float64)
+        if position.shape != (3,) or not np.isfinite(position).all():
+            return bool(self._loaded().navigation.is_navigable(position))  # it names the problem
+        navigation = self._loaded().storeys[self._storey_at(position)][0]
+        return bool(navigation.is_navigable(position))
 
     def sample_navigable_point(self, rng: np.random.Generator) -> np.ndarray:
         """A uniformly random navigable floor position, (3,) float64."""

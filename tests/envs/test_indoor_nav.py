@@ -6,6 +6,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import trimesh
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
@@ -254,3 +255,45 @@ def test_scene_whose_first_views_see_nothing_is_refused(tmp_path):
         sim.scene_id  # noqa: B018
     with pytest.raises(ValueError, match=r"unknown up_axis 'up'"):
         SimulatorConfig(up_axis="up")
+
+
+def test_a_start_on_the_upper_storey_moves_navigation_there(tmp_path):
+    from envs.embedded.scenes import STOREY_SLAB_M, export_glb, generate_layout, storey_house
+
+    scene = "house-val-0003"
+    lift = generate_layout(scene).ceiling_height + STOREY_SLAB_M
+    house = storey_house(scene, storeys=2)
+    ledge = generate_layout(scene).rooms[0].center
+    box = trimesh.creation.box(bounds=[[ledge[0] - 0.05, 1.9, ledge[1] - 0.05],
+                                       [ledge[0] + 0.05, 2.0, ledge[1] + 0.05]])  # fmt: skip
+    house.add_geometry(box, "ledge", "ledge")
+    path = export_glb(house, tmp_path / "two-storeys.glb")
+    sim = Simulator(SimulatorConfig(width=16, height=16))
+    sim.load_scene(path)
+    assert sim.position[1] == pytest.approx(0.0, abs=1e-6)  # starts on the lower storey
+    ground = sim.navigation
+    x, _, z = sim.sample_navigable_point(np.random.default_rng(3))
+    upstairs = np.array([x, lift, z])
+    assert sim.is_navigable(upstairs) and sim.navigation is ground  # asking moves nothing
+    sim.reset_agent(upstairs, 0.0)
+    assert sim.navigation.floor_height == pytest.approx(lift)
+    np.testing.assert_array_equal(sim.navigation.navigable, ground.navigable)  # same plan
+    for _ in range(8):
+        sim.step(int(Action.MOVE_FORWARD))
+        assert sim.position[1] == pytest.approx(lift)
+    goal = sim.sample_navigable_point(np.random.default_rng(4))
+    assert goal[1] == pytest.approx(lift) and np.isfinite(sim.geodesic_distance(sim.position, goal))
+    with pytest.raises(ValueError, match="not on the navigable area"):
+        sim.reset_agent(np.array([x, lift / 2, z]), 0.0)  # between storeys: no floor there
+    # A surface too small for the body (a 0.1 m ledge at 2 m) is no storey: just not navigable.
+    lx, lz = ledge
+    assert not sim.is_navigable(np.array([lx, 2.0, lz]))
+    assert sim.navigation.floor_height == pytest.approx(lift)  # the agent's storey is kept
+    sim.reset_agent(np.array([x, 0.0, z]), 0.0)
+    assert sim.navigation is ground  # back down: the grid built at load, not a new one
+    # The env: a start on the upper storey puts its goal there too.
+    env = gym.make("IndoorNav-v0", scene=str(path), width=16, height=16)
+    _, info = env.reset(seed=0, options={"start": (x, lift, z, 0.0)})
+    assert info["position"][1] == pytest.approx(lift) and info["goal"][1] == pytest.approx(lift)
+    assert np.isfinite(info["distance_to_goal"])
+    env.close()

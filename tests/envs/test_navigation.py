@@ -636,3 +636,43 @@ def test_a_geodesic_distance_does_not_depend_on_which_end_the_cache_holds(rooms)
         assert from_start == from_goal
         around_a_wall += from_start > math.dist(start[[0, 2]], goal[[0, 2]]) + 1e-6
     assert around_a_wall >= 5  # pairs whose distance comes from the fields, not a straight line
+
+
+# ----------------------------------------------------------------------------- storeys
+@pytest.fixture(scope="module")
+def storeys():
+    """A generated house stacked into two storeys (no stairs), its single storey, and the lift."""
+    from envs.embedded.scenes import STOREY_SLAB_M, generate_layout, scene_mesh, storey_house
+
+    layout = generate_layout("house-val-0003")
+    single = scene_mesh(storey_house("house-val-0003", storeys=1))
+    double = scene_mesh(storey_house("house-val-0003", storeys=2))
+    return single, double, layout.ceiling_height + STOREY_SLAB_M
+
+
+def test_each_storey_gets_its_own_grid_never_a_mix(storeys):
+    single, double, lift = storeys
+    alone = NavGrid.from_mesh(single)
+    ground = NavGrid.from_mesh(double)  # detected: the lower of two equally large levels
+    upper = NavGrid.from_mesh(double, NavConfig(floor_height=lift))
+    assert ground.floor_height == pytest.approx(0.0, abs=1e-6)
+    assert upper.floor_height == pytest.approx(lift)
+    # Same xz bounds, so the same cells: each storey's grid is exactly the house's own, so the
+    # other storey's triangles (all in the mesh) added no floor and no obstacle.
+    for grid in (ground, upper):
+        assert grid.origin == alone.origin
+        np.testing.assert_array_equal(grid.navigable, alone.navigable)
+        np.testing.assert_array_equal(grid.occupancy, alone.occupancy)
+
+
+def test_floor_height_at_finds_the_storey_under_a_point(storeys):
+    from envs.embedded.navmesh import floor_height_at
+
+    _, double, lift = storeys
+    grid = NavGrid.from_mesh(double)
+    x, _, z = grid.sample_navigable_point(np.random.default_rng(1))
+    config = NavConfig()
+    assert floor_height_at(double, [x, 0.0, z], config) == pytest.approx(0.0, abs=1e-6)
+    assert floor_height_at(double, [x, lift + 0.02, z], config) == pytest.approx(lift)
+    assert floor_height_at(double, [x, lift / 2, z], config) is None  # mid-air
+    assert floor_height_at(double, [1e3, 0.0, 1e3], config) is None  # outside the house

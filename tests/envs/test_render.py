@@ -7,7 +7,14 @@ import trimesh
 from PIL import Image
 
 from envs.embedded.render import RenderConfig, Renderer, egl_available, projection_matrix
-from envs.embedded.scenes import build_scene, export_glb, generate_layout, load_glb, scene_mesh
+from envs.embedded.scenes import (
+    build_scene,
+    export_glb,
+    generate_layout,
+    load_glb,
+    scene_mesh,
+    storey_house,
+)
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw, project_points
 
 pytestmark = pytest.mark.skipif(
@@ -114,6 +121,7 @@ def house_renderer(house):
         ({"ambient": 1.5}, "ambient"),
         ({"texture_size": 0}, "texture_size"),
         ({"light_direction": (0.0, 0.0, 0.0)}, "light_direction"),
+        ({"cull_min_triangles": -1}, "cull_min_triangles"),
     ],
 )
 def test_out_of_range_settings_are_rejected_by_name(kwargs, field):
@@ -360,3 +368,83 @@ def test_bad_poses_and_scenes_raise_clear_errors(house_renderer):
         house_renderer.render(np.diag([2.0, 2.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match=r"shape \(N, 4, 4\)"):
         house_renderer.render_batch(np.eye(4))
+
+
+# ------------------------------------------------------------------------------------- culling
+def _assert_same_surfaces(culled, whole, near=0.01):
+    """Culled and whole-scene renders show the same surface at every pixel.
+
+    Where two surfaces lie closer together than the 24-bit depth buffer resolves at that depth
+    (z-fighting), the draw order picks one: such pixels may differ in colour and by at most
+    that resolution in depth. A chunk culled wrongly would show a surface metres behind.
+    """
+    (rgb_a, depth_a), (rgb_b, depth_b) = culled, whole
+    resolution = 2.0 * np.maximum(depth_a, depth_b) ** 2 / (near * 2**24) + 1e-6  # metres
+    np.testing.assert_array_equal(depth_a > 0, depth_b > 0)
+    assert (np.abs(depth_a - depth_b) <= resolution).all()
+    differ = (rgb_a != rgb_b).any(axis=-1)
+    assert differ.mean() < 1e-3  # z-fighting pixels are rare
+
+
+def test_culled_renders_equal_whole_scene_renders_along_a_walk_with_jumps(rng):
+    # Two storeys subdivided to ~20 k triangles; culling forced on for one renderer only.
+    scene = storey_house("house-val-0002", storeys=2, min_triangles=20_000)
+    culled = Renderer(96, 64, cull_min_triangles=0)
+    whole = Renderer(96, 64, cull_min_triangles=10**9)
+    culled.load_scene(scene)
+    whole.load_scene(scene)
+    layout = generate_layout("house-val-0002")
+    storey_lift = layout.ceiling_height + 0.2
+    poses = []
+    for room in layout.rooms:  # a few small turns per room (coherent), then a jump
+        for turn in range(3):
+            poses.append(_level_pose(*room.center, 0.4 * turn + room.index))
+    poses.append(_level_pose(*layout.rooms[0].center, 1.0))  # back to the start
+    upstairs = _level_pose(*layout.rooms[1].center, 2.0)
+    upstairs[1, 3] += storey_lift
+    poses.append(upstairs)
+    x, z = layout.rooms[2].center
+    poses.append(_pose(_random_rotation(rng), [x, 1.0, z]))  # looking any way, ceiling too
+    drawn, frames = [], []
+    for pose in poses:
+        frames.append(culled.render(pose))
+        _assert_same_surfaces(frames[-1], whole.render(pose))
+        drawn.append(culled.triangles_drawn)
+    assert whole.triangles_drawn == whole.num_triangles == culled.num_triangles >= 20_000
+    # After forgetting, the same poses give the same frames, bit for bit, whatever came before.
+    culled.forget_visibility()
+    for pose, frame in zip(poses, frames, strict=True):
+        for a, b in zip(culled.render(pose), frame, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Inside one room of one storey most of the house is out of view or behind walls.
+    assert np.median(drawn) < 0.35 * culled.num_triangles, drawn
+    culled.release()
+    whole.release()
+
+
+@pytest.mark.slow
+def test_hm3d_scale_basis_scene_renders_the_same_surfaces_with_culling(tmp_path, monkeypatch):
+    from envs.embedded.scenes import encode_basis_textures, load_scene
+
+    monkeypatch.setenv("PERSISTENT_WORLD_CACHE", str(tmp_path / "cache"))
+    scene = storey_house("house-train-0004", storeys=2, min_triangles=500_000)
+    path = tmp_path / "large.basis.glb"
+    path.write_bytes(encode_basis_textures(scene.export(file_type="glb")))
+    loaded = load_scene(path)
+    culled, whole = Renderer(128, 128), Renderer(128, 128, cull_min_triangles=10**9)
+    culled.load_scene(loaded)
+    whole.load_scene(loaded)
+    assert culled.num_triangles >= 500_000
+    layout = generate_layout("house-train-0004")
+    drawn = []
+    for room in layout.rooms:  # a jump, then four 10-degree turns, per room and storey
+        for lift in (0.0, layout.ceiling_height + 0.2):
+            for turn in range(5):
+                pose = _level_pose(*room.center, np.radians(10.0) * turn + room.index)
+                pose[1, 3] += lift
+                _assert_same_surfaces(culled.render(pose), whole.render(pose))
+                drawn.append(culled.triangles_drawn)
+    # Most frames follow a small turn: they draw a small part of the scene.
+    assert np.median(drawn) < 0.1 * culled.num_triangles, drawn
+    culled.release()
+    whole.release()

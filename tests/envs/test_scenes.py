@@ -445,7 +445,7 @@ def test_bad_up_axis_and_habitat_configs_end_in_one_clear_error(tmp_path, house)
         load_scene(path)
 
 
-def test_basis_universal_textures_are_refused_not_drawn_untextured(tmp_path):
+def test_undecodable_basis_universal_textures_are_refused_not_drawn_untextured(tmp_path):
     good = _valid_glb(tmp_path)
     (length,) = struct.unpack_from("<I", good, 12)
     header = json.loads(good[20 : 20 + length])
@@ -457,5 +457,34 @@ def test_basis_universal_textures_are_refused_not_drawn_untextured(tmp_path):
     data += b"JSON" + chunk + rest
     path = tmp_path / "scan.basis.glb"
     path.write_bytes(data)
-    with pytest.raises(ValueError, match=r"scan\.basis\.glb.*Basis Universal.*cannot decode"):
+    # The "image" is the first buffer view, which holds vertex positions, not a KTX2 file.
+    with pytest.raises(ValueError, match=r"scan\.basis\.glb.*Basis Universal.*cannot be decoded"):
         load_scene(path)
+
+
+# ------------------------------------------------------------------------------------- storeys
+def test_storey_house_stacks_and_subdivides_without_changing_surfaces(layout, house):
+    scene = scenes.storey_house("house-train-0001", storeys=2, min_triangles=30_000)
+    mesh, single = scene_mesh(scene), scene_mesh(house)
+    assert len(mesh.faces) >= 30_000
+    assert mesh.area == pytest.approx(2 * single.area, rel=1e-9)  # splitting keeps the area
+    lift = layout.ceiling_height + scenes.STOREY_SLAB_M
+    np.testing.assert_allclose(mesh.bounds[0], single.bounds[0], atol=1e-12)
+    np.testing.assert_allclose(mesh.bounds[1], single.bounds[1] + [0.0, lift, 0.0], atol=1e-12)
+    # Triangles end up of about one size: the longest edge varies far less than the house's.
+    edges = np.linalg.norm(mesh.triangles - np.roll(mesh.triangles, 1, axis=1), axis=-1).max(1)
+    house_edges = np.linalg.norm(single.triangles - np.roll(single.triangles, 1, axis=1), axis=-1)
+    assert edges.max() / np.median(edges) < house_edges.max() / np.median(house_edges.max(1))
+    lower = [n for n in scene.graph.nodes_geometry if n.startswith("storey0/")]
+    upper = [n for n in scene.graph.nodes_geometry if n.startswith("storey1/")]
+    assert len(lower) == len(upper) == len(house.graph.nodes_geometry)
+    plain = scenes.storey_house("house-train-0001", storeys=3)
+    assert len(scene_mesh(plain).faces) == 3 * len(single.faces)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"storeys": 0}, "storeys"), ({"min_triangles": -1}, "min_triangles")]
+)
+def test_storey_house_rejects_out_of_range_counts(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        scenes.storey_house("house-train-0001", **kwargs)

@@ -8,6 +8,7 @@ module         what it holds
 ``textures``   wall and floor patterns, the pictures' photographs
 ``meshes``     a layout as a textured triangle mesh
 ``files``      ``.glb`` in and out, the house cache, the up axis of other scenes
+``basis``      Basis Universal (KTX2) textures in ``.glb``: decoded to PNG, encoded
 =============  ==================================================================
 
 Their public names are importable from this package (``from envs.embedded.scenes import
@@ -16,9 +17,17 @@ load_scene``).
 
 from __future__ import annotations
 
+from envs.embedded.scenes.basis import (
+    BasisEncodeConfig,
+    decode_basis_image,
+    decode_basis_textures,
+    encode_basis_image,
+    encode_basis_textures,
+)
 from envs.embedded.scenes.files import (
     CACHE_ENV_VAR,
     UP_AXES,
+    decoded_texture_dir,
     default_cache_dir,
     export_glb,
     habitat_up_front,
@@ -48,8 +57,10 @@ from envs.embedded.scenes.layout import (
     room_is_navigable,
 )
 from envs.embedded.scenes.meshes import (
+    STOREY_SLAB_M,
     build_scene,
     generate_house,
+    storey_house,
 )
 from envs.embedded.scenes.textures import (
     material_texture,
@@ -62,7 +73,9 @@ __all__ = [
     "GENERATOR_VERSION",
     "SCENES_PER_SPLIT",
     "SPLITS",
+    "STOREY_SLAB_M",
     "UP_AXES",
+    "BasisEncodeConfig",
     "Door",
     "Furniture",
     "HouseLayout",
@@ -70,7 +83,12 @@ __all__ = [
     "Picture",
     "Room",
     "build_scene",
+    "decode_basis_image",
+    "decode_basis_textures",
+    "decoded_texture_dir",
     "default_cache_dir",
+    "encode_basis_image",
+    "encode_basis_textures",
     "export_glb",
     "generate_house",
     "generate_layout",
@@ -85,5 +103,6 @@ __all__ = [
     "scene_mesh",
     "scene_meshes",
     "scene_seed",
+    "storey_house",
     "to_y_up",
 ]

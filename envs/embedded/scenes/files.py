@@ -8,12 +8,21 @@ a scene file is rotated to y-up from the up axis that :func:`load_scene` is give
 its folder or the two above it (keys ``"up"`` and ``"front"``, as Habitat reads them), else it is
 taken as y-up. A file taken as y-up whose height (y extent) exceeds 1.5 times its smaller
 horizontal extent is refused: indoor scenes are wider than tall, and a z-up file read as y-up
-stands on its side. Basis Universal textures (HM3D's ``.basis.glb``, glTF extension
-``KHR_texture_basisu``) are refused rather than drawn untextured.
+stands on its side.
+
+Basis Universal textures (HM3D's ``.basis.glb``: glTF extension ``KHR_texture_basisu``, KTX2
+images) are transcoded to PNG at load time (:mod:`envs.embedded.scenes.basis`), and the rewritten
+file is cached on disk under ``<cache root>/decoded-textures`` keyed by the SHA-256 of the
+file's bytes (:func:`decoded_texture_dir`): a 1024-pixel ETC1S texture takes about 10 ms to
+transcode and 55 ms to store as PNG, seconds for a scene with a hundred of them, while every
+process that loads the scene again (data collection workers, later runs) then only hashes the
+file and reads the cached one. A file whose bytes change gets a new key, so a cached copy is
+never stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -23,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from envs.embedded.scenes.basis import decode_basis_textures, has_basis_textures
 from envs.embedded.scenes.ids import _ALLOWED_IDS, GENERATOR_VERSION, parse_scene_id
 from envs.embedded.scenes.meshes import generate_house
 
@@ -38,6 +48,8 @@ _MAX_HEIGHT_TO_WIDTH = 1.5
 """A scene taken as y-up may be at most this much taller than its smaller horizontal extent."""
 _DATASET_CONFIG_LEVELS = 3
 """Folders searched for a ``*.scene_dataset_config.json``: the scene file's and two above it."""
+_DECODED_FORMAT_VERSION = 1
+"""Version of the decoded-texture files: bumping it makes every cached decoded file stale."""
 _UP_AXIS_FIX = (
     "pass up_axis='z' (IndoorNav(up_axis='z'), SimulatorConfig(up_axis='z') or "
     "load_scene(path, up_axis='z')) or put a Habitat <name>.stage_config.json with \"up\" beside "
@@ -55,6 +67,23 @@ def default_cache_dir() -> Path:
     Raises:
         ValueError: if ``$PERSISTENT_WORLD_CACHE`` is a relative path.
     """
+    return _cache_root() / "scenes" / f"v{GENERATOR_VERSION}"
+
+
+def decoded_texture_dir() -> Path:
+    """Folder of scene files whose Basis Universal textures were decoded (see the module doc).
+
+    ``<root>/decoded-textures/v<format version>`` with ``<root>`` the cache root of
+    :func:`default_cache_dir` (``$PERSISTENT_WORLD_CACHE`` or ``~/.cache/persistent-world``).
+    Each file is ``<sha256 of the original file>.glb``; the folder may be deleted at any time.
+
+    Raises:
+        ValueError: if ``$PERSISTENT_WORLD_CACHE`` is a relative path.
+    """
+    return _cache_root() / "decoded-textures" / f"v{_DECODED_FORMAT_VERSION}"
+
+
+def _cache_root() -> Path:
     root = os.environ.get(CACHE_ENV_VAR)
     if root:
         path = Path(root).expanduser()
@@ -65,7 +94,7 @@ def default_cache_dir() -> Path:
             )
     else:
         path = Path.home() / ".cache" / "persistent-world"
-    return path / "scenes" / f"v{GENERATOR_VERSION}"
+    return path
 
 
 def export_glb(scene: trimesh.Scene, path: str | Path) -> Path:
@@ -78,9 +107,13 @@ def export_glb(scene: trimesh.Scene, path: str | Path) -> Path:
     Returns:
         The destination path.
     """
+    return _write_atomically(scene.export(file_type="glb"), path)
+
+
+def _write_atomically(data: bytes, path: str | Path) -> Path:
+    """Write bytes to ``path`` through a temporary file and a rename; create missing folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = scene.export(file_type="glb")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -96,6 +129,9 @@ def export_glb(scene: trimesh.Scene, path: str | Path) -> Path:
 def load_glb(path: str | Path) -> trimesh.Scene:
     """Read a binary glTF file as a scene, without any axis conversion.
 
+    Basis Universal (KTX2 / ``.basis``) textures are decoded to RGBA, through the decoded-texture
+    cache (:func:`decoded_texture_dir`; see the module docstring).
+
     Args:
         path: a ``.glb`` file.
 
@@ -104,8 +140,11 @@ def load_glb(path: str | Path) -> trimesh.Scene:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a binary glTF, is truncated, cannot be parsed or has no
-            triangles; the message names the path and the problem.
+        ValueError: if the file is not a binary glTF, is truncated, cannot be parsed, has a
+            corrupt Basis Universal texture or has no triangles; the message names the path and
+            the problem.
+        ImportError: if the file has Basis Universal textures and the transcoder package
+            (``opengl-basisu``) is missing; the message says what to install.
     """
     path = Path(path)
     if not path.is_file():
@@ -124,7 +163,7 @@ def load_glb(path: str | Path) -> trimesh.Scene:
             f"{str(path)!r} is truncated or corrupted: its header declares {declared} bytes "
             f"but the file has {len(data)}; regenerate or re-export it"
         )
-    _refuse_basis_textures(path, data)
+    data = _decode_basis_textures(path, data)
     try:
         scene = trimesh.load_scene(trimesh.util.wrap_as_stream(data), file_type="glb")
     except Exception as error:
@@ -134,28 +173,40 @@ def load_glb(path: str | Path) -> trimesh.Scene:
     return scene
 
 
-def _refuse_basis_textures(path: Path, data: bytes) -> None:
-    """Refuse a glb whose textures are Basis Universal (KTX2) images, which trimesh cannot read.
+def _decode_basis_textures(path: Path, data: bytes) -> bytes:
+    """The file's bytes with Basis Universal textures as PNG, from the decoded cache if there.
 
-    trimesh would load the geometry and drop those textures, so the scene would render untextured
-    without a word; the transcoder on PyPI (``opengl-basisu``) could not be checked against a real
-    file here, so such files are refused.
+    A file without Basis textures is returned as is. A cache folder that cannot be written
+    (read-only home, full disk) only costs the decoding again next time.
     """
     if len(data) < 20 or data[16:20] != b"JSON":
-        return  # no JSON chunk: trimesh reports the problem
+        return data  # no JSON chunk first: trimesh reports the problem
     (length,) = struct.unpack_from("<I", data, 12)
     try:
         header = json.loads(data[20 : 20 + length])
     except ValueError:
-        return  # trimesh reports the problem
-    extensions = set(header.get("extensionsUsed", [])) | set(header.get("extensionsRequired", []))
-    ktx2 = any(image.get("mimeType") == "image/ktx2" for image in header.get("images", []))
-    if "KHR_texture_basisu" in extensions or ktx2:
+        return data  # trimesh reports the problem
+    if not has_basis_textures(header):
+        return data
+    key = hashlib.sha256(data).hexdigest()
+    cached = decoded_texture_dir() / f"{key}.glb"
+    if cached.is_file():
+        decoded = cached.read_bytes()
+        intact = len(decoded) >= 12 and decoded[:4] == b"glTF"
+        if intact and struct.unpack_from("<I", decoded, 8)[0] == len(decoded):
+            return decoded
+    try:
+        decoded = decode_basis_textures(data)
+    except ValueError as error:
         raise ValueError(
-            f"{str(path)!r} has Basis Universal (KTX2, KHR_texture_basisu) textures, which the "
-            "embedded renderer cannot decode; use the habitat backend, or convert the textures "
-            "to PNG/JPEG (e.g. HM3D's non-basis .glb files, or gltf-transform's ktxdecompress)"
-        )
+            f"{str(path)!r} has Basis Universal (KTX2, KHR_texture_basisu) textures that cannot "
+            f"be decoded: {error}; re-export the file, or convert its textures to PNG/JPEG"
+        ) from None
+    try:
+        _write_atomically(decoded, cached)
+    except OSError:
+        pass  # the cache is an optimisation; the decoded bytes are good either way
+    return decoded
 
 
 def _read_json(path: Path) -> dict:

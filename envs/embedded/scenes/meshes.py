@@ -4,7 +4,9 @@ Only the surfaces seen from inside the house are modelled: the inner faces of th
 room's walls are inset by half the wall thickness from the wall centre lines, so walls between
 rooms are ``wall_thickness`` thick and hollow), floors, ceilings, the jambs, floor and lintel of
 every doorway, furniture boxes and pictures. A house has about 300 to 1,300 triangles and 20
-to 40 textures of 128-256 pixels (a .glb of about 0.5 MB).
+to 40 textures of 128-256 pixels (a .glb of about 0.5 MB). :func:`storey_house` stacks a house
+into several storeys and subdivides its triangles, for scenes of a scan's size (HM3D: two
+storeys, half a million triangles and more) with the same textures and an exact layout.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from envs.embedded.scenes.textures import material_texture, picture_image
 
 _FRAME_OFFSET_M = 0.01
 _FRAME_BORDER_M = 0.04
+STOREY_SLAB_M = 0.2
+"""Thickness of the slab between a storey's ceiling and the floor of the storey above, metres."""
 
 
 # --------------------------------------------------------------------------------------- meshes
@@ -269,3 +273,81 @@ def generate_house(scene_id: str) -> trimesh.Scene:
         ValueError: for an unknown scene id.
     """
     return build_scene(generate_layout(scene_id))
+
+
+def storey_house(scene_id: str, storeys: int = 2, min_triangles: int = 0) -> trimesh.Scene:
+    """A house stacked into storeys, its triangles subdivided to a size (for large-scene tests).
+
+    Storey ``k`` is the house moved up by ``k * (ceiling_height + STOREY_SLAB_M)``; its nodes are
+    named ``storey{k}/<node>``. There are no stairs: each storey is its own navigable floor.
+    Triangles are then split into four at their edge midpoints (UVs interpolated, so surfaces,
+    textures and layout stay exactly those of the house), each as often as it takes to bring its
+    longest edge to a common length, so the triangles have about one size everywhere, as in a
+    scanned mesh; the length is the longest that gives at least ``min_triangles``.
+
+    Args:
+        scene_id: ``house-{split}-{index:04d}``.
+        storeys: number of storeys, in [1, 16].
+        min_triangles: least number of triangles of the result, in [0, 50_000_000].
+
+    Returns:
+        The scene (y up, metres).
+
+    Raises:
+        ValueError: for an unknown scene id or out-of-range counts.
+    """
+    if not isinstance(storeys, int) or not 1 <= storeys <= 16:
+        raise ValueError(f"storeys must be an integer in [1, 16], got {storeys!r}")
+    if not isinstance(min_triangles, int) or not 0 <= min_triangles <= 50_000_000:
+        raise ValueError(f"min_triangles must be in [0, 50_000_000], got {min_triangles!r}")
+    layout = generate_layout(scene_id)
+    house = build_scene(layout)
+    nodes = list(house.graph.nodes_geometry)
+    meshes = [house.geometry[house.graph[name][1]] for name in nodes]
+    longest = [_longest_edges(np.asarray(mesh.vertices)[mesh.faces]) for mesh in meshes]
+    edges = np.concatenate(longest)  # (F,) over the whole house
+
+    def splits(length: float, edge: np.ndarray) -> np.ndarray:
+        """Times each triangle is split so that its longest edge is at most ``length``."""
+        return np.maximum(np.ceil(np.log2(edge / length)), 0).astype(np.int64)
+
+    length = float(edges.max())
+    while storeys * int((4 ** splits(length, edges)).sum()) < min_triangles:
+        length /= 1.05  # 5 % steps: the count lands within about 10 % above the target
+    scene = trimesh.Scene()
+    for name, mesh, edge in zip(nodes, meshes, longest, strict=True):
+        corners = np.asarray(mesh.vertices)[mesh.faces]  # (F, 3, 3)
+        uv = None if mesh.visual.uv is None else np.asarray(mesh.visual.uv)[mesh.faces]
+        count = splits(length, edge)
+        parts, uv_parts = [], []
+        for times in np.unique(count):
+            pick = count == times
+            part, part_uv = corners[pick], None if uv is None else uv[pick]
+            for _ in range(times):
+                part = _split_in_four(part)
+                part_uv = None if part_uv is None else _split_in_four(part_uv)
+            parts.append(part)
+            uv_parts.append(part_uv)
+        corners = np.concatenate(parts)
+        uv = None if uv is None else np.concatenate(uv_parts).reshape(-1, 2)
+        faces = np.arange(3 * len(corners)).reshape(-1, 3)
+        for storey in range(storeys):
+            lift = np.array([0.0, storey * (layout.ceiling_height + STOREY_SLAB_M), 0.0])
+            visual = trimesh.visual.TextureVisuals(uv=uv, material=mesh.visual.material)
+            vertices = (corners + lift).reshape(-1, 3)
+            part = trimesh.Trimesh(vertices, faces, visual=visual, process=False)
+            scene.add_geometry(part, f"storey{storey}/{name}", f"storey{storey}/{name}")
+    return scene
+
+
+def _longest_edges(corners: np.ndarray) -> np.ndarray:
+    """(F,) longest edge of each of the (F, 3, 3) triangles, metres."""
+    return np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=-1).max(axis=1)
+
+
+def _split_in_four(corners: np.ndarray) -> np.ndarray:
+    """(F, 3, D) triangle corners -> (4F, 3, D): the three corner triangles and the middle one."""
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    ab, bc, ca = (a + b) / 2, (b + c) / 2, (c + a) / 2
+    parts = [(a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca)]  # each keeps the winding
+    return np.stack([np.stack(part, axis=1) for part in parts], axis=1).reshape(-1, 3, a.shape[1])
