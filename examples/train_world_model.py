@@ -20,7 +20,12 @@ batch of a step, split evenly across the processes (it must be a multiple of the
 the result is that of one process with the same batch size:
 
     accelerate launch --multi_gpu --num_processes 4 examples/train_world_model.py --batch-size 64
-    accelerate launch --num_processes 2 --cpu examples/train_world_model.py --device cpu --threads 1
+
+With ``--device cpu`` the same launcher starts CPU processes that talk over gloo (accelerate's
+``--cpu`` launcher starts one process only, unless it has mpirun):
+
+    accelerate launch --multi_gpu --num_processes 2 examples/train_world_model.py --device cpu \
+        --threads 1
 """
 
 from __future__ import annotations
