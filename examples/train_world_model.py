@@ -100,22 +100,14 @@ class Args:
     """Settings shared by the stages (stage is set by --stage)."""
 
 
-def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
-    """Batches of the chosen data source, with the model's context and chunk lengths."""
-    if args.data_dir == "synthetic":
-        return SyntheticRoomClips(
-            model.config,
-            batch_size=args.batch_size,
-            memory_frames=args.memory_frames,
-            seed=args.seed,
-        )
+def _clips_and_sampler(
+    args: Args, model: WorldModel, stage: str
+) -> tuple[ClipDataset, torch.utils.data.Sampler]:
+    """The dataset's clips and the sampler of the stage's global batches."""
     store = TrajectoryStore(args.data_dir)
     latents = None
     if args.cache_latents and stage != "vae" and model.vae.per_frame:
-        # The main process encodes and writes the cache; the others then load it.
-        with PartialState().main_process_first():
-            path = args.output_dir / "latents.safetensors"
-            latents = LatentCache.load_or_build(path, model, store)
+        latents = LatentCache.load_or_build(args.output_dir / "latents.safetensors", model, store)
     clips = ClipDataset(
         store,
         ClipConfig(
@@ -141,6 +133,22 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
         sampler = clips.clip_sampler(num_samples, generator)
     else:
         sampler = clips.revisit_sampler(args.revisit_fraction, num_samples, generator)
+    return clips, sampler
+
+
+def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
+    """Batches of the chosen data source, with the model's context and chunk lengths."""
+    if args.data_dir == "synthetic":
+        return SyntheticRoomClips(
+            model.config,
+            batch_size=args.batch_size,
+            memory_frames=args.memory_frames,
+            seed=args.seed,
+        )
+    # The main process measures and writes the caches (latents, clip coverage) first; the
+    # others then read them.
+    with PartialState().main_process_first():
+        clips, sampler = _clips_and_sampler(args, model, stage)
     return DataLoader(
         clips,
         batch_size=args.batch_size,

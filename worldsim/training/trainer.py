@@ -470,7 +470,7 @@ class Trainer:
             batch = self._to_device(shard)
             with self.accelerator.accumulate(self.network):
                 loss, parts = self.loss(batch)
-                self.accelerator.backward(loss)
+                self.accelerator.backward(self._reaching_every_parameter(loss))
                 if self.accelerator.sync_gradients:
                     self.accelerator.clip_grad_norm_(self.trained, config.grad_clip)
                 self.optimizer.step()
@@ -513,6 +513,18 @@ class Trainer:
             self.unwrapped.set_latent_scaling_factor(1.0 / latent_std(self.unwrapped, first))
         self.export()
         return history
+
+    def _reaching_every_parameter(self, loss: Tensor) -> Tensor:
+        """``loss`` plus zero times every trained parameter, where that is needed.
+
+        A batch can miss every trained parameter (the memory stage on clips whose memory was
+        dropped): its gradient is zero, but backward needs a graph. On several processes a shard
+        can miss some or all of them, and DDP waits for every parameter's gradient; zero is the
+        shard's true gradient, so the average stays the global batch's.
+        """
+        if self.accelerator.num_processes == 1 and loss.requires_grad:
+            return loss
+        return loss + 0.0 * sum(parameter.sum() for parameter in self.trained)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Tensors moved to the device; traceability fields (scene ids) as they are."""
