@@ -31,6 +31,8 @@ With ``--device cpu`` the same launcher starts CPU processes that talk over gloo
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -193,6 +195,13 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
 def main(args: Args) -> None:
     # One process, or one of those of `accelerate launch` (which this joins here).
     state = PartialState(cpu=args.device == "cpu")
+    if state.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        # accelerate launch --cpu --num_processes N sets a rendezvous but starts one process.
+        print(
+            "warning: one process only (accelerate launch --cpu starts several only with mpirun;"
+            " use accelerate launch --multi_gpu --num_processes N ... --device cpu)",
+            file=sys.stderr,
+        )
     if args.batch_size % state.num_processes:
         raise ValueError(
             f"--batch-size {args.batch_size} is the global batch, split evenly across "
