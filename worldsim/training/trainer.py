@@ -36,20 +36,21 @@ plus ``trainer_state.json``; each is written under a temporary name and renamed 
 so a killed run resumes from the last complete one. At the end the EMA weights are exported with
 ``WorldModel.save_pretrained`` to ``<output_dir>/model``.
 
-Several processes (``accelerate launch --num_processes N``): a step trains on one *global* batch,
-whatever the number of processes. Every process iterates the same sequence of global batches
-and keeps its shard, the rows ``process_index::num_processes`` (the batch size must divide
-evenly, so that the mean of the shards' mean losses, which DDP's gradient average gives, is the
-global batch's mean). Every process holds the same generator (seeded by ``seed``) and draws the
-diffusion noise, timesteps and render jitter for the whole global batch, keeping its shard's rows
-(:func:`worldsim.training.losses.shard_rows`). So N processes train as one process on the same
-global batch does, up to the order in which the all-reduce sums gradients. The weights, the
-optimizer, the learning-rate schedule (one step per optimizer step, as ``split_batches``) and
-the EMA are the same on every process; only the main process writes checkpoints, metrics,
-samples and the exported model; the logged loss is the mean over the processes. One exception:
-the VAE stage samples its posterior inside the VAE's forward, per shard, so there each process
-draws from a generator seeded by a draw of the shared one and its process index: the same
-distribution as one process, not the same draw.
+Several processes (``accelerate launch --multi_gpu --num_processes N``; CPU processes over gloo with
+``cpu=True``): a step trains on one *global* batch, whatever the number of processes. Every process
+iterates the same sequence of global batches and keeps its shard, the rows
+``process_index::num_processes`` (the batch size must divide evenly, so that the mean of the shards'
+mean losses, which DDP's gradient average gives, is the global batch's mean). Every process holds
+the same generator (seeded by ``seed``) and draws the diffusion noise, timesteps and render jitter
+for the whole global batch, keeping its shard's rows (:func:`worldsim.training.losses.shard_rows`).
+So N processes train as one process on the same global batch does, up to the order in which the
+all-reduce sums gradients. The weights, the optimizer, the learning-rate schedule (one step per
+optimizer step, as ``split_batches``) and the EMA are the same on every process; only the main
+process writes checkpoints (each process adds its RNG state), metrics, samples and the exported
+model; the logged loss is the mean over the processes. One exception: the VAE stage samples its
+posterior inside the VAE's forward, per shard, so there each process draws from a generator seeded
+by a draw of the shared one and its process index: the same distribution as one process, not the
+same draw.
 """
 
 from __future__ import annotations
