@@ -14,17 +14,32 @@ command continues a killed run), ``metrics.jsonl``, sample GIFs (true | generate
 generated depth) and the final EMA model in ``model/``. ``--data-dir`` takes a dataset folder
 made by ``examples/collect_data.py`` at the model's frame size, or ``synthetic`` (random walks in a
 ray-cast box room) for smoke tests.
+
+On several processes (GPUs, or CPU processes talking over gloo) ``--batch-size`` is the global
+batch of a step, split evenly across the processes (it must be a multiple of their number), and
+the result is that of one process with the same batch size:
+
+    accelerate launch --multi_gpu --num_processes 4 examples/train_world_model.py --batch-size 64
+
+With ``--device cpu`` the same launcher starts CPU processes that talk over gloo (accelerate's
+``--cpu`` launcher starts one process only, unless it has mpirun):
+
+    accelerate launch --multi_gpu --num_processes 2 examples/train_world_model.py --device cpu \
+        --threads 1
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 
 from worldsim import cli
@@ -69,7 +84,8 @@ class Args:
     memory_encoder: str = "vgg16"
     """Image encoder of the memory (pooled_color is a cheap one)."""
     batch_size: int = 8
-    """Clips per batch."""
+    """Clips per step in all: the global batch, split evenly across processes (accelerate
+    launch --num_processes N), so a multiple of N."""
     memory_frames: int = 16
     """Most earlier frames per clip in its memory: those that see most of its future."""
     cache_latents: bool = True
@@ -86,15 +102,10 @@ class Args:
     """Settings shared by the stages (stage is set by --stage)."""
 
 
-def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
-    """Batches of the chosen data source, with the model's context and chunk lengths."""
-    if args.data_dir == "synthetic":
-        return SyntheticRoomClips(
-            model.config,
-            batch_size=args.batch_size,
-            memory_frames=args.memory_frames,
-            seed=args.seed,
-        )
+def _clips_and_sampler(
+    args: Args, model: WorldModel, stage: str
+) -> tuple[ClipDataset, torch.utils.data.Sampler]:
+    """The dataset's clips and the sampler of the stage's global batches."""
     store = TrajectoryStore(args.data_dir)
     latents = None
     if args.cache_latents and stage != "vae" and model.vae.per_frame:
@@ -124,6 +135,22 @@ def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict
         sampler = clips.clip_sampler(num_samples, generator)
     else:
         sampler = clips.revisit_sampler(args.revisit_fraction, num_samples, generator)
+    return clips, sampler
+
+
+def training_batches(args: Args, model: WorldModel, stage: str) -> Iterable[dict]:
+    """Batches of the chosen data source, with the model's context and chunk lengths."""
+    if args.data_dir == "synthetic":
+        return SyntheticRoomClips(
+            model.config,
+            batch_size=args.batch_size,
+            memory_frames=args.memory_frames,
+            seed=args.seed,
+        )
+    # The main process measures and writes the caches (latents, clip coverage) first; the
+    # others then read them.
+    with PartialState().main_process_first():
+        clips, sampler = _clips_and_sampler(args, model, stage)
     return DataLoader(
         clips,
         batch_size=args.batch_size,
@@ -152,17 +179,34 @@ def run_stage(args: Args, stage: str, model: WorldModel) -> WorldModel:
         model, config, args.output_dir / stage, memory=memory, cpu=args.device == "cpu"
     )
     history = trainer.fit(data)
-    if history:
-        print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
-    else:  # resumed at or past --train.steps: the newest checkpoint's EMA weights are exported
-        print(f"stage {stage}: resumed at step {trainer.step}, nothing left to train")
-    # The memory the model reads travels with it, so PersistentWorld-v0 rebuilds the same one.
-    (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(memory_spec(args)))
-    print(f"  model: {args.output_dir / stage / 'model'}")
+    state = PartialState()
+    if state.is_main_process:
+        if history:
+            print(f"stage {stage}: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+        else:  # resumed at or past --train.steps: the newest checkpoint's EMA weights are exported
+            print(f"stage {stage}: resumed at step {trainer.step}, nothing left to train")
+        # The memory the model reads travels with it, so PersistentWorld-v0 rebuilds the same one.
+        (args.output_dir / stage / "model" / MEMORY_FILE).write_text(json.dumps(memory_spec(args)))
+        print(f"  model: {args.output_dir / stage / 'model'}")
+    state.wait_for_everyone()
     return WorldModel.from_pretrained(args.output_dir / stage / "model")
 
 
 def main(args: Args) -> None:
+    # One process, or one of those of `accelerate launch` (which this joins here).
+    state = PartialState(cpu=args.device == "cpu")
+    if state.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        # accelerate launch --cpu --num_processes N sets a rendezvous but starts one process.
+        print(
+            "warning: one process only (accelerate launch --cpu starts several only with mpirun;"
+            " use accelerate launch --multi_gpu --num_processes N ... --device cpu)",
+            file=sys.stderr,
+        )
+    if args.batch_size % state.num_processes:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is the global batch, split evenly across "
+            f"{state.num_processes} processes: use a multiple of {state.num_processes}"
+        )
     torch.manual_seed(args.seed)
     render = args.memory == "rendered"
     if args.init is not None:
@@ -175,7 +219,7 @@ def main(args: Args) -> None:
         token_dim = build_memory(**memory_spec(args)).token_dim
         model = WorldModel.from_config_name(args.config, memory_token_dim=token_dim)
     if args.device == "auto" and torch.cuda.is_available():
-        model.to("cuda")  # the latent cache is encoded on the GPU too
+        model.to(state.device)  # this process's GPU: the latent cache is encoded there too
     stages = STAGES if args.stage == "all" else (args.stage,)
     for stage in stages:
         model = run_stage(args, stage, model)

@@ -5,11 +5,18 @@ latents, the Plücker rays of the chunk's poses (from its actions, :func:`chunk_
 recorded poses) and the memory: map tokens (:func:`memory_tokens_for_batch`) or, for a model
 with ``memory_render``, the memory rendered into the chunk's cameras (:func:`render_for_batch`).
 Context noise and the render's camera jitter are described in :mod:`worldsim.training.trainer`.
+
+Training on several processes: each process holds a shard of the global batch, the rows
+``index::count`` (``shard=(index, count)``), and every process holds the same generator. Every
+random draw of :func:`diffusion_loss` is made for the whole global batch and the shard's rows kept
+(:func:`shard_rows`), so the union of the shards' noise, timesteps and jitter is the one-process
+draw of the global batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +33,38 @@ from worldsim.simulator.chunks import (
 if TYPE_CHECKING:
     from worldsim.memory import Memory
     from worldsim.models.world_model import WorldModel
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    """Refuse a shard that is not ``(index, count)`` with ``0 <= index < count``."""
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+
+
+def shard_rows(
+    draw: Callable[[tuple[int, ...]], Tensor],
+    shape: tuple[int, ...],
+    shard: tuple[int, int] = (0, 1),
+) -> Tensor:
+    """Draw a random tensor for the global batch and keep one shard's rows.
+
+    Args:
+        draw: draws a tensor of a given shape (from the generator every process shares).
+        shape: the shard's shape; ``shape[0]`` is its rows.
+        shard: ``(index, count)``: this process holds the global rows ``index::count`` of a
+            global batch of ``shape[0] * count`` rows.
+
+    Returns:
+        A tensor of ``shape``: the rows ``index::count`` of ``draw((shape[0] * count, ...))``
+        (just ``draw(shape)`` for one process).
+    """
+    check_shard(shard)
+    index, count = shard
+    if count == 1:
+        return draw(tuple(shape))
+    rows = shape[0]
+    return draw((rows * count, *shape[1:]))[index::count]  # (rows, ...)
 
 
 def _check_batch(model: WorldModel, batch: dict[str, Tensor], with_memory: bool) -> None:
@@ -105,6 +144,7 @@ def render_for_batch(
     targets: Tensor,
     generator: torch.Generator,
     pose_noise: tuple[float, float] = (0.0, 0.0),
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Render the clips' memory into their future cameras, encoded for the transformer.
 
@@ -117,6 +157,8 @@ def render_for_batch(
         targets: (B, F, 4, 4) ``cam_to_world`` of the future frames.
         generator: draws the camera jitter (CPU).
         pose_noise: standard deviations of the jitter: translation metres, yaw degrees.
+        shard: ``(index, count)``: the batch is the rows ``index::count`` of a global batch; the
+            jitter is drawn for the global batch (:func:`shard_rows`).
 
     Returns:
         (B, F', Cm, h, w) :meth:`WorldModel.encode_render` of the render.
@@ -135,7 +177,9 @@ def render_for_batch(
     metres, degrees = pose_noise
     if metres > 0 or degrees > 0:
         rows, frames = cameras.shape[:2]
-        waypoints = torch.randn(rows, frames, 3, generator=generator)  # (dx, dz, dyaw)
+        waypoints = shard_rows(
+            lambda shape: torch.randn(shape, generator=generator), (rows, frames, 3), shard
+        )  # (B, F, 3): (dx, dz, dyaw)
         waypoints *= torch.tensor([metres, metres, math.radians(degrees)])
         cameras = cameras @ waypoint_to_relative_pose(waypoints).to(cameras)
     size = (model.config.height, model.config.width)
@@ -152,6 +196,7 @@ def diffusion_loss(
     network: torch.nn.Module | None = None,
     context_noise: float = 0.0,
     render_pose_noise: tuple[float, float] = (0.0, 0.0),
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Diffusion loss of a clip (paper eq. 3 without memory, eq. 4 with).
 
@@ -171,11 +216,17 @@ def diffusion_loss(
             distributed training); ``model`` itself if ``None``.
         context_noise: largest standard deviation of the conditioning-latent noise, >= 0.
         render_pose_noise: camera jitter of a memory render (:func:`render_for_batch`).
+        shard: ``(index, count)``: ``batch`` is the rows ``index::count`` of a global batch of
+            ``count`` equal shards (one per process); timesteps, noise and jitter are drawn for
+            the global batch and this shard's rows kept (:func:`shard_rows`). ``(0, 1)``: the
+            batch is the global batch.
 
     Returns:
-        Scalar mean squared error between predicted and true ``v``.
+        Scalar mean squared error between predicted and true ``v``, the mean over this shard
+        (with equal shards, the mean of the shards' losses is the global batch's).
     """
     _check_batch(model, batch, memory is not None)
+    check_shard(shard)
     n_context = model.config.n_context
     rgb, depth = batch["rgb"], batch["depth"]
     if "latents" in batch:  # encoded once by a LatentCache
@@ -197,20 +248,30 @@ def diffusion_loss(
     if memory is not None and model.transformer.reads_render:
         with torch.no_grad():
             render = render_for_batch(
-                model, memory, batch, targets, generator, render_pose_noise
+                model, memory, batch, targets, generator, render_pose_noise, shard
             ).to(target.dtype)
     elif memory is not None:
         with torch.no_grad():
             tokens, mask = memory_tokens_for_batch(model, memory, batch, targets)
         tokens = tokens.to(target.dtype)
+
+    def normal(shape: tuple[int, ...]) -> Tensor:
+        return torch.randn(shape, generator=generator)
+
+    def uniform(shape: tuple[int, ...]) -> Tensor:
+        return torch.rand(shape, generator=generator)
+
     if context_noise > 0:
-        level = torch.rand(context.shape[0], generator=generator) * context_noise  # (B,)
-        noise = torch.randn(context.shape, generator=generator) * level[:, None, None, None, None]
+        level = shard_rows(uniform, tuple(context.shape[:1]), shard) * context_noise  # (B,)
+        noise = shard_rows(normal, tuple(context.shape), shard) * level[:, None, None, None, None]
         context = context + noise.to(context)
     scheduler = model.scheduler
     size = target.shape[0]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator)
-    noise = torch.randn(target.shape, generator=generator).to(target)
+    levels = scheduler.config.num_train_timesteps
+    timesteps = shard_rows(
+        lambda shape: torch.randint(0, levels, shape, generator=generator), (size,), shard
+    )  # (B,)
+    noise = shard_rows(normal, tuple(target.shape), shard).to(target)
     timesteps = timesteps.to(target.device)
     noisy = scheduler.add_noise(target, noise, timesteps)
     velocity = scheduler.get_velocity(target, noise, timesteps)

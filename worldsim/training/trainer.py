@@ -35,6 +35,22 @@ learning-rate schedule, an EMA of the trained weights, periodic sample videos, a
 plus ``trainer_state.json``; each is written under a temporary name and renamed when complete,
 so a killed run resumes from the last complete one. At the end the EMA weights are exported with
 ``WorldModel.save_pretrained`` to ``<output_dir>/model``.
+
+Several processes (``accelerate launch --multi_gpu --num_processes N``; CPU processes over gloo with
+``cpu=True``): a step trains on one *global* batch, whatever the number of processes. Every process
+iterates the same sequence of global batches and keeps its shard, the rows
+``process_index::num_processes`` (the batch size must divide evenly, so that the mean of the shards'
+mean losses, which DDP's gradient average gives, is the global batch's mean). Every process holds
+the same generator (seeded by ``seed``) and draws the diffusion noise, timesteps and render jitter
+for the whole global batch, keeping its shard's rows (:func:`worldsim.training.losses.shard_rows`).
+So N processes train as one process on the same global batch does, up to the order in which the
+all-reduce sums gradients. The weights, the optimizer, the learning-rate schedule (one step per
+optimizer step, as ``split_batches``) and the EMA are the same on every process; only the main
+process writes checkpoints (each process adds its RNG state), metrics, samples and the exported
+model; the logged loss is the mean over the processes. One exception: the VAE stage samples its
+posterior inside the VAE's forward, per shard, so there each process draws from a generator seeded
+by a draw of the shared one and its process index: the same distribution as one process, not the
+same draw.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import Tensor
@@ -93,7 +110,8 @@ class TrainConfig:
         sample_inference_steps: DDIM steps of sample videos; the default sampler's if None.
         log_every: steps between lines of ``metrics.jsonl``, >= 1.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (accelerate).
-        seed: seed of the noise / timestep / posterior generator, >= 0.
+        seed: seed of the noise / timestep / posterior generator (the same on every
+            process), >= 0.
         context_noise: largest standard deviation of the noise added to the conditioning
             latents, >= 0 (module docstring; 0 = none).
         render_pose_noise_m: standard deviation of the translation jitter of the render's
@@ -236,7 +254,13 @@ class Trainer:
         self.config = config
         self.output_dir = Path(output_dir)
         self.memory = memory
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+        # split_batches: the batch a step trains on is the global one, split across processes,
+        # so the learning-rate schedule takes one step per optimizer step (not num_processes).
+        self.accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=config.mixed_precision,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
         trained = freeze_for_stage(model, config.stage)
         if memory is not None:
             memory.requires_grad_(False)
@@ -257,9 +281,40 @@ class Trainer:
         self.ema = EMAModel(trained, decay=config.ema_decay)
         self.ema.to(self.accelerator.device)
         self.accelerator.register_for_checkpointing(self.ema)
-        seed = config.seed + self.accelerator.process_index
-        self.generator = torch.Generator().manual_seed(seed)
+        # The same on every process: each draws the global batch's noise and keeps its rows.
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(process_index, num_processes)`` of this process.
+
+        It trains on the global rows ``process_index::num_processes`` of every batch.
+        """
+        return self.accelerator.process_index, self.accelerator.num_processes
+
+    def shard_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """This process's rows of a global batch (the batch itself on one process).
+
+        Args:
+            batch: a global batch; tensors and lists have the clips along their first axis.
+
+        Returns:
+            The rows ``process_index::num_processes`` of every tensor and list.
+
+        Raises:
+            ValueError: if the batch's size is not a multiple of the number of processes.
+        """
+        index, count = self.shard
+        if count == 1:
+            return batch
+        size = len(batch["rgb"])
+        if size % count:
+            raise ValueError(
+                f"a global batch of {size} clips cannot be split evenly across {count} processes: "
+                "use a batch size that is a multiple of the number of processes"
+            )
+        return {k: v[index::count] if isinstance(v, Tensor | list) else v for k, v in batch.items()}
 
     @property
     def unwrapped(self) -> WorldModel:
@@ -290,10 +345,13 @@ class Trainer:
         """Write a checkpoint of the current step atomically; prune old ones."""
         final = self.checkpoint_dir / f"step-{self.step:08d}"
         temporary = final.with_name(final.name + ".tmp")
-        self.accelerator.wait_for_everyone()
+        # A leftover of a killed run goes first: the other processes write into the folder too.
         if self.accelerator.is_main_process and temporary.exists():
             shutil.rmtree(temporary)
+        self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(temporary), safe_serialization=True)
+        # Every process writes its RNG state into the folder: all must be done before the rename.
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             torch.save(self.generator.get_state(), temporary / "generator.pt")
             state = {
@@ -349,11 +407,14 @@ class Trainer:
     # ----------------------------------------------------------------------------- training
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """The stage's loss of one batch (already on the device)."""
+        """The stage's loss of this process's shard of a batch (already on the device)."""
         if self.config.stage == "vae":
-            return vae_loss(
-                self.world_model, batch, self.generator, self.config.kl_weight, self.network
-            )
+            generator = self.generator
+            index, count = self.shard
+            if count > 1:  # the posterior is drawn inside the VAE, per shard: see the docstring
+                draw = torch.randint(0, 2**62, (1,), generator=self.generator)
+                generator = torch.Generator().manual_seed(int(draw) + index)
+            return vae_loss(self.world_model, batch, generator, self.config.kl_weight, self.network)
         config = self.config
         loss = diffusion_loss(
             self.world_model,
@@ -364,6 +425,7 @@ class Trainer:
             self.network,
             config.context_noise,
             (config.render_pose_noise_m, config.render_pose_noise_deg),
+            self.shard,
         )
         return loss, {}
 
@@ -373,12 +435,17 @@ class Trainer:
         """Train until ``config.steps`` or ``config.max_seconds``, resuming from a checkpoint.
 
         Args:
-            batches: an iterable of training batches, cycled (the batch format of
-                :func:`worldsim.training.losses.diffusion_loss`).
+            batches: an iterable of global training batches, cycled (the batch format of
+                :func:`worldsim.training.losses.diffusion_loss`); every process must iterate
+                the same sequence, and trains on its shard of each (:meth:`shard_batch`).
             resume: look for a checkpoint in ``output_dir`` first.
 
         Returns:
-            The logged metrics (one dict per ``log_every`` steps).
+            The logged metrics (one dict per ``log_every`` steps), the loss averaged over the
+            processes.
+
+        Raises:
+            ValueError: if a batch's size is not a multiple of the number of processes.
         """
         config = self.config
         if resume:
@@ -397,15 +464,14 @@ class Trainer:
         started = time.perf_counter()
         while self.step < config.steps:
             # Tensors move to the device; traceability fields (scene ids) stay as they are.
-            batch = {
-                k: v.to(self.accelerator.device) if isinstance(v, Tensor) else v
-                for k, v in next(stream).items()
-            }
-            if first is None:
-                first = batch
+            batch = next(stream)
+            shard = self.shard_batch(batch)
+            if first is None:  # the global batch, so samples show the same clips on N processes
+                first = self._to_device(batch)
+            batch = self._to_device(shard)
             with self.accelerator.accumulate(self.network):
                 loss, parts = self.loss(batch)
-                self.accelerator.backward(loss)
+                self.accelerator.backward(self._reaching_every_parameter(loss))
                 if self.accelerator.sync_gradients:
                     self.accelerator.clip_grad_norm_(self.trained, config.grad_clip)
                 self.optimizer.step()
@@ -413,7 +479,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             self.ema.step(self.trained)
             self.step += 1
-            value = float(loss.detach())
+            value, parts = self._mean_over_processes(loss, parts)
             if not np.isfinite(value):
                 raise FloatingPointError(f"loss became {value} at step {self.step}")
             bar.update(1)
@@ -432,9 +498,8 @@ class Trainer:
                         log.write(json.dumps(record) + "\n")
             if config.sample_every and self.step % config.sample_every == 0:
                 self.write_samples(first)
-            out_of_time = (
-                config.max_seconds is not None
-                and time.perf_counter() - started >= config.max_seconds
+            out_of_time = config.max_seconds is not None and self._main_process_says(
+                time.perf_counter() - started >= config.max_seconds
             )
             if self.step % config.checkpoint_every == 0 or self.step == config.steps or out_of_time:
                 self.save_checkpoint()
@@ -450,8 +515,45 @@ class Trainer:
         self.export()
         return history
 
+    def _reaching_every_parameter(self, loss: Tensor) -> Tensor:
+        """``loss`` plus zero times every trained parameter, where that is needed.
+
+        A batch can miss every trained parameter (the memory stage on clips whose memory was
+        dropped): its gradient is zero, but backward needs a graph. On several processes a shard
+        can miss some or all of them, and DDP waits for every parameter's gradient; zero is the
+        shard's true gradient, so the average stays the global batch's.
+        """
+        if self.accelerator.num_processes == 1 and loss.requires_grad:
+            return loss
+        return loss + 0.0 * sum(parameter.sum() for parameter in self.trained)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Tensors moved to the device; traceability fields (scene ids) as they are."""
+        device = self.accelerator.device
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def _mean_over_processes(
+        self, loss: Tensor, parts: dict[str, float]
+    ) -> tuple[float, dict[str, float]]:
+        """The loss and its parts averaged over the processes (as they are on one)."""
+        if self.accelerator.num_processes == 1:
+            return float(loss.detach()), parts
+        values = torch.tensor([float(loss.detach()), *parts.values()], dtype=torch.float64)
+        values = self.accelerator.reduce(values.to(self.accelerator.device), "mean").cpu()
+        return float(values[0]), dict(zip(parts, values[1:].tolist(), strict=True))
+
+    def _main_process_says(self, decision: bool) -> bool:
+        """The main process's ``decision`` on every process (so that all stop together)."""
+        if self.accelerator.num_processes == 1:
+            return decision
+        flag = torch.tensor([int(decision)], device=self.accelerator.device)
+        return bool(broadcast(flag, from_process=0).item())
+
     def export(self) -> Path:
-        """Save the model with its EMA weights to ``<output_dir>/model`` and return the path."""
+        """Save the model with its EMA weights to ``<output_dir>/model`` and return the path.
+
+        The main process writes; every process returns once the folder is complete.
+        """
         folder = self.output_dir / "model"
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
@@ -459,6 +561,7 @@ class Trainer:
             self.ema.copy_to(self.trained)
             self.unwrapped.save_pretrained(folder, max_shard_size="40MB")
             self.ema.restore(self.trained)
+        self.accelerator.wait_for_everyone()
         return folder
 
     @torch.no_grad()
