@@ -461,3 +461,11 @@ def test_level_of_detail_draws_far_cells_from_fewer_points_and_stays_close(simul
     # than a new pixel grid is to the ground truth (the test above: 22-26 dB).
     assert psnr(rgb, reference[0], both) >= 28.0
     assert float((depth - reference[1])[both].abs().median()) < 0.02
+    # The same map drawn at another level of detail shares its points and renders as if built so.
+    view = exact.with_level_of_detail(1.0)
+    assert view.xyz is exact.xyz and view.config.level_of_detail == 1.0
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(render_one(simulator, view, target[2]), (rgb, depth, mask), strict=True)
+    )
+    assert exact.config.level_of_detail is None  # the map itself is unchanged

@@ -76,6 +76,7 @@ Bad input
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -315,6 +316,17 @@ class RenderedMemory(Memory):
             setattr(out, name, getattr(self, name))  # shared: writes replace, never modify
         out._rows = self._storage_rows()[index]
         out.steps = self.steps[index].clone()
+        return out
+
+    def with_level_of_detail(self, level_of_detail: float | None) -> RenderedMemory:
+        """This map drawn at another level of detail: the same points, shared, never copied.
+
+        Args:
+            level_of_detail: as :class:`RenderedMemoryConfig` (``None``: every point).
+        """
+        config = dataclasses.replace(self.config, level_of_detail=level_of_detail)
+        out = self.select(torch.arange(self._require_reset(), device=self.device))
+        out.config, out._cells = config, None  # culling cells depend on the level of detail
         return out
 
     def rows_alike(self) -> bool:
