@@ -16,7 +16,8 @@ and ``<index-dir>/val``); ``--stage train`` trains on them, writes ``curve.jsonl
 loss; every ``--eval-every`` steps the hole PSNR of the model against the harmonic and nearest
 fills and the last frame on validation samples), a checkpoint every ``--checkpoint-minutes`` and,
 at the end (``--max-steps`` or ``--budget-minutes``), the EMA model in ``<output-dir>/model``
-(with the validation sampler's ``sampler.json``); ``--stage evaluate`` scores that model on more
+(with the validation sampler's ``sampler.json``; ``--stage export`` writes it from the newest
+checkpoint of a run still training); ``--stage evaluate`` scores that model on more
 validation samples with LPIPS, with the map and without (``evaluation.json``,
 ``samples.png``: truth | render | harmonic fill | model, rows of validation samples). Rerunning
 a command resumes it. A tiny run (what the tests use) needs a tiny data set::
@@ -55,8 +56,9 @@ from worldsim.pixel_training import (
 class Args:
     """Command-line arguments."""
 
-    stage: Literal["all", "index", "train", "evaluate"] = "all"
-    """Which stage to run; all runs index, train and evaluate in turn."""
+    stage: Literal["all", "index", "train", "export", "evaluate"] = "all"
+    """Which stage to run; all runs index, train and evaluate in turn (train exports at its
+    end); export writes model/ from the newest checkpoint (e.g. of a run still training)."""
     config: Literal["tiny", "small"] = "small"
     """Model configuration of a fresh model (a resumed run keeps its checkpoint's)."""
     residual: bool = True
@@ -149,6 +151,11 @@ def main(args: Args) -> None:
         history = trainer.fit(PixelIndex(train_dir), PixelIndex(val_dir), not args.quiet)
         if history:
             print(json.dumps(history[-1]))
+    if "export" in stages:
+        trainer = PixelTrainer(model, args.train, args.output_dir, args.sampler)
+        if not trainer.resume():
+            raise FileNotFoundError(f"no checkpoint in {str(trainer.checkpoint_dir)!r} to export")
+        print(f"exported step {trainer.step} to {trainer.export()}")
     if "evaluate" in stages:
         from worldsim.lpips import LPIPS
 

@@ -42,3 +42,6 @@ def test_train_pixel_generator(tmp_path):
     # Rerunning resumes: nothing left to train, the same step.
     run("train_pixel_generator", [*argv, "--stage", "train"])
     assert json.loads((out / "curve.jsonl").read_text().splitlines()[-1])["step"] == 3
+    (out / "model" / "config.json").unlink()
+    run("train_pixel_generator", [*argv, "--stage", "export"])
+    assert (out / "model" / "config.json").is_file()
