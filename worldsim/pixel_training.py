@@ -20,9 +20,11 @@ Training (:class:`PixelTrainer`)
     EDM's loss (Karras et al. 2022, eq. 2 with ``lambda(sigma)``) at log-normal noise levels,
     per pixel weighted toward the render's holes: weight 1 where the render leaves the pixel
     empty, ``known_weight`` where it covers (there the render is the answer and the sampler
-    keeps it). With probability ``drop_render_probability`` a sample's render is dropped
-    entirely (a chunk without any map: the prefill is the last context frame), so the model
-    learns the no-memory case too. EMA weights, AdamW with warm-up, gradient clipping. A
+    keeps it). Samples are drawn in proportion to ``hole_sampling_floor`` plus their hole
+    share, so frames with holes come more often. With probability
+    ``drop_render_probability`` a sample's render is dropped entirely (a chunk without any
+    map: the prefill is the last context frame), so the model learns the no-memory case too.
+    EMA weights, AdamW with warm-up, gradient clipping. A
     checkpoint (model, EMA, optimizer, schedule, the random generator, step and seconds
     trained) is written atomically every ``checkpoint_minutes`` and when the run ends; a rerun
     of the same command resumes from it. ``budget_minutes`` ends a run cleanly (checkpoint,
@@ -322,9 +324,21 @@ class PixelIndex:
         self._part_start = np.concatenate([[0], np.cumsum(counts)])
         self.num_clips = int(counts.sum())
         self.n_future = int(self.settings["config"]["n_future"])
+        self._hole_shares: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.num_clips * self.n_future
+
+    def hole_shares(self) -> np.ndarray:
+        """(N,) float32: each sample's share of pixels its render leaves empty (read once)."""
+        if self._hole_shares is None:
+            shares = []
+            for part in self.parts:
+                known = part["render_known"]  # (C, F, 1, H, W); sample i = clip * F + frame
+                flat = known.reshape(known.shape[0] * known.shape[1], -1)  # (C * F, H * W)
+                shares.append(1.0 - flat.mean(axis=1, dtype=np.float32))
+            self._hole_shares = np.concatenate(shares).astype(np.float32)
+        return self._hole_shares
 
     def batch(self, indices: np.ndarray | list[int]) -> dict[str, Tensor]:
         """Samples as float tensors: RGB in [0, 1], depth in metres.
@@ -394,6 +408,8 @@ class PixelTrainConfig:
         sigma_log_std: standard deviation of ``ln sigma`` (EDM's P_std), > 0.
         known_weight: loss weight of pixels the render covers (holes weigh 1), in [0, 1].
         drop_render_probability: chance that a sample's render is dropped, in [0, 1].
+        hole_sampling_floor: samples are drawn with probability proportional to this plus
+            their hole share (more steps on frames with holes), >= 0; None draws uniformly.
         max_steps: the run ends at this step, >= 1.
         budget_minutes: the run ends after this much wall-clock time, > 0; None = no limit.
         checkpoint_minutes: wall-clock time between checkpoints, > 0.
@@ -414,6 +430,7 @@ class PixelTrainConfig:
     sigma_log_std: float = 1.2
     known_weight: float = 0.1
     drop_render_probability: float = 0.1
+    hole_sampling_floor: float | None = 0.05
     max_steps: int = 1_000_000
     budget_minutes: float | None = None
     checkpoint_minutes: float = 5.0
@@ -447,6 +464,10 @@ class PixelTrainConfig:
         for name in ("known_weight", "drop_render_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{owner}.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.hole_sampling_floor is not None and self.hole_sampling_floor < 0:
+            raise ValueError(
+                f"{owner}.hole_sampling_floor must be >= 0 or None, got {self.hole_sampling_floor}"
+            )
         if self.budget_minutes is not None and not self.budget_minutes > 0:
             raise ValueError(
                 f"{owner}.budget_minutes must be > 0 or None, got {self.budget_minutes}"
@@ -646,9 +667,17 @@ class PixelTrainer:
         bar = tqdm(
             total=config.max_steps, initial=self.step, desc="pixel denoiser", disable=not progress
         )
+        weights = None
+        if config.hole_sampling_floor is not None:
+            weights = torch.from_numpy(train.hole_shares()).double() + config.hole_sampling_floor
         self.model.train()
         while self.step < config.max_steps:
-            indices = torch.randint(len(train), (config.batch_size,), generator=self.generator)
+            if weights is None:
+                indices = torch.randint(len(train), (config.batch_size,), generator=self.generator)
+            else:
+                indices = torch.multinomial(
+                    weights, config.batch_size, replacement=True, generator=self.generator
+                )
             samples = train.batch(indices.numpy())
             loss, parts = pixel_loss(self.model, samples, config, self.generator)
             loss.backward()

@@ -202,3 +202,13 @@ def test_evaluation_scores_the_render_where_it_covers(room_index):
     assert dropped["hole_share"] == 1.0
     assert dropped["explore_samples"] == len(index)
     assert dropped["psnr_model"] == dropped["hole_psnr_model"]
+
+
+def test_hole_shares_and_hole_weighted_sampling(room_index):
+    index = PixelIndex(room_index)
+    shares = index.hole_shares()
+    samples = index.batch(np.arange(len(index)))
+    expected = (~samples["render_known"]).float().mean((1, 2, 3)).numpy()
+    assert np.allclose(shares, expected, atol=1e-6)  # float32 means of 1024 pixels
+    with pytest.raises(ValueError, match="hole_sampling_floor"):
+        PixelTrainConfig(hole_sampling_floor=-0.1)
