@@ -40,16 +40,8 @@ import tyro
 
 from worldsim import cli
 from worldsim.pixel_denoiser import EDMSamplerConfig, PixelDenoiser, count_parameters
-from worldsim.pixel_training import (
-    IndexConfig,
-    PixelIndex,
-    PixelTrainConfig,
-    PixelTrainer,
-    build_index,
-    conditions_of,
-    evaluate,
-    spread_samples,
-)
+from worldsim.pixel_index import IndexConfig, PixelIndex, build_index, conditions_of
+from worldsim.pixel_training import PixelTrainConfig, PixelTrainer, evaluate, spread_samples
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,10 @@ from worldsim.data import (
 from worldsim.data.synthetic import render_box_room
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw
 from worldsim.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
+from worldsim.pixel_index import IndexConfig, PixelIndex, build_index
 from worldsim.pixel_training import (
-    IndexConfig,
-    PixelIndex,
     PixelTrainConfig,
     PixelTrainer,
-    build_index,
     evaluate,
     hole_weighted_error,
     pixel_loss,
@@ -40,7 +38,7 @@ INDEX = IndexConfig(
     clips_per_part=4,
     render_batch=3,
     memory_dependent_fraction=0.0,
-    empty_memory_fraction=0.3,
+    empty_memory_fraction=0.5,
 )
 
 
@@ -210,5 +208,7 @@ def test_hole_shares_and_hole_weighted_sampling(room_index):
     samples = index.batch(np.arange(len(index)))
     expected = (~samples["render_known"]).float().mean((1, 2, 3)).numpy()
     assert np.allclose(shares, expected, atol=1e-6)  # float32 means of 1024 pixels
+    assert np.array_equal(index.memory_dropped(), samples["memory_dropped"].numpy())
+    assert index.memory_dropped().any()
     with pytest.raises(ValueError, match="hole_sampling_floor"):
         PixelTrainConfig(hole_sampling_floor=-0.1)
