@@ -19,7 +19,7 @@ import torch
 
 from worldsim import cli
 from worldsim.geometry import intrinsics_from_hfov
-from worldsim.pixel_denoiser import (
+from worldsim.models.pixel_denoiser import (
     EDMSamplerConfig,
     PixelDenoiser,
     count_parameters,

@@ -39,9 +39,9 @@ import torch
 import tyro
 
 from worldsim import cli
-from worldsim.pixel_denoiser import EDMSamplerConfig, PixelDenoiser, count_parameters
-from worldsim.pixel_index import IndexConfig, PixelIndex, build_index, conditions_of
-from worldsim.pixel_training import PixelTrainConfig, PixelTrainer, evaluate, spread_samples
+from worldsim.data.pixel_index import IndexConfig, PixelIndex, build_index, conditions_of
+from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser, count_parameters
+from worldsim.training.pixels import PixelTrainConfig, PixelTrainer, evaluate, spread_samples
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,8 @@ def write_samples(model: PixelDenoiser, index: PixelIndex, args: Args, path: Pat
     """A picture: truth | render | harmonic fill | model, one validation sample per row."""
     import imageio.v3 as iio
 
-    from worldsim.fills import harmonic_fill
-    from worldsim.pixel_denoiser import sample_frames
+    from worldsim.memory.fills import harmonic_fill
+    from worldsim.models.pixel_denoiser import sample_frames
 
     chosen = spread_samples(len(index), 8)
     samples = index.batch(chosen)
@@ -149,7 +149,7 @@ def main(args: Args) -> None:
             raise FileNotFoundError(f"no checkpoint in {str(trainer.checkpoint_dir)!r} to export")
         print(f"exported step {trainer.step} to {trainer.export()}")
     if "evaluate" in stages:
-        from worldsim.lpips import LPIPS
+        from worldsim.metrics.lpips import LPIPS
 
         folder = args.output_dir / "model"
         trained = PixelDenoiser.from_pretrained(folder).eval()

@@ -282,4 +282,3 @@ def _distinct_best(places: np.ndarray, values: np.ndarray, count: int, apart: fl
         if all(np.linalg.norm(places[index] - places[other]) > apart for other in chosen):
             chosen.append(int(index))
     return chosen
-

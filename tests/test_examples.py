@@ -665,3 +665,32 @@ def test_bad_inputs_end_in_one_line_without_a_traceback(tmp_path):
         assert "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_train_pixel_generator(tmp_path):
+    data = tmp_path / "data"
+    collect = "--scene-count 2 --episodes-per-scene 2 --episodes-per-shard 1 --max-steps 20"
+    size = "--width 32 --height 32 --workers 1 --quiet"
+    run("collect_data", ["--output-dir", str(data), *collect.split(), *size.split()])
+    argv = [
+        *("--config", "tiny", "--data-dir", str(data), "--val-data-dir", str(data)),
+        *("--output-dir", str(tmp_path / "out")),
+        *"--index.num-clips 4 --index.clips-per-part 2 --index.memory-dependent-fraction 0".split(),
+        *"--val-clips 2 --max-steps 3 --batch-size 2 --eval-every 2 --eval-samples 4".split(),
+        *"--final-eval-samples 4 --sampler.num-steps 2 --threads 1 --quiet".split(),
+    ]
+    run("train_pixel_generator", argv)
+    out = tmp_path / "out"
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert curve[-1]["step"] == 3 and "hole_psnr_model" in curve[-1]["validation"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["no_map"]["hole_share"] == 1.0
+    assert evaluation["sampler"]["num_steps"] == 2
+    picture = imageio.imread(out / "samples.png")
+    assert picture.ndim == 3 and np.asarray(picture).std() > 5
+    # Rerunning resumes: nothing left to train, the same step.
+    run("train_pixel_generator", [*argv, "--stage", "train"])
+    assert json.loads((out / "curve.jsonl").read_text().splitlines()[-1])["step"] == 3
+    (out / "model" / "config.json").unlink()
+    run("train_pixel_generator", [*argv, "--stage", "export"])
+    assert (out / "model" / "config.json").is_file()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from worldsim.fills import fill_holes, harmonic_fill, nearest_fill, nearest_index
+from worldsim.memory.fills import fill_holes, harmonic_fill, nearest_fill, nearest_index
 
 
 def random_known(generator: torch.Generator, shape: tuple[int, ...], share: float) -> torch.Tensor:

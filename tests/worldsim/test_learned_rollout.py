@@ -12,7 +12,7 @@ from envs.simulator import SimulatorConfig
 from tests.worldsim.conftest import make_tiny, randomise_memory_gates
 from worldsim.geometry import action_to_relative_pose, waypoint_to_relative_pose
 from worldsim.memory import build_memory
-from worldsim.memory.splatting import fill_holes
+from worldsim.memory.splatting import fill_rings
 from worldsim.simulator.chunks import chain_poses, step_poses
 from worldsim.simulator.chunks import rollout as reference_rollout
 from worldsim.simulator.learned import LearnedSimulator, row_generators
@@ -348,7 +348,7 @@ def test_fill_holes_takes_the_mean_of_known_neighbours_then_the_default():
     image[..., :, :2] = 1.0
     known = torch.zeros(1, 1, 1, 5, 5, dtype=torch.bool)
     known[..., :, :2] = True
-    filled = fill_holes(image, known, default=-1.0, passes=1)
+    filled = fill_rings(image, known, default=-1.0, passes=1)
     assert torch.equal(filled[..., :, :2], image[..., :, :2])  # known pixels stay
     assert torch.equal(filled[..., :, 2], torch.ones(1, 1, 1, 5))  # one ring: neighbours' mean
     assert torch.equal(filled[..., :, 3:], torch.full((1, 1, 1, 5, 2), -1.0))  # beyond: default

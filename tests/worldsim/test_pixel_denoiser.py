@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from worldsim.fills import harmonic_fill
 from worldsim.geometry import intrinsics_from_hfov
-from worldsim.pixel_denoiser import (
+from worldsim.memory.fills import harmonic_fill
+from worldsim.models.pixel_denoiser import (
     MAX_EVALUATIONS,
     EDMSamplerConfig,
     PixelDenoiser,

@@ -17,11 +17,11 @@ from worldsim.data import (
     write_plan,
     write_shard,
 )
+from worldsim.data.pixel_index import IndexConfig, PixelIndex, build_index
 from worldsim.data.synthetic import render_box_room
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw
-from worldsim.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
-from worldsim.pixel_index import IndexConfig, PixelIndex, build_index
-from worldsim.pixel_training import (
+from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
+from worldsim.training.pixels import (
     PixelTrainConfig,
     PixelTrainer,
     evaluate,

@@ -3,7 +3,7 @@
 :class:`MemoryRender` is what a rendered memory gives per target camera
 (:meth:`worldsim.memory.RenderedMemory.render`). The splatting functions draw a map's points as
 z-buffered squares whose side grows as depth shrinks (the module docstring of
-:mod:`worldsim.memory.rendered` gives the rules); :func:`grow_into_holes` and :func:`fill_holes`
+:mod:`worldsim.memory.rendered` gives the rules); :func:`grow_into_holes` and :func:`fill_rings`
 fill a render's empty pixels from their drawn neighbours.
 """
 
@@ -98,7 +98,7 @@ def grow_into_holes(image: Tensor, known: Tensor, passes: int) -> tuple[Tensor, 
     return torch.where(filled, values.reshape(shape), image), filled
 
 
-def fill_holes(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
+def fill_rings(image: Tensor, known: Tensor, default: float, passes: int = 4) -> Tensor:
     """Fill unknown pixels from their known neighbours, ``passes`` rings deep, else ``default``.
 
     Args:

@@ -65,7 +65,7 @@ from torch import Tensor
 
 from worldsim.geometry import Action
 from worldsim.memory import Memory
-from worldsim.memory.splatting import MemoryRender, fill_holes
+from worldsim.memory.splatting import MemoryRender, fill_rings
 from worldsim.simulator.chunks import (
     camera_path,
     check_memory_fits,
@@ -565,8 +565,8 @@ class LearnedSimulator:
         # The composite over the nearest drawn neighbours' colour and in-range depth.
         rgb, depth = composite_render(
             render,
-            fill_holes(render.rgb, render.mask, 0.5),
-            fill_holes(render.depth, covered, 0.0),
+            fill_rings(render.rgb, render.mask, 0.5),
+            fill_rings(render.depth, covered, 0.0),
             self.model.config.max_depth_m,
         )
         views = RolloutResult(

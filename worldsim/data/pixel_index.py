@@ -5,7 +5,7 @@ so the renders are made once. Clips of a :class:`~worldsim.data.ClipDataset` are
 :meth:`~worldsim.data.ClipDataset.clip_sampler` (memory-dependent clips, clips whose
 earlier frames are dropped, the rest); for each, a :class:`~worldsim.memory.RenderedMemory`
 holds the clip's memory frames and its context frames (as
-:func:`worldsim.losses.render_for_batch` builds it) and is rendered at every future frame's
+:func:`worldsim.training.losses.render_for_batch` builds it) and is rendered at every future frame's
 recorded camera. A sample is one future frame: the clip's context, the recorded frame (the
 target), the render at its camera (RGB-D, where it shows observed points within the
 sensor's range, and the age of those points) and the camera relative to the last context
@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.geometry import relative_pose
 from worldsim.memory import RenderedMemory
-from worldsim.pixel_denoiser import PixelConditions, PixelDenoiser
-from worldsim.sampling import insert_clip_memory, insert_frames
+from worldsim.models.pixel_denoiser import PixelConditions, PixelDenoiser
+from worldsim.simulator.chunks import insert_clip_memory, insert_frames
 
 INDEX_FORMAT = "persistent-world-pixel-index-1"
 """Format tag of an index's ``index.json``."""

@@ -1,6 +1,6 @@
 """A pixel-space EDM denoiser of one future RGB-D frame, conditioned on the map's render.
 
-The latent world model (:mod:`worldsim.world_model`) cannot hold detail at 64x64: its VAE
+The latent world model (:mod:`worldsim.models.world_model`) cannot hold detail at 64x64: its VAE
 reconstructs at 24.8 dB. This model generates in pixel space instead, as DIAMOND does: a
 diffusers ``UNet2DModel`` under the preconditioning of Karras et al. 2022 (EDM), generating
 **one** future frame's RGB-D per row. A chunk of F frames is F rows of one batch.
@@ -14,7 +14,7 @@ Conditioning, concatenated to the noisy frame as channels (:meth:`PixelDenoiser.
     - the ``n_context`` last frames, RGB-D pixels (``4 * n_context`` channels);
     - the map's render at this camera: RGB-D pixels where it covers (0 elsewhere), its coverage
       mask, and its freshness ``exp(-age / age_scale_frames)`` (0 where it does not cover);
-    - the *prefill*: the render's holes filled classically (:mod:`worldsim.fills`, method
+    - the *prefill*: the render's holes filled classically (:mod:`worldsim.memory.fills`, method
       ``prefill``); where the render covers nothing at all, the last context frame;
     - the Plücker rays of this camera in the frame of the last context camera (6 channels,
       :func:`worldsim.geometry.plucker_rays`).
@@ -46,9 +46,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 from torch import Tensor
 
-from worldsim.fills import FILLS, fill_holes
 from worldsim.geometry import DEFAULT_MAX_DEPTH_M, plucker_rays
-from worldsim.pretrained import ModelMixin
+from worldsim.memory.fills import FILLS, fill_holes
+from worldsim.models.pretrained import ModelMixin
 
 TIME_SCALE = 1000.0
 """``c_noise`` is multiplied by this before the sinusoidal embedding (frequencies 1 to 1e-4), so
@@ -135,7 +135,8 @@ class PixelDenoiser(ModelMixin, ConfigMixin):
         max_depth_m: depth that maps to pixel value 1, metres (the sensor's range).
         sigma_data: standard deviation of the data EDM's preconditioning assumes, > 0.
         residual: diffuse the difference from the prefill (True) or the frame itself.
-        prefill: the classical fill of the render's holes, one of :data:`worldsim.fills.FILLS`.
+        prefill: the classical fill of the render's holes, one of
+            :data:`worldsim.memory.fills.FILLS`.
         age_scale_frames: the render's freshness channel is ``exp(-age / age_scale_frames)``,
             frames, > 0.
         block_out_channels: U-Net widths per resolution level (one ``DownBlock2D`` /

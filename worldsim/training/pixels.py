@@ -1,6 +1,6 @@
-"""Training the pixel-space denoiser (:mod:`worldsim.pixel_denoiser`): train and validate.
+"""Training the pixel-space denoiser (:mod:`worldsim.models.pixel_denoiser`): train and validate.
 
-The recipe is collect → index (:mod:`worldsim.pixel_index`) → train → export; each step resumes
+The recipe is collect → index (:mod:`worldsim.data.pixel_index`) → train → export; each step resumes
 where it stopped.
 
 Training (:class:`PixelTrainer`)
@@ -19,9 +19,9 @@ Training (:class:`PixelTrainer`)
 
 Validation (:func:`evaluate`)
     On a fixed set of validation samples (other houses than training), the EMA model's samples
-    against the classical fills of the same render (:mod:`worldsim.fills`) and the last context
-    frame: PSNR on the render's holes (RGB), depth error on the holes, and optionally LPIPS of
-    the frame with only its holes replaced (``lpips_holes``: the truth elsewhere, so only what
+    against the classical fills of the same render (:mod:`worldsim.memory.fills`) and the last
+    context frame: PSNR on the render's holes (RGB), depth error on the holes, and optionally LPIPS
+    of the frame with only its holes replaced (``lpips_holes``: the truth elsewhere, so only what
     each method puts in the holes is scored) and of the whole frame on *exploration* samples
     (render coverage below 20 %).
 """
@@ -45,15 +45,15 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from worldsim.fills import harmonic_fill, nearest_fill
-from worldsim.pixel_denoiser import (
+from worldsim.data.pixel_index import PixelIndex, conditions_of
+from worldsim.memory.fills import harmonic_fill, nearest_fill
+from worldsim.models.pixel_denoiser import (
     EDMSamplerConfig,
     PixelDenoiser,
     edm_loss_weight,
     edm_training_sigmas,
     sample_frames,
 )
-from worldsim.pixel_index import PixelIndex, conditions_of
 
 EXPLORATION_COVERAGE = 0.2
 """Samples whose render covers less than this share of the frame are *exploration* samples."""
@@ -434,7 +434,7 @@ def evaluate(
         sampler: the sampler's settings.
         seed: the base seed of the initial noise.
         batch_size: samples per model call.
-        lpips_model: an :class:`~worldsim.lpips.LPIPS` with inputs in [0, 1] for the LPIPS
+        lpips_model: an :class:`~worldsim.metrics.lpips.LPIPS` with inputs in [0, 1] for the LPIPS
             scores, or None to skip them.
         drop_render: drop every render (the no-memory case: holes are the whole frame).
 

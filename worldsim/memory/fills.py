@@ -3,8 +3,8 @@
 The map's render (:meth:`worldsim.memory.RenderedMemory.render`) leaves pixels empty: splat
 holes, silhouettes, borders that a turn reveals, rooms never seen. These are the no-learning
 baselines a generator must beat there, and the prefill a residual generator starts from
-(:mod:`worldsim.pixel_denoiser`). Both take any channels (RGB, depth, both stacked) and keep the
-known pixels bit for bit.
+(:mod:`worldsim.models.pixel_denoiser`). Both take any channels (RGB, depth, both stacked) and keep
+the known pixels bit for bit.
 
 Nearest (:func:`nearest_fill`)
     Every hole takes the value of the known pixel nearest to it in Euclidean pixel distance,
