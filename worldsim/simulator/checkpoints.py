@@ -12,13 +12,13 @@ untrained tiny model with a cheap memory for smoke tests.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from worldsim.memory import Memory, RenderedMemory, build_memory
+from worldsim.models.pretrained import read_config
 from worldsim.models.world_model import DEFAULT_CHECKPOINT, MEMORY_FILE, WorldModel
 from worldsim.simulator.chunks import check_memory_fits
 from worldsim.simulator.collision import MapCollisionConfig
@@ -219,11 +219,8 @@ def resolve_memory(
     if memory is None:
         spec_file = None if folder is None else folder / MEMORY_FILE
         if spec_file is not None and spec_file.is_file():
-            try:
-                memory = json.loads(spec_file.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{str(spec_file)!r} is not valid JSON: {error}") from None
-            if not isinstance(memory, dict) or "name" not in memory:
+            memory = read_config(spec_file)
+            if "name" not in memory:
                 raise ValueError(
                     f"{str(spec_file)!r} must hold a JSON object with a 'name' and the fields of "
                     f"that memory's config (build_memory arguments), got {memory!r}"

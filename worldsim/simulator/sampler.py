@@ -21,13 +21,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from worldsim.memory.splatting import MemoryRender, grow_into_holes
+from worldsim.models.pretrained import read_config
 from worldsim.models.world_model import LEGACY_SAMPLER_KEYS
 
 if TYPE_CHECKING:
@@ -123,10 +124,10 @@ def load_sampler_config(folder: str | Path | None) -> SamplerConfig:
     folder = Path(folder)
     path = folder / SAMPLER_FILE
     if path.is_file():
-        fields = _read_object(path)
+        fields = read_config(path)
     else:
         config = folder / "config.json"
-        old = _read_object(config) if config.is_file() else {}
+        old = read_config(config) if config.is_file() else {}
         fields = {key: old[key] for key in LEGACY_SAMPLER_KEYS if key in old}
     known = {field.name for field in dataclasses.fields(SamplerConfig)}
     unknown = sorted(set(fields) - known)
@@ -138,16 +139,6 @@ def load_sampler_config(folder: str | Path | None) -> SamplerConfig:
         return SamplerConfig(**fields)
     except ValueError as error:
         raise ValueError(f"{str(path)!r}: {error}") from None
-
-
-def _read_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(value).__name__}")
-    return value
 
 
 # ------------------------------------------------------------------------------ the composite
