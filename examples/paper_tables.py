@@ -14,12 +14,15 @@ of ``--output-dir``, and gathers their results:
 - **Fig. 6a**, CEM against iterations (``plan_cem.py``, into ``fig6a/<simulator>/``): success
   and SIM of CEM imagining in the world model and in the ground truth.
 - **Fig. 6b**, hindsight adaptation (``adapt_policy.py``, into ``fig6b/rounds-<k>/``): success
-  and SIM in the ground truth before adaptation and after each hindsight round. The policy
-  after round k comes from a run of k rounds: with the same seed its rounds are the first k of
-  the longest run, so R rounds cost R (R + 1) / 2 rounds of adaptation.
+  (with its 95 % Wilson interval) and SIM in the ground truth before adaptation and after each
+  hindsight round, over all the houses; the policy explores in the learned simulator or, with
+  ``--fig6b.simulator ground_truth``, in the ground truth (the upper bound). The policy after
+  round k comes from a run of k rounds: with the same seed its rounds are the first k of the
+  longest run, so R rounds cost R (R + 1) / 2 rounds of adaptation.
 
 Tables 2 and 6a draw ``--episodes`` episodes from ``--num-scenes`` houses of ``--split``; Fig. 6b
-evaluates ``--episodes`` episodes in the first of them. The ground truth runs at the world
+adapts in each of ``--fig6b.num-scenes`` houses from ``--scene-start`` on and evaluates
+``--episodes`` fixed episodes in each. The ground truth runs at the world
 model's frame size and turn step, so every row of a table sees the same episodes (and, in
 Table 2, the same policy samples). Every run starts from torch's generator seeded with
 ``--seed``.
@@ -56,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import tyro
 
@@ -153,9 +157,22 @@ class Adaptation:
     """Most actions per evaluation episode in the ground truth."""
     few_images: int = 6
     """Images of a spin in place that initialise the world model's memory."""
+    simulator: Literal["learned", "ground_truth"] = "learned"
+    """What the policy explores in: the learned world model, or the ground truth (upper
+    bound)."""
+    num_scenes: int = 1
+    """Houses adapted in, from --scene-start on (each a fresh copy of the policy)."""
+    stop_distance: float | None = None
+    """Evaluation episodes stop when the policy's distance head predicts at most this many
+    frames to the goal; None: they run out their steps."""
 
     def __post_init__(self) -> None:
-        _check_positive("fig6b", eval_steps=self.eval_steps, few_images=self.few_images)
+        _check_positive(
+            "fig6b",
+            eval_steps=self.eval_steps,
+            few_images=self.few_images,
+            num_scenes=self.num_scenes,
+        )
 
 
 QUICK_TABLES = {
@@ -527,46 +544,64 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
 
 def adaptation(args: Args) -> Table:
     """Fig. 6b: success and SIM before and after each hindsight round (adapt_policy.py)."""
-    table = Table("Fig. 6b: hindsight adaptation")
     settings = args.fig6b
+    table = Table(f"Fig. 6b: hindsight adaptation, imagined in the {settings.simulator}")
     befores = []
+    keys = ("episodes", "success", "success_low", "success_high", "reached", "sim")
     for rounds in range(1, settings.hindsight.rounds + 1):
         rows = run_script(
             "adapt_policy",
             table,
             f"policy after {rounds} hindsight rounds",
             checkpoint=args.checkpoint,
+            simulator=settings.simulator,
             output_dir=args.output_dir / "fig6b" / f"rounds-{rounds}",
             policy=args.policy,
             preset=args.preset,
             split=args.split,
-            scene_index=args.scene_start,
+            scene_start=args.scene_start,
+            num_scenes=settings.num_scenes,
             few_images=settings.few_images,
             episodes=args.episodes,
             eval_steps=settings.eval_steps,
+            stop_distance=settings.stop_distance,
             hindsight=dataclasses.replace(settings.hindsight, rounds=rounds),
             sampling_steps=args.sampling_steps,
             seed=args.seed,
             device=args.device,
             threads=args.threads,
         )
-        before, after = rows
-        befores.append({k: before[k] for k in ("episodes", "success", "sim")})
+        before, after = (row for row in rows if row["scene"] == "all")
+        befores.append({k: before[k] for k in keys})
+        houses = [row["scene"] for row in rows if row["scene"] != "all"][::2]
+        scenes = f"{houses[0]}..{houses[-1]}" if len(houses) > 1 else houses[0]
         if rounds == 1:
-            table.rows.append({"hindsight_rounds": 0, "scene": before["scene"], **befores[0]})
-        keys = ("episodes", "success", "sim", "loss_first", "loss_last")
+            table.rows.append({"hindsight_rounds": 0, "scenes": scenes, **befores[0]})
+        heldout = [row["heldout_loss"] for row in rows if row["scene"] != "all"][1::2]
         table.rows.append(
-            {"hindsight_rounds": rounds, "scene": after["scene"], **{k: after[k] for k in keys}}
+            {
+                "hindsight_rounds": rounds,
+                "scenes": scenes,
+                **{k: after[k] for k in keys},
+                "heldout_loss": float(np.mean(heldout)),
+            }
         )
     if any(before != befores[0] for before in befores):
         table.notes.append(f"The before-adaptation rows of the runs differ: {befores}.")
     plot_metric_curves(
         {
-            title: [row[metric] for row in table.rows]
-            for title, metric in (("success", "success"), ("SIM", "sim"))
+            "success": {
+                label: [row[key] for row in table.rows]
+                for label, key in (
+                    ("success", "success"),
+                    ("95 % low", "success_low"),
+                    ("95 % high", "success_high"),
+                )
+            },
+            "SIM": [row["sim"] for row in table.rows],
         },
         args.output_dir / "fig6b.png",
-        title="Fig. 6b: success and SIM in the ground truth",
+        title="Fig. 6b: success (95 % Wilson interval) and SIM in the ground truth",
         xlabel="hindsight rounds",
         x=[row["hindsight_rounds"] for row in table.rows],
     )

@@ -557,3 +557,31 @@ def path_length(positions: ArrayLike) -> float:
     if not np.isfinite(positions).all():
         raise ValueError("positions must be finite (no NaN or infinity)")
     return float(np.linalg.norm(np.diff(positions, axis=0), axis=-1).sum())
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a success rate (95 % for the default ``z``).
+
+    ``(p + z²/2n ± z sqrt(p(1 - p)/n + z²/4n²)) / (1 + z²/n)`` with ``p = successes / trials``;
+    unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes.
+
+    Args:
+        successes: successful trials, in [0, trials].
+        trials: trials, >= 1.
+        z: standard-normal quantile of the interval (1.96: 95 %), > 0.
+
+    Returns:
+        ``(low, high)`` in [0, 1].
+
+    Raises:
+        ValueError: for counts out of range or a non-positive ``z``.
+    """
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    if not z > 0:
+        raise ValueError(f"z must be > 0, got {z}")
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

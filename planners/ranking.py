@@ -64,10 +64,8 @@ class NoMaDSampler:
         self.scheduler = make_scheduler(policy)
         self.spec = spec or ActionSpec()
 
-    def waypoints(
-        self, start: RolloutStart, goal: Tensor | None, num_samples: int, generator: torch.Generator
-    ) -> Tensor:
-        """(N, L, 2) sampled positions ``(forward, left)`` in metres (see :mod:`planners.nomad`)."""
+    def _inputs(self, start: RolloutStart, goal: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The (1, context_size + 1, 3, H, W) context and the (1, 3, H, W) goal, on the device."""
         needed = self.policy.config.context_size + 1
         frames = start.rgb[:1]
         if frames.shape[1] < needed:
@@ -76,9 +74,30 @@ class NoMaDSampler:
         device = next(self.policy.parameters()).device
         context = frames[:, -needed:].to(device)
         goal_batch = None if goal is None else check_goal_image(goal, start.image_size).to(device)
+        return context, goal_batch
+
+    def waypoints(
+        self, start: RolloutStart, goal: Tensor | None, num_samples: int, generator: torch.Generator
+    ) -> Tensor:
+        """(N, L, 2) sampled positions ``(forward, left)`` in metres (see :mod:`planners.nomad`)."""
+        context, goal_batch = self._inputs(start, goal)
         return sample_waypoints(
             self.policy, self.scheduler, context, goal_batch, num_samples, generator
         )[0].cpu()
+
+    @torch.no_grad()
+    def distance(self, start: RolloutStart, goal: Tensor) -> float:
+        """The policy's predicted temporal distance from the start's current view to the goal.
+
+        Args:
+            start: one start state (B = 1).
+            goal: (3, H, W) goal RGB in [0, 1].
+
+        Returns:
+            Frames (actions) to the goal, as the policy's distance head estimates them.
+        """
+        context, goal_batch = self._inputs(start, goal)
+        return float(self.policy.predict_distance(self.policy.encode(context, goal_batch))[0])
 
     def sample(
         self,

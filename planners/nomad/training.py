@@ -16,6 +16,11 @@ with the goal hidden (goal masking) with probability ``goal_mask_probability``, 
 over rows whose goal is shown, and the diffusion term over rows whose goal distance lies in
 ``[min_action_distance, max_action_distance]`` (NoMaD trains actions only towards goals at a
 sensible range; its defaults are 3 and 20 frames).
+
+With ``stop_at_goal`` the action target of a row whose goal is shown ends at the goal: waypoints
+of frames after the goal frame repeat the goal's position, so the policy learns to reach the goal
+and stay there instead of copying whatever the recorded agent did next (hindsight fine-tuning,
+:mod:`planners.hindsight`, where the goal is a frame the rollout reached).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class NoMaDTrainingConfig:
         steps: optimiser steps, >= 1.
         batch_size: clips per step, >= 1.
         max_grad_norm: gradient clipping norm, > 0, or ``None`` for none.
+        stop_at_goal: action targets end at the goal: the waypoints of frames after the goal
+            frame are the goal's position (reach it, then stay), for rows whose goal is shown;
+            ``False``: the next ``len_traj_pred`` frames whatever the goal distance (NoMaD).
     """
 
     min_goal_distance: int = 1
@@ -63,6 +71,7 @@ class NoMaDTrainingConfig:
     steps: int = 10_000
     batch_size: int = 64
     max_grad_norm: float | None = 1.0
+    stop_at_goal: bool = False
 
     def __post_init__(self) -> None:
         if self.min_goal_distance < 1:
@@ -138,6 +147,11 @@ def policy_batch(
     goal = rgb[torch.arange(batch), current + distance]  # (B, 3, H, W)
     goal_mask = torch.rand(batch, generator=generator) < config.goal_mask_probability
     positions = future_positions(poses, current, horizon)  # (B, L, 2) metres
+    if config.stop_at_goal:
+        # frame current + 1 + k is waypoint k; the goal frame current + d is waypoint d - 1
+        last = torch.where(goal_mask, horizon - 1, (distance - 1).clamp(max=horizon - 1))
+        index = torch.minimum(torch.arange(horizon)[None], last[:, None])  # (B, L)
+        positions = torch.gather(positions, 1, index[..., None].expand(-1, -1, 2))
     deltas = normalize_waypoints(positions, policy.config.metric_waypoint_spacing)
     action_mask = (distance >= config.min_action_distance) & (
         distance <= config.max_action_distance

@@ -20,6 +20,7 @@ from planners.metrics import (
     spl,
     success,
     umeyama_alignment,
+    wilson_interval,
 )
 from worldsim.geometry import position_yaw_from_pose
 
@@ -215,3 +216,18 @@ def test_bad_trajectories_raise(rng):
         absolute_trajectory_error(poses[:, :3, :3], poses[:, :3, :3])
     with pytest.raises(ValueError, match="yaws must have shape"):
         poses_from_positions_yaws(np.zeros((4, 3)), np.zeros(3))
+
+
+def test_wilson_interval_hand_computed():
+    # 0 of n: (0, z^2 / (n + z^2)); 10 of 20: 0.5 -+ 1.96 sqrt(0.25/20 + z^2/1600) / (1 + z^2/20)
+    z2 = 1.959964**2
+    assert wilson_interval(0, 20) == pytest.approx((0.0, z2 / (20 + z2)), abs=1e-12)
+    low, high = wilson_interval(10, 20)
+    half = 1.959964 * math.sqrt(0.25 / 20 + z2 / 1600) / (1 + z2 / 20)
+    assert (low, high) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
+    assert (round(low, 4), round(high, 4)) == (0.2993, 0.7007)  # the textbook values
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(20, 20)[0] < 1.0
+    # the interval narrows with more trials at the same rate
+    assert np.ptp(wilson_interval(30, 60)) < np.ptp(wilson_interval(10, 20))
+    with pytest.raises(ValueError, match="need 0 <= successes <= trials"):
+        wilson_interval(3, 2)

@@ -149,6 +149,24 @@ def test_training_batch_cuts_goals_and_waypoints(policy):
         NoMaDTrainingConfig(max_goal_distance=4, min_action_distance=5, max_action_distance=8)
 
 
+def test_stop_at_goal_targets_end_at_the_goal(policy):
+    # Straight walk, goals 1-3 frames ahead, 4 waypoints: with stop_at_goal the target walks d
+    # steps and stays (deltas 0 after the goal); hidden goals and the NoMaD default keep walking.
+    clips = _clips(batch=64)
+    walking = 2 * 3.5 / 7.5 - 1  # a normalised delta of one spacing forward
+    standing = 2 * 2.5 / 7.5 - 1  # of zero
+    config = NoMaDTrainingConfig(min_goal_distance=1, max_goal_distance=3, stop_at_goal=True)
+    batch = policy_batch(clips, policy, config, torch.Generator().manual_seed(0))
+    for row in range(64):
+        d = 4 if batch["goal_mask"][row] else int(batch["distance"][row])
+        expected = torch.tensor([walking] * d + [standing] * (4 - d))
+        assert torch.allclose(batch["deltas"][row, :, 0], expected, atol=1e-6)
+    assert batch["goal_mask"].any() and (~batch["goal_mask"]).any()  # both kinds were checked
+    nomad = policy_batch(clips, policy, NoMaDTrainingConfig(min_goal_distance=1,
+                         max_goal_distance=3), torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.allclose(nomad["deltas"][..., 0], torch.full((64, 4), walking))
+
+
 def test_waypoint_normalisation_by_hand_and_round_trip():
     positions = torch.tensor([[0.25, 0.0], [0.5, 0.25], [0.5, 0.5]])
     normalized = normalize_waypoints(positions, 0.25)
