@@ -107,7 +107,8 @@ class Args:
     """Actions of each sampled trajectory executed before the policy is asked again."""
     stop_distance: float | None = None
     """Stop an evaluation episode when the policy's distance head predicts at most this many
-    frames to the goal (NoMaD's goal-reached test); None: never stop (run out the steps)."""
+    frames to the goal (NoMaD's goal-reached test) or its waypoints propose to stay; None: never
+    stop (run out the steps)."""
     hindsight: HindsightConfig = field(default_factory=HindsightConfig)
     """Rounds, rollouts and fine-tuning settings."""
     heldout_rollouts: int = 2

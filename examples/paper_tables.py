@@ -164,7 +164,7 @@ class Adaptation:
     """Houses adapted in, from --scene-start on (each a fresh copy of the policy)."""
     stop_distance: float | None = None
     """Evaluation episodes stop when the policy's distance head predicts at most this many
-    frames to the goal; None: they run out their steps."""
+    frames to the goal or its waypoints propose to stay; None: they run out their steps."""
 
     def __post_init__(self) -> None:
         _check_positive(
