@@ -77,6 +77,7 @@ from worldsim.evaluation.clips import (
 )
 from worldsim.evaluation.report import write_report
 from worldsim.evaluation.revisits import (
+    NOTES,
     Variant,
     WindowPredictions,
     context_memory,
@@ -354,7 +355,7 @@ def main(args: Args) -> None:
         progress=True,
     )
     rows = score_windows(predictions, model.config.n_future)
-    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME)
+    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME, notes=NOTES)
     png_path = args.output_dir / f"{REPORT_NAME}.png"
     imageio.imwrite(png_path, picture(predictions, args.picture_windows))
     if args.max_clips > 0 and memory_name is not None:

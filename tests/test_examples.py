@@ -415,7 +415,8 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     reprojection, harmonic = everything["reprojection"], everything["harmonic fill"]
     assert harmonic["psnr_holes"]["value"] != reprojection["psnr_holes"]["value"]
     assert all(np.isfinite(r["psnr_pooled"]["value"]) for r in everything.values())
-    assert (tmp_path / "out" / "evaluation.md").read_text().startswith("# evaluation")
+    markdown = (tmp_path / "out" / "evaluation.md").read_text()
+    assert markdown.startswith("# evaluation") and "\n- holes: the pixels" in markdown
     assert imageio.imread(tmp_path / "out" / "evaluation.png").ndim == 3
     # The single-chunk validation the model card embeds (export_checkpoint.py --validation).
     validation = json.loads((tmp_path / "out" / "validation.json").read_text())["rows"]

@@ -83,6 +83,24 @@ METRICS = (
     "depth_l1_holes",
 )
 """Columns of :func:`score_windows`' rows, in order."""
+NOTES = (
+    "frames: the subset scored: every frame; by memory-only share (pixels earlier frames see "
+    "and the context does not) 0-10 %, 10-50 %, >= 50 %; exploration frames, whose memory + "
+    "context render covers < 20 %; each chunk",
+    "psnr: the mean of per-frame PSNR (inf once a frame matches exactly); psnr_pooled: the PSNR "
+    "of the squared error pooled over the subset's frames",
+    "psnr_memory_only / psnr_unmapped: PSNR on the memory-only pixels / on the pixels the "
+    "render leaves empty (holes), over frames that have any; unmapped_share: the holes' share",
+    "holes: the pixels the reprojection's render (memory + context) leaves empty, one mask for "
+    "every variant; holes_n: frames with >= 1 % holes, which the *_holes columns score: "
+    "psnr_holes (mean per frame), psnr_holes_pooled, lpips_holes (the LPIPS map averaged over "
+    "the holes), depth_l1_holes (metres, holes with a recorded depth)",
+    "baselines without learning: reprojection (holes from the last context frame), "
+    "harmonic / nearest fill (holes filled from the render), last frame; context only: a memory "
+    "of the context frames alone, the control beside none",
+)
+"""How to read :func:`score_windows`' table, one line each: the ``notes`` of
+:func:`~worldsim.evaluation.report.write_report`."""
 
 
 MemoryBuilder = Callable[[WindowBatch, torch.device], "Memory | None"]
