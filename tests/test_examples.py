@@ -17,6 +17,7 @@ import torch
 import tyro
 
 from worldsim import cli
+from worldsim.models.world_model import WorldModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -722,3 +723,11 @@ def test_train_pixel_generator(tmp_path):
     (out / "model" / "config.json").unlink()
     run("train_pixel_generator", [*argv, "--stage", "export"])
     assert (out / "model" / "config.json").is_file()
+    # Attached to a world model, the generator loads with it and keeps its sampler.
+    world = tmp_path / "world"
+    WorldModel.from_config_name("tiny", memory_token_dim=0, memory_render=True).save_pretrained(
+        world
+    )
+    run("train_pixel_generator", [*argv, "--stage", "attach", "--attach-to", str(world)])
+    loaded = WorldModel.from_pretrained(world)
+    assert loaded.pixel_generator is not None and loaded.pixel_sampler.num_steps == 2
