@@ -413,7 +413,8 @@ def generate_pixel_chunk(
     :func:`worldsim.data.pixel_index.render_clips`); the generator's EDM sampler
     (``model.pixel_sampler``) spends at most 4 network evaluations on the chunk. With
     ``render_composite`` the render's observed points are pasted over the result as in the
-    latent path; without, every pixel is the network's own ("generated only"). Arguments as :func:`generate_chunk` (``render=None`` is an empty map).
+    latent path; without, every pixel is the network's own ("generated only"). Arguments as
+    :func:`generate_chunk` (``render=None`` is an empty map).
 
     Returns:
         ``(rgb, depth)``: (B, F, 3, H, W) in [0, 1] and (B, F, 1, H, W) metres, float32.
