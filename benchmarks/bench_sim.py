@@ -13,9 +13,9 @@ stacked into two storeys and subdivided to at least 500 k triangles
 (:func:`envs.embedded.scenes.storey_house`), its textures encoded as Basis Universal KTX2 and
 written as a ``.basis.glb`` like HM3D's. It reports the first load (transcoding the textures and
 filling the decoded-texture cache) and a cached load, the navigation-grid build, and env steps/s
-at ``large_size``, with the ratio to the small house's steps/s of this same run (the figure
-that does not depend on how busy the machine is) and the triangles drawn per frame after
-culling.
+at ``large_size`` and the triangles drawn per frame after culling; then the large scene and
+the small house stepped in alternating blocks, whose ratio is the figure that does not depend
+on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import numpy as np
 import envs  # noqa: F401  (registers IndoorNav-v0)
 from envs.embedded.scenes import CACHE_ENV_VAR
 from worldsim import cli
+
+_BLOCK = 50
+"""Env steps per turn in :func:`bench_interleaved`."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ def bench_large_scene(args: Args, folder: Path) -> dict[str, float]:
     NavGrid.from_mesh(mesh)
     nav_s = time.perf_counter() - started
     steps = bench_size(args.large_size, replace(args, steps=args.large_steps), str(path))
+    pair = bench_interleaved(args, {"large": str(path), "small": args.scene})
     return {
         "triangles": len(mesh.faces),
         "megabytes": path.stat().st_size / 1e6,
@@ -143,7 +147,38 @@ def bench_large_scene(args: Args, folder: Path) -> dict[str, float]:
         "cached_load_s": cached_load_s,
         "nav_s": nav_s,
         **{f"step_{key}": value for key, value in steps.items()},
+        **{f"interleaved_{key}": value for key, value in pair.items()},
     }
+
+
+def bench_interleaved(args: Args, scenes: dict[str, str]) -> dict[str, float]:
+    """Env steps/s of several scenes at ``large_size``, stepped in alternating blocks.
+
+    On a shared machine the load changes within seconds; blocks of :data:`_BLOCK` steps taken
+    in turn give every scene the same share of it, so their ratio holds whatever the load.
+    """
+    size = args.large_size
+    made = {
+        name: gym.make("IndoorNav-v0", scene=scene, width=size, height=size)
+        for name, scene in scenes.items()
+    }
+    actions = np.random.default_rng(args.seed).integers(1, 4, size=args.large_steps + 50)
+    for env in made.values():
+        env.reset(seed=args.seed)
+        for action in actions[:50]:  # warm-up
+            env.step(int(action))
+    seconds = dict.fromkeys(made, 0.0)
+    for start in range(50, len(actions), _BLOCK):
+        for name, env in made.items():
+            started = time.perf_counter()
+            for action in actions[start : start + _BLOCK]:
+                _, _, terminated, truncated, _ = env.step(int(action))
+                if terminated or truncated:
+                    env.reset()
+            seconds[name] += time.perf_counter() - started
+    for env in made.values():
+        env.close()
+    return {name: args.large_steps / value for name, value in seconds.items()}
 
 
 def main(args: Args) -> list[dict[str, float]]:
@@ -170,9 +205,6 @@ def main(args: Args) -> list[dict[str, float]]:
                 os.environ.pop(CACHE_ENV_VAR)
                 if previous is not None:
                     os.environ[CACHE_ENV_VAR] = previous
-        small = next((row for row in rows if row["size"] == args.large_size), None)
-        if small is None:
-            small = bench_size(args.large_size, args)
         print(
             f"large scene ({args.large_scene} x {args.large_storeys} storeys): "
             f"{large['triangles']:,} triangles, .basis.glb {large['megabytes']:.1f} MB "
@@ -181,13 +213,16 @@ def main(args: Args) -> list[dict[str, float]]:
             f"nav grid {large['nav_s']:.2f} s"
         )
         print(
-            f"large scene at {small['size']}²: {large['step_steps_per_s']:.0f} env steps/s, "
-            f"{large['step_renders_per_s']:.0f} bare renders/s "
-            f"({large['step_steps_per_s'] / small['steps_per_s']:.2f} x the small house's "
-            f"{small['steps_per_s']:.0f} steps/s in this run); a step drew "
+            f"large scene at {args.large_size}²: {large['step_steps_per_s']:.0f} env steps/s, "
+            f"{large['step_renders_per_s']:.0f} bare renders/s; a step drew "
             f"{large['step_drawn']:,.0f} of {large['step_triangles']:,} triangles on average; "
             f"the env's first reset (load, upload, nav grid, first views) took "
             f"{large['step_first_reset_s']:.2f} s"
+        )
+        print(
+            f"interleaved in blocks of {_BLOCK} steps: large {large['interleaved_large']:.0f}, "
+            f"{args.scene} {large['interleaved_small']:.0f} env steps/s "
+            f"({large['interleaved_large'] / large['interleaved_small']:.2f} x)"
         )
         rows.append(large)
     return rows

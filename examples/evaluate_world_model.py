@@ -10,6 +10,10 @@ shipped checkpoint (or ``--checkpoint``, optionally against ``--compare-checkpoi
 The tiny setting the tests use: a 32x32 dataset, a tiny model, ``--chunks 2 --max-windows 3
 --memory-frames 4 --sampling-steps 1 --max-clips 2``.
 
+Houses: every house of the dataset by default; ``--scene-start 20 --num-scenes 4`` evaluates
+house-<split>-0020 .. 0023 of it (the index in the split, as ``plan_cem.py``), ``--scenes
+house-test-0021 house-test-0023`` names them.
+
 Windows (:mod:`worldsim.evaluation.revisits`): from each recorded episode, starts whose next
 ``--chunks`` x ``n_future`` frames hold the most pixels that the earlier observed frames see and
 the ``n_context`` context frames do not (memory-only pixels, by depth consistency), up to
@@ -18,17 +22,25 @@ each variant, from the same noise:
 
 - per checkpoint: its memory (``memory.json``) filled with the window's earlier observed frames
   (``--memory-frames`` of them, the ones that see most of the future; 0 = all); ``none`` (no
-  memory); ``shuffled`` (another episode's memory, moved so its last context camera is this
-  one's: the control);
-- ``reprojection``: no learning, the memory and context frames rendered as points at each future
-  camera, holes filled from the last context frame; ``last frame``: every future frame is the
-  last context frame.
+  memory); ``context only`` (a memory of the context frames alone: with ``none``, the clean
+  control pair, so that what memory adds is measured against the context's own render);
+  ``shuffled`` (another episode's memory, moved so its last context camera is this one's: the
+  control);
+- no learning: ``reprojection``, the memory and context frames rendered as points at each future
+  camera, the pixels the render leaves empty (its holes) filled from the last context frame;
+  ``reprojection: context only``, the context frames alone rendered so; ``harmonic fill`` and
+  ``nearest fill``, the same render with its holes filled classically from the render
+  (:mod:`worldsim.memory.fills`; the last context frame where the render draws nothing);
+  ``last frame``, every future frame is the last context frame.
 
 Writes to ``--output-dir``:
 
 - ``evaluation.json`` / ``evaluation.md``: per variant and per bin of memory-only share (0-10 %,
-  10-50 %, >= 50 %), per chunk and overall: PSNR, SSIM, LPIPS, depth L1 (metres) and PSNR on the
-  memory-only pixels;
+  10-50 %, >= 50 %), on exploration frames (the render covers < 20 %), per chunk and overall:
+  PSNR (mean per frame and pooled), SSIM, LPIPS, depth L1 (metres), PSNR on the memory-only
+  pixels, and on frames with >= 1 % holes (one mask, the reprojection's, for every variant) the
+  holes' PSNR (mean and pooled), LPIPS map averaged over them and depth L1
+  (:func:`worldsim.evaluation.revisits.score_windows`);
 - ``evaluation.png``: for a few windows, rows of truth (with its memory-only pixels below) and
   each variant, frames across the rollout, labelled with each frame's memory-only share;
 - ``validation.json`` / ``validation.md`` / ``validation.png`` (unless ``--max-clips 0``): the
@@ -52,6 +64,7 @@ import torch
 from einops import rearrange
 from PIL import Image, ImageDraw
 
+from envs.embedded.scenes import parse_scene_id
 from worldsim import cli
 from worldsim.data import ClipConfig, ClipDataset, TrajectoryStore
 from worldsim.evaluation.clips import (
@@ -64,16 +77,24 @@ from worldsim.evaluation.clips import (
 )
 from worldsim.evaluation.report import write_report
 from worldsim.evaluation.revisits import (
+    NOTES,
     Variant,
     WindowPredictions,
+    context_memory,
     episode_memory,
+    fill_variants,
     last_frame_variant,
     no_memory,
     predict_windows,
     reprojection_variant,
     score_windows,
 )
-from worldsim.evaluation.windows import WindowConfig, find_windows, load_windows
+from worldsim.evaluation.windows import (
+    WindowConfig,
+    dataset_scenes,
+    find_windows,
+    load_windows,
+)
 from worldsim.models.world_model import MEMORY_FILE, WorldModel
 from worldsim.simulator.checkpoints import load_world_model, resolve_memory
 from worldsim.simulator.sampler import SamplerConfig, load_sampler_config
@@ -106,6 +127,14 @@ class Args:
     """Memory frames per window, those that see most of the future (0: every earlier frame)."""
     min_coverage: float = 0.05
     """Least mean memory-only share of a window's future frames."""
+    scene_start: int = 0
+    """Index in the split of the first house evaluated (houses scene_start .. scene_start +
+    num_scenes - 1 of the dataset, e.g. 20 for house-test-0020..)."""
+    num_scenes: int = 0
+    """Houses evaluated from scene_start (0: every house of the dataset from there)."""
+    scenes: tuple[str, ...] = ()
+    """Evaluate these houses of the dataset only (ids, e.g. house-test-0021), instead of
+    --scene-start / --num-scenes."""
     batch_size: int = 8
     """Windows (clips) per model call."""
     sampling_steps: int | None = None
@@ -127,7 +156,7 @@ class Args:
 def model_variants(
     model: WorldModel, folder: Path | None, label: str, sampler: SamplerConfig
 ) -> tuple[list[Variant], str | None]:
-    """The checkpoint with its memory, with none and with a shuffled memory; its memory name.
+    """The checkpoint with its memory, none, the context only and a shuffled one; its memory name.
 
     A model that composites its memory render into its frames also runs without compositing
     (``generated only``): what the network itself makes of the pixels the render covers.
@@ -140,6 +169,7 @@ def model_variants(
     variants = [
         Variant(f"{label}: {name}", model, episode_memory(memory), sampler),
         Variant(f"{label}: none", model, no_memory, sampler),
+        Variant(f"{label}: context only", model, context_memory(memory), sampler),
         Variant(f"{label}: shuffled", model, episode_memory(memory, shuffled=True), sampler),
     ]
     if model.config.memory_render and sampler.render_composite:
@@ -149,6 +179,48 @@ def model_variants(
             1, Variant(f"{label}: {name}, generated only", model, episode_memory(memory), own)
         )
     return variants, name
+
+
+def chosen_scenes(args: Args, store: TrajectoryStore) -> list[str] | None:
+    """The houses whose windows are evaluated (``None``: all), from the house flags.
+
+    Raises:
+        ValueError: for --scenes with --scene-start / --num-scenes, negative counts, a dataset
+            house that is not numbered when a range is asked for, or a range that selects no
+            house (the message lists those the dataset holds).
+    """
+    if args.scene_start < 0 or args.num_scenes < 0:
+        raise ValueError(
+            f"--scene-start and --num-scenes must be >= 0, got {args.scene_start} and "
+            f"{args.num_scenes}"
+        )
+    if args.scenes:
+        if args.scene_start or args.num_scenes:
+            raise ValueError("choose houses with --scenes or with --scene-start / --num-scenes")
+        return list(args.scenes)  # find_windows names any the dataset does not hold
+    if args.scene_start == 0 and args.num_scenes == 0:
+        return None
+    held = dataset_scenes(store)
+    stop = args.scene_start + args.num_scenes if args.num_scenes else None
+    chosen = []
+    for scene in held:
+        try:
+            index = parse_scene_id(scene)[1]
+        except ValueError:
+            raise ValueError(
+                f"house {scene!r} of {str(args.data_dir)!r} has no index in a split; choose "
+                "houses by id with --scenes"
+            ) from None
+        if index >= args.scene_start and (stop is None or index < stop):
+            chosen.append(scene)
+    if not chosen:
+        last = "" if stop is None else f" .. {stop - 1}"
+        raise ValueError(
+            f"--scene-start {args.scene_start} --num-scenes {args.num_scenes} selects no house "
+            f"(indices {args.scene_start}{last}) of {str(args.data_dir)!r}; it holds "
+            f"{', '.join(held)}"
+        )
+    return chosen
 
 
 def _label(image: np.ndarray, text: str) -> np.ndarray:
@@ -249,9 +321,15 @@ def main(args: Args) -> None:
         label = other_folder.name if other_folder.name != folder.name else "compare"
         other_sampler = load_sampler_config(other_folder).with_steps(args.sampling_steps)
         variants += model_variants(other, other_folder, label, other_sampler)[0]
-    variants += [reprojection_variant(), last_frame_variant()]
+    variants += [
+        reprojection_variant(),
+        reprojection_variant("reprojection: context only", context_only=True),
+        *fill_variants(),
+        last_frame_variant(),
+    ]
 
     store = TrajectoryStore(args.data_dir)
+    scenes = chosen_scenes(args, store)
     config = WindowConfig(
         n_context=model.config.n_context,
         length=args.chunks * model.config.n_future,
@@ -259,12 +337,13 @@ def main(args: Args) -> None:
         max_windows=args.max_windows,
         min_coverage=args.min_coverage,
     )
-    windows = find_windows(store, config, progress=True)
+    windows = find_windows(store, config, progress=True, scenes=scenes)
     if not windows:
+        houses = "" if scenes is None else f" (houses {', '.join(scenes)})"
         raise ValueError(
-            f"no window of {config.length} future frames in {str(args.data_dir)!r} reaches a "
-            f"memory-only share of {config.min_coverage}: collect longer episodes that revisit "
-            "(out_and_back, look_around) or lower --min-coverage"
+            f"no window of {config.length} future frames in {str(args.data_dir)!r}{houses} "
+            f"reaches a memory-only share of {config.min_coverage}: collect longer episodes that "
+            "revisit (out_and_back, look_around) or lower --min-coverage"
         )
     batch = load_windows(store, windows, config.n_context, config.length)
     predictions = predict_windows(
@@ -276,14 +355,15 @@ def main(args: Args) -> None:
         progress=True,
     )
     rows = score_windows(predictions, model.config.n_future)
-    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME)
+    json_path, md_path = write_report(rows, args.output_dir, REPORT_NAME, notes=NOTES)
     png_path = args.output_dir / f"{REPORT_NAME}.png"
     imageio.imwrite(png_path, picture(predictions, args.picture_windows))
     if args.max_clips > 0 and memory_name is not None:
         validate(args, model, memory_name, folder)
     print(md_path.read_text())
     print(
-        f"{len(windows)} windows from {len({w.episode for w in windows})} episodes; "
+        f"{len(windows)} windows from {len({w.episode for w in windows})} episodes of "
+        f"{len({w.scene_id for w in windows})} houses; "
         f"{time.perf_counter() - started:.0f} s; wrote {json_path}, {md_path} and {png_path}"
     )
 

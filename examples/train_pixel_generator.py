@@ -48,9 +48,13 @@ from worldsim.training.pixels import PixelTrainConfig, PixelTrainer, evaluate, s
 class Args:
     """Command-line arguments."""
 
-    stage: Literal["all", "index", "train", "export", "evaluate"] = "all"
+    stage: Literal["all", "index", "train", "export", "evaluate", "attach"] = "all"
     """Which stage to run; all runs index, train and evaluate in turn (train exports at its
-    end); export writes model/ from the newest checkpoint (e.g. of a run still training)."""
+    end); export writes model/ from the newest checkpoint (e.g. of a run still training);
+    attach puts model/ into the world-model checkpoint --attach-to (its pixel_generator/)."""
+    attach_to: Path | None = None
+    """World-model checkpoint folder that --stage attach gives the trained generator (e.g.
+    worldsim/checkpoints/world_model_small: PersistentWorld-v0 then generates with it)."""
     config: Literal["tiny", "small"] = "small"
     """Model configuration of a fresh model (a resumed run keeps its checkpoint's)."""
     residual: bool = True
@@ -131,6 +135,26 @@ def write_samples(model: PixelDenoiser, index: PixelIndex, args: Args, path: Pat
     iio.imwrite(path, np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))
 
 
+def attach(args: Args) -> None:
+    """Write ``<output-dir>/model`` (and its sampler) into the world model ``--attach-to``."""
+    from worldsim.models.world_model import PIXEL_GENERATOR_FOLDER, WorldModel, load_pixel_sampler
+
+    if args.attach_to is None:
+        raise ValueError("--stage attach needs --attach-to, a world-model checkpoint folder")
+    folder = args.output_dir / "model"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no trained generator at {str(folder)!r}: run --stage train or --stage export first"
+        )
+    world = WorldModel.from_pretrained(args.attach_to)
+    generator = PixelDenoiser.from_pretrained(folder)
+    world.attach_pixel_generator(generator, load_pixel_sampler(folder))  # refuses a misfit
+    target = args.attach_to / PIXEL_GENERATOR_FOLDER
+    world.pixel_generator.save_pretrained(target)
+    (target / "sampler.json").write_text((folder / "sampler.json").read_text())
+    print(f"attached {str(folder)!r} to {str(args.attach_to)!r} ({str(target)!r})")
+
+
 def main(args: Args) -> None:
     stages = ("index", "train", "evaluate") if args.stage == "all" else (args.stage,)
     model = fresh_model(args)
@@ -148,6 +172,8 @@ def main(args: Args) -> None:
         if not trainer.resume():
             raise FileNotFoundError(f"no checkpoint in {str(trainer.checkpoint_dir)!r} to export")
         print(f"exported step {trainer.step} to {trainer.export()}")
+    if "attach" in stages:
+        attach(args)
     if "evaluate" in stages:
         from worldsim.metrics.lpips import LPIPS
 

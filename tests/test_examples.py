@@ -17,6 +17,7 @@ import torch
 import tyro
 
 from worldsim import cli
+from worldsim.models.world_model import WorldModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -463,18 +464,27 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
     argv += ["--sampling-steps", "1", "--max-clips", "2", "--device", "cpu"]
     run("evaluate_world_model", argv)
     rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())["rows"]
-    variants = ["model: feature_map", "model: none", "model: shuffled", "reprojection"]
-    assert [r["variant"] for r in rows[:5]] == [*variants, "last frame"]
+    variants = ["model: feature_map", "model: none", "model: context only", "model: shuffled"]
+    variants += ["reprojection", "reprojection: context only", "harmonic fill", "nearest fill"]
+    assert [r["variant"] for r in rows[:9]] == [*variants, "last frame"]
     assert {r["frames"] for r in rows} == {
         "all",
         "0-10 %",
         "10-50 %",
         ">= 50 %",
+        "exploration: render < 20 %",
         "chunk 1",
         "chunk 2",
     }
-    assert rows[0]["frames_n"] == 5 * 4 and all(r["psnr"]["value"] > 0 for r in rows[:5])
-    assert (tmp_path / "out" / "evaluation.md").read_text().startswith("# evaluation")
+    assert rows[0]["frames_n"] == 5 * 4 and all(r["psnr"]["value"] > 0 for r in rows[:9])
+    # Hole scores on one mask for every variant; the classical fills change only the holes.
+    everything = {r["variant"]: r for r in rows if r["frames"] == "all"}
+    assert len({r["holes_n"] for r in everything.values()}) == 1
+    reprojection, harmonic = everything["reprojection"], everything["harmonic fill"]
+    assert harmonic["psnr_holes"]["value"] != reprojection["psnr_holes"]["value"]
+    assert all(np.isfinite(r["psnr_pooled"]["value"]) for r in everything.values())
+    markdown = (tmp_path / "out" / "evaluation.md").read_text()
+    assert markdown.startswith("# evaluation") and "\n- holes: the pixels" in markdown
     assert imageio.imread(tmp_path / "out" / "evaluation.png").ndim == 3
     # The single-chunk validation the model card embeds (export_checkpoint.py --validation).
     validation = json.loads((tmp_path / "out" / "validation.json").read_text())["rows"]
@@ -485,6 +495,22 @@ def test_evaluate_world_model(tmp_path, tiny_dataset):
         ("all", "reprojection"),
     ]
     assert imageio.imread(tmp_path / "out" / "validation.png").ndim == 3
+
+    # Houses by flag: the second house alone; a range past the dataset names its houses.
+    from worldsim.data import TrajectoryStore
+
+    module = cli.load_example("evaluate_world_model")
+    store = TrajectoryStore(tiny_dataset)
+    houses = sorted({e.scene_id for e in store.episodes})
+    second = tyro.cli(module.Args, args=[*argv, "--scene-start", str(int(houses[1][-4:]))])
+    assert module.chosen_scenes(second, store) == houses[1:]
+    assert module.chosen_scenes(tyro.cli(module.Args, args=argv), store) is None
+    named = tyro.cli(module.Args, args=[*argv, "--scenes", houses[0]])
+    assert module.chosen_scenes(named, store) == houses[:1]
+    with pytest.raises(ValueError, match=f"selects no house .* it holds {houses[0]}, {houses[1]}"):
+        run("evaluate_world_model", [*argv, "--scene-start", "9"])
+    with pytest.raises(ValueError, match=r"holds no episode of the houses \['house-x'\]"):
+        run("evaluate_world_model", [*argv, "--scenes", "house-x"])
 
 
 def test_paper_tables(tmp_path, tiny_dataset):
@@ -501,10 +527,13 @@ def test_paper_tables(tmp_path, tiny_dataset):
 
     # Table 1: every variant on 2 windows x 2 chunks x 2 frames of the tiny untrained model
     table1 = [row for row in tables["table1"]["rows"] if row["frames"] == "all"]
-    variants = ["feature_map", "none", "shuffled"]
+    variants = ["feature_map", "none", "context only", "shuffled"]
     assert [row["variant"] for row in table1] == [
         *(f"tiny-untrained: {variant}" for variant in variants),
         "reprojection",
+        "reprojection: context only",
+        "harmonic fill",
+        "nearest fill",
         "last frame",
     ]
     for row in table1:
@@ -762,3 +791,11 @@ def test_train_pixel_generator(tmp_path):
     (out / "model" / "config.json").unlink()
     run("train_pixel_generator", [*argv, "--stage", "export"])
     assert (out / "model" / "config.json").is_file()
+    # Attached to a world model, the generator loads with it and keeps its sampler.
+    world = tmp_path / "world"
+    WorldModel.from_config_name("tiny", memory_token_dim=0, memory_render=True).save_pretrained(
+        world
+    )
+    run("train_pixel_generator", [*argv, "--stage", "attach", "--attach-to", str(world)])
+    loaded = WorldModel.from_pretrained(world)
+    assert loaded.pixel_generator is not None and loaded.pixel_sampler.num_steps == 2

@@ -27,7 +27,8 @@ Context
     indexed draw call; a scene of at least ``cull_min_triangles`` triangles is drawn chunk by
     chunk with frustum and occlusion culling instead (:mod:`envs.embedded.culling`), which shows
     the same surface at every pixel (where two surfaces z-fight, the draw order picks one; see
-    :meth:`Renderer.forget_visibility`).
+    :meth:`Renderer.forget_visibility`). A third colour attachment records each pixel's chunk,
+    which tells the culler what a frame shows.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ in vec3 in_position;
 in vec2 in_uv;
 in vec4 in_color;
 in float in_layer;
+in float in_chunk;
 out vec3 v_world;
 out vec2 v_uv;
 out vec4 v_color;
 flat out float v_layer;
+flat out float v_chunk;
 out float v_depth;
 void main() {
     vec4 camera = world_to_camera * vec4(in_position, 1.0);
@@ -75,6 +78,7 @@ void main() {
     v_uv = in_uv;
     v_color = in_color;
     v_layer = in_layer;
+    v_chunk = in_chunk;
     v_depth = camera.z;
 }
 """
@@ -89,9 +93,11 @@ in vec3 v_world;
 in vec2 v_uv;
 in vec4 v_color;
 flat in float v_layer;
+flat in float v_chunk;
 in float v_depth;
 layout(location = 0) out vec4 out_color;
 layout(location = 1) out float out_depth;
+layout(location = 2) out float out_chunk;
 void main() {
     vec3 normal = cross(dFdx(v_world), dFdy(v_world));
     float length_normal = length(normal);
@@ -99,14 +105,22 @@ void main() {
     vec4 albedo = texture(textures, vec3(v_uv, v_layer)) * v_color;
     out_color = vec4(albedo.rgb * (ambient + (1.0 - ambient) * lambert), 1.0);
     out_depth = v_depth <= max_depth ? v_depth : 0.0;
+    out_chunk = v_chunk;
 }
 """
 
-# Interleaved vertex layout: position (3 f4), uv (2 f4), colour (4 u1, normalised), layer (f4).
+# Interleaved vertex layout: position (3 f4), uv (2 f4), colour (4 u1, normalised), layer (f4),
+# culling chunk + 1 (f4, 0 without culling; exact below 2^24).
 _VERTEX_DTYPE = np.dtype(
-    [("position", "<f4", 3), ("uv", "<f4", 2), ("color", "u1", 4), ("layer", "<f4")]
+    [
+        ("position", "<f4", 3),
+        ("uv", "<f4", 2),
+        ("color", "u1", 4),
+        ("layer", "<f4"),
+        ("chunk", "<f4"),
+    ]
 )
-_VERTEX_FORMAT = "3f 2f 4f1 1f"
+_VERTEX_FORMAT = "3f 2f 4f1 1f 1f"
 
 
 class EGLUnavailableError(RuntimeError):
@@ -320,12 +334,16 @@ class Renderer:
         size = (int(width), int(height))
         self._color = ctx.renderbuffer(size, components=4)
         self._depth_value = ctx.renderbuffer(size, components=1, dtype="f4")
+        self._chunk = ctx.renderbuffer(size, components=1, dtype="f4")  # culling chunk + 1
         self._depth_buffer = ctx.depth_renderbuffer(size)
-        self._fbo = ctx.framebuffer([self._color, self._depth_value], self._depth_buffer)
-        projection = projection_matrix(
+        self._fbo = ctx.framebuffer(
+            [self._color, self._depth_value, self._chunk], self._depth_buffer
+        )
+        self._chunks = np.empty((int(height), int(width)), dtype=np.float32)
+        self._projection = projection_matrix(
             self.intrinsics.numpy(), width, height, self.config.near, self.config.far
         )
-        self._program["projection"].write(projection.T.astype("f4").tobytes())
+        self._program["projection"].write(self._projection.T.astype("f4").tobytes())
         light = np.asarray(self.config.light_direction, dtype=np.float64)
         self._program["light_direction"].value = tuple(light / np.linalg.norm(light))
         self._program["ambient"].value = self.config.ambient
@@ -371,23 +389,30 @@ class Renderer:
             rgba = material.factor if colors is None else colors / 255.0 * material.factor
             chunk["color"] = np.clip(np.round(rgba * 255), 0, 255)
             chunk["layer"] = material.layer
+            chunk["chunk"] = 0.0
             chunks.append(chunk)
         vertices = np.concatenate(chunks)  # (3F,) unshared corners
         cull = len(vertices) // 3 >= self.config.cull_min_triangles
         if cull:
             triangles = vertices["position"].reshape(-1, 3, 3).astype(np.float64)  # (F, 3, 3)
             order, starts = chunk_order(triangles)
-            vertices = vertices.reshape(-1, 3)[order].reshape(-1)
+            vertices = vertices.reshape(-1, 3)[order]  # (F, 3)
+            sizes = np.diff(starts)
+            vertices["chunk"] = np.repeat(np.arange(1, len(sizes) + 1), sizes)[:, None]
+            vertices = vertices.reshape(-1)
         self._upload(vertices, images)
         self.num_triangles = len(vertices) // 3
         if cull:
             self._culler = ChunkCuller(
+                self._ctx,
+                self._fbo,
                 self._vao,
                 triangles[order],
                 starts,
                 self.intrinsics.numpy(),
                 (self.config.width, self.config.height),
                 self.config.near,
+                self._projection,
             )
 
     def _upload(self, vertices: np.ndarray, images: list) -> None:
@@ -418,12 +443,28 @@ class Renderer:
         self._textures.build_mipmaps()
         self._textures.filter = (ctx.LINEAR_MIPMAP_LINEAR, ctx.LINEAR)
         records = np.ascontiguousarray(vertices).view(np.dtype((np.void, vertices.dtype.itemsize)))
-        shared, index = np.unique(records, return_inverse=True)
+        shared, first, index = np.unique(records, return_index=True, return_inverse=True)
+        # Vertices in the order of their first use, so that a run of triangles reads a compact
+        # stretch of the vertex buffer.
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        shared, index = shared[order], rank[index.ravel()]
         self._vbo = ctx.buffer(shared.tobytes())  # (V,) unique vertices
         self._ibo = ctx.buffer(index.astype("<u4").ravel().tobytes())  # (3F,) corner -> vertex
         self._vao = ctx.vertex_array(
             self._program,
-            [(self._vbo, _VERTEX_FORMAT, "in_position", "in_uv", "in_color", "in_layer")],
+            [
+                (
+                    self._vbo,
+                    _VERTEX_FORMAT,
+                    "in_position",
+                    "in_uv",
+                    "in_color",
+                    "in_layer",
+                    "in_chunk",
+                )
+            ],
             index_buffer=self._ibo,
             index_element_size=4,
         )
@@ -441,6 +482,8 @@ class Renderer:
 
     def release_scene(self) -> None:
         """Free the GL buffers and textures of the loaded scene."""
+        if self._culler is not None:
+            self._culler.release()
         self._culler = None
         for resource in (self._vao, self._vbo, self._ibo, self._textures):
             if resource is not None:
@@ -451,7 +494,13 @@ class Renderer:
     def release(self) -> None:
         """Free every GL object of this renderer (the shared context stays)."""
         self.release_scene()
-        for resource in (self._fbo, self._color, self._depth_value, self._depth_buffer):
+        for resource in (
+            self._fbo,
+            self._color,
+            self._depth_value,
+            self._chunk,
+            self._depth_buffer,
+        ):
             resource.release()
         self._program.release()
 
@@ -534,11 +583,12 @@ class Renderer:
         else:
             world_to_camera = world_to_camera_t.T.astype(np.float64)
 
-            def read_depth() -> np.ndarray:
-                self._fbo.read_into(depth, components=1, attachment=1, alignment=1, dtype="f4")
-                return depth
+            def read_chunks() -> np.ndarray:
+                chunks = self._chunks
+                self._fbo.read_into(chunks, components=1, attachment=2, alignment=1, dtype="f4")
+                return chunks
 
-            self.triangles_drawn = self._culler.draw(world_to_camera, read_depth)
+            self.triangles_drawn = self._culler.draw(world_to_camera, read_chunks)
         # Framebuffer row 0 is image row 0 (see projection_matrix): no flip.
         self._fbo.read_into(rgb, components=3, attachment=0, alignment=1)
         self._fbo.read_into(depth, components=1, attachment=1, alignment=1, dtype="f4")

@@ -13,8 +13,10 @@ from envs.embedded.scenes import (
     generate_layout,
     load_glb,
     scene_mesh,
+    scene_meshes,
     storey_house,
 )
+from envs.embedded.scenes.meshes import STOREY_SLAB_M
 from worldsim.geometry import intrinsics_from_hfov, pose_from_position_yaw, project_points
 
 pytestmark = pytest.mark.skipif(
@@ -371,19 +373,104 @@ def test_bad_poses_and_scenes_raise_clear_errors(house_renderer):
 
 
 # ------------------------------------------------------------------------------------- culling
-def _assert_same_surfaces(culled, whole, near=0.01):
+def _assert_same_surfaces(culled, whole, near=0.01, reverse=None):
     """Culled and whole-scene renders show the same surface at every pixel.
 
     Where two surfaces lie closer together than the 24-bit depth buffer resolves at that depth
     (z-fighting), the draw order picks one: such pixels may differ in colour and by at most
-    that resolution in depth. A chunk culled wrongly would show a surface metres behind.
+    that resolution in depth. A chunk culled wrongly would show a surface metres behind (or a
+    millimetre: ten times the resolution at 3 m). Without ``reverse`` a thousandth of the
+    pixels may differ in colour; ``reverse``, the whole scene drawn in reverse triangle order,
+    shows where the order decides (each triangle's depth is rasterised the same in any order,
+    so a colour depends on the order only where fragments tie): colours may differ there only.
     """
     (rgb_a, depth_a), (rgb_b, depth_b) = culled, whole
     resolution = 2.0 * np.maximum(depth_a, depth_b) ** 2 / (near * 2**24) + 1e-6  # metres
     np.testing.assert_array_equal(depth_a > 0, depth_b > 0)
     assert (np.abs(depth_a - depth_b) <= resolution).all()
     differ = (rgb_a != rgb_b).any(axis=-1)
-    assert differ.mean() < 1e-3  # z-fighting pixels are rare
+    if reverse is None:
+        assert differ.mean() < 1e-3
+    else:
+        fighting = (reverse[0] != rgb_b).any(axis=-1)
+        assert not (differ & ~fighting).any(), np.argwhere(differ & ~fighting)
+
+
+def _reversed(scene):
+    """The scene with its meshes, and each mesh's triangles, in reverse order."""
+    out = trimesh.Scene()
+    for name, mesh, transform in reversed(scene_meshes(scene)):
+        flipped = mesh.copy()
+        flipped.update_faces(np.arange(len(mesh.faces))[::-1])
+        out.add_geometry(flipped, node_name=name, geom_name=name, transform=transform)
+    return out
+
+
+def _poses_everywhere(scene, rng, count):
+    """Camera poses that stress culling: any rotation, anywhere in the scene's bounding box
+    (inside walls and slabs, between storeys, outside), and on chunk-box faces and corners."""
+    from envs.embedded.culling import chunk_order
+
+    triangles = _world_triangles(scene)
+    order, starts = chunk_order(triangles)
+    ordered = triangles[order]
+    lows = np.minimum.reduceat(ordered.min(axis=1), starts[:-1], axis=0)  # (C, 3) chunk boxes
+    highs = np.maximum.reduceat(ordered.max(axis=1), starts[:-1], axis=0)
+    low, high = triangles.reshape(-1, 3).min(axis=0), triangles.reshape(-1, 3).max(axis=0)
+    poses = []
+    for i in range(count):
+        if i % 3 == 0:  # anywhere, a little beyond the scene too
+            position = rng.uniform(low - 1.0, high + 1.0)
+        else:  # on a chunk box's face (i % 3 == 1) or corner
+            chunk = rng.integers(len(lows))
+            corner = rng.integers(0, 2, size=3).astype(bool)
+            position = np.where(corner, highs[chunk], lows[chunk])
+            if i % 3 == 1:
+                axis = rng.integers(3)
+                position[axis] = rng.uniform(lows[chunk, axis], highs[chunk, axis])
+        poses.append(_pose(_random_rotation(rng), position))
+    return poses
+
+
+def _world_triangles(scene):
+    """(F, 3, 3) world-frame triangle corners of a scene."""
+    parts = scene_meshes(scene)
+    return np.concatenate([trimesh.transform_points(m.vertices, t)[m.faces] for _, m, t in parts])
+
+
+def _storey_poses(layout, storeys):
+    """Level walks with a few turns per room and storey, and looks up and down through
+    ceilings and floors."""
+    lift = layout.ceiling_height + STOREY_SLAB_M
+    poses = []
+    for storey in range(storeys):
+        for room in layout.rooms:  # a few small turns per room (coherent), then a jump
+            for turn in range(3):
+                pose = _level_pose(*room.center, 0.4 * turn + room.index)
+                pose[1, 3] += storey * lift
+                poses.append(pose)
+    for room in layout.rooms[:3]:
+        level = _level_pose(*room.center, room.index)
+        for pitch in (-1.2, -0.6, 0.6, 1.2):  # looking up at the ceiling, down at the floor
+            rotation = trimesh.transformations.rotation_matrix(pitch, [1.0, 0.0, 0.0])[:3, :3]
+            poses.append(_pose(level[:3, :3] @ rotation, level[:3, 3]))
+    return poses
+
+
+def _grazing_poses(layout, scene, rng, count):
+    """Poses that look along coplanar faces (a wall and the floor it stands on, a slab's
+    layers): from just under a ceiling, inside a slab, just above the upper floor, outside
+    across both storeys, and :func:`_poses_everywhere`. Draw order decides many pixels there
+    (up to a quarter, for the culler before this one too)."""
+    lift = layout.ceiling_height + STOREY_SLAB_M
+    poses = []
+    for room in layout.rooms[:3]:
+        x, z = room.center
+        for height in (layout.ceiling_height - 0.05, layout.ceiling_height + 0.1, lift + 0.05):
+            poses.append(_pose(_level_pose(x, z, 0.3)[:3, :3], [x, height, z]))
+    x, z = layout.rooms[0].center
+    poses.append(_pose(_level_pose(x, z, 0.0)[:3, :3], [x, lift, z + 15.0]))  # outside
+    return poses + _poses_everywhere(scene, rng, count)
 
 
 def test_culled_renders_equal_whole_scene_renders_along_a_walk_with_jumps(rng):
@@ -394,32 +481,89 @@ def test_culled_renders_equal_whole_scene_renders_along_a_walk_with_jumps(rng):
     culled.load_scene(scene)
     whole.load_scene(scene)
     layout = generate_layout("house-val-0002")
-    storey_lift = layout.ceiling_height + 0.2
-    poses = []
-    for room in layout.rooms:  # a few small turns per room (coherent), then a jump
-        for turn in range(3):
-            poses.append(_level_pose(*room.center, 0.4 * turn + room.index))
-    poses.append(_level_pose(*layout.rooms[0].center, 1.0))  # back to the start
-    upstairs = _level_pose(*layout.rooms[1].center, 2.0)
-    upstairs[1, 3] += storey_lift
-    poses.append(upstairs)
+    level = _storey_poses(layout, storeys=2)
     x, z = layout.rooms[2].center
-    poses.append(_pose(_random_rotation(rng), [x, 1.0, z]))  # looking any way, ceiling too
+    level.append(_pose(_random_rotation(rng), [x, 1.0, z]))  # looking any way, ceiling too
+    grazing = _grazing_poses(layout, scene, rng, 30)
+    reverse = Renderer(96, 64, cull_min_triangles=10**9)
+    reverse.load_scene(_reversed(scene))
     drawn, frames = [], []
-    for pose in poses:
+    for i, pose in enumerate(level + grazing):
         frames.append(culled.render(pose))
-        _assert_same_surfaces(frames[-1], whole.render(pose))
+        ordered = reverse.render(pose) if i >= len(level) else None
+        _assert_same_surfaces(frames[-1], whole.render(pose), reverse=ordered)
         drawn.append(culled.triangles_drawn)
     assert whole.triangles_drawn == whole.num_triangles == culled.num_triangles >= 20_000
     # After forgetting, the same poses give the same frames, bit for bit, whatever came before.
     culled.forget_visibility()
-    for pose, frame in zip(poses, frames, strict=True):
+    for pose, frame in zip(level + grazing, frames, strict=True):
         for a, b in zip(culled.render(pose), frame, strict=True):
             np.testing.assert_array_equal(a, b)
     # Inside one room of one storey most of the house is out of view or behind walls.
-    assert np.median(drawn) < 0.35 * culled.num_triangles, drawn
-    culled.release()
-    whole.release()
+    assert np.median(drawn[: 2 * len(layout.rooms) * 3]) < 0.35 * culled.num_triangles, drawn
+    for renderer in (culled, whole, reverse):
+        renderer.release()
+
+
+def test_culled_small_house_renders_equal_whole_renders_from_any_pose(rng):
+    # A generated house as it ships (a few hundred triangles), chunked down to single faces.
+    scene = build_scene(generate_layout("house-train-0000"))
+    culled = Renderer(64, 48, cull_min_triangles=0)
+    whole = Renderer(64, 48, cull_min_triangles=10**9)
+    culled.load_scene(scene)
+    whole.load_scene(scene)
+    layout = generate_layout("house-train-0000")
+    for pose in _storey_poses(layout, storeys=1):
+        _assert_same_surfaces(culled.render(pose), whole.render(pose))
+    reverse = Renderer(64, 48, cull_min_triangles=10**9)
+    reverse.load_scene(_reversed(scene))
+    for pose in _grazing_poses(layout, scene, rng, 60):
+        culled_frame, whole_frame = culled.render(pose), whole.render(pose)
+        _assert_same_surfaces(culled_frame, whole_frame, reverse=reverse.render(pose))
+    for renderer in (culled, whole, reverse):
+        renderer.release()
+
+
+def test_occlusion_culling_drops_what_the_frustum_keeps():
+    # Control: a camera facing a wall from 0.3 m has much of the house in its frustum (a 90
+    # degree cone reaching through the wall) but sees only the wall; the culler must draw a
+    # small part of what lies in the frustum.
+    scene = storey_house("house-val-0002", storeys=2, min_triangles=20_000)
+    renderer = Renderer(96, 64, cull_min_triangles=0)
+    renderer.load_scene(scene)
+    corners = torch.as_tensor(_world_triangles(scene).reshape(1, -1, 3))  # (1, 3F, 3)
+
+    def in_frustum(pose):
+        """Triangles with a corner in view (a lower bound of the frustum's triangles)."""
+        pixels, z = project_points(
+            corners, renderer.intrinsics.double(), torch.as_tensor(pose)[None]
+        )
+        pixels, z = pixels[0].numpy(), z[0].numpy()  # (3F, 2), (3F,)
+        inside = (z > 0.01) & (pixels >= 0).all(axis=1)
+        inside &= (pixels[:, 0] <= 96) & (pixels[:, 1] <= 64)
+        return int(inside.reshape(-1, 3).any(axis=1).sum())
+
+    walls = []  # 0.3 m from the middle of each wall of each room, facing it
+    for room in generate_layout("house-val-0002").rooms:
+        x0, z0, x1, z1 = room.floor
+        xm, zm = 0.5 * (x0 + x1), 0.5 * (z0 + z1)
+        # Yaw 0 looks along -z; yaw pi / 2 along -x.
+        walls += [
+            _level_pose(xm, z0 + 0.3, 0.0),
+            _level_pose(xm, z1 - 0.3, np.pi),
+            _level_pose(x0 + 0.3, zm, 0.5 * np.pi),
+            _level_pose(x1 - 0.3, zm, -0.5 * np.pi),
+        ]
+    blank = [pose for pose in walls if 0 < renderer.render(pose)[1].max() < 0.6]  # no doorway
+    pose = max(blank, key=in_frustum)
+    seen = in_frustum(pose)
+    assert seen > 0.1 * renderer.num_triangles, seen
+    renderer.forget_visibility()
+    renderer.render(pose)  # nearest chunks first (a round of them), then the rest tested
+    assert renderer.triangles_drawn < 0.5 * seen, renderer.triangles_drawn
+    renderer.render(pose)  # the chunks the last frame showed, then the rest tested
+    assert renderer.triangles_drawn < 0.05 * seen, renderer.triangles_drawn
+    renderer.release()
 
 
 @pytest.mark.slow
@@ -446,5 +590,10 @@ def test_hm3d_scale_basis_scene_renders_the_same_surfaces_with_culling(tmp_path,
                 drawn.append(culled.triangles_drawn)
     # Most frames follow a small turn: they draw a small part of the scene.
     assert np.median(drawn) < 0.1 * culled.num_triangles, drawn
-    culled.release()
-    whole.release()
+    reverse = Renderer(128, 128, cull_min_triangles=10**9)
+    reverse.load_scene(_reversed(loaded))
+    for pose in _grazing_poses(layout, loaded, np.random.default_rng(0), 20):
+        culled_frame, whole_frame = culled.render(pose), whole.render(pose)
+        _assert_same_surfaces(culled_frame, whole_frame, reverse=reverse.render(pose))
+    for renderer in (culled, whole, reverse):
+        renderer.release()

@@ -79,6 +79,22 @@ def test_batch_of_one_broadcasts_and_per_layer_terms_sum_to_the_distance(models,
     assert torch.allclose(terms.sum(dim=1), broadcast, atol=1e-7)  # float32 sum order
 
 
+def test_spatial_map_is_local_and_averages_to_the_distance(models, generator):
+    x = torch.rand(3, 3, 48, 48, generator=generator)
+    y = x.clone()
+    y[:, :, :, 32:] = torch.rand(3, 3, 48, 16, generator=generator)  # differ on the right only
+    model = models["alex"]
+    with torch.no_grad():
+        spatial, distance = model.spatial(x, y), model(x, y)
+        assert torch.equal(model.spatial(x, x), torch.zeros(3, 1, 48, 48))
+        broadcast = model.spatial(x[:1], y)
+    assert spatial.shape == (3, 1, 48, 48) and (spatial >= 0).all()
+    assert (spatial[..., 36:].mean((1, 2, 3)) > 3 * spatial[..., :12].mean((1, 2, 3))).all()
+    # bilinear upsampling weighs border cells a little differently from the plain mean
+    torch.testing.assert_close(spatial.mean((1, 2, 3)), distance, rtol=0.02, atol=0)
+    torch.testing.assert_close(broadcast[0], spatial[0], rtol=0, atol=1e-6)  # float32 order
+
+
 def test_gradient_matches_a_finite_difference(generator):
     model = LPIPS("alex").double()
     x = torch.rand(1, 3, 40, 40, generator=generator, dtype=torch.float64) * 0.8 + 0.1

@@ -227,3 +227,8 @@ def test_model_settings_are_validated():
         inputs = make_inputs()
         inputs["render_rgb"] = inputs["render_rgb"][:, :, :16]
         model.conditions(**inputs)
+    inputs = make_inputs()
+    inputs["render_depth"] = inputs["render_depth"].clone()
+    inputs["render_depth"][0, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="render_depth holds NaN"):
+        model.conditions(**inputs)

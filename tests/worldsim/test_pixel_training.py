@@ -212,3 +212,24 @@ def test_hole_shares_and_hole_weighted_sampling(room_index):
     assert index.memory_dropped().any()
     with pytest.raises(ValueError, match="hole_sampling_floor"):
         PixelTrainConfig(hole_sampling_floor=-0.1)
+
+
+def test_a_share_of_samples_trains_at_the_samplers_first_level(room_index, monkeypatch):
+    model = make_tiny()
+    samples = PixelIndex(room_index).batch(np.arange(8))
+    seen = []
+    forward = model.forward
+
+    def recording(noisy, sigma, conditions):
+        seen.append(sigma.clone())
+        return forward(noisy, sigma, conditions)
+
+    monkeypatch.setattr(model, "forward", recording)
+    for share, at_high in ((0.0, 0), (1.0, 8)):
+        config = PixelTrainConfig(high_noise_share=share, high_noise_sigma=5.0)
+        pixel_loss(model, samples, config, torch.Generator().manual_seed(0))
+        assert int((seen[-1] == 5.0).sum()) == at_high
+    with pytest.raises(ValueError, match="high_noise_share"):
+        PixelTrainConfig(high_noise_share=1.5)
+    with pytest.raises(ValueError, match="high_noise_sigma"):
+        PixelTrainConfig(high_noise_sigma=0.0)

@@ -35,6 +35,19 @@ def test_write_report_json_and_markdown(tmp_path):
     assert lines[-1] == "[^1]: fvd: unavailable: no I3D"
 
 
+def test_write_report_lists_notes_under_the_table(tmp_path):
+    rows = [{"method": "a", "psnr": 24.0}]
+    notes = ["psnr: dB, the mean over frames", "a: the first method"]
+    json_path, md_path = write_report(rows, tmp_path, "table", notes=notes)
+    assert json.loads(json_path.read_text())["notes"] == notes
+    assert md_path.read_text() == (
+        "# table\n\n" + markdown_table(rows) + "\n- psnr: dB, the mean over frames\n"
+        "- a: the first method\n"
+    )
+    json_path, _ = write_report(rows, tmp_path, "plain")
+    assert "notes" not in json.loads(json_path.read_text())
+
+
 def test_write_report_single_row_and_bad_input(tmp_path):
     json_path, _ = write_report({"ate_m": 0.5}, tmp_path, "one")
     assert json.loads(json_path.read_text())["rows"] == [{"ate_m": 0.5}]

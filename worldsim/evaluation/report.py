@@ -61,7 +61,9 @@ def _cell(value: Any, notes: list[str], column: str) -> str:
     return str(value).replace("|", "\\|")
 
 
-def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -> tuple[Path, Path]:
+def write_report(
+    metrics: Row | Sequence[Row], out_dir: str | Path, name: str, notes: Sequence[str] = ()
+) -> tuple[Path, Path]:
     """Write a metrics table as ``<name>.json`` and ``<name>.md``.
 
     Args:
@@ -72,6 +74,8 @@ def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -
             the union of the rows' keys in first-seen order.
         out_dir: folder to write into (created if missing).
         name: file stem, letters, digits, ``-``, ``_`` and ``.`` only.
+        notes: lines that say how to read the table (e.g. what each column means), listed
+            under it in the Markdown and kept as ``"notes"`` in the JSON; none by default.
 
     Returns:
         ``(json_path, markdown_path)``. The JSON keeps full precision (``MetricResult`` as
@@ -92,8 +96,12 @@ def write_report(metrics: Row | Sequence[Row], out_dir: str | Path, name: str) -
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_rows = [{str(k): _jsonable(v) for k, v in row.items()} for row in rows]
-    json_path.write_text(json.dumps({"name": name, "rows": json_rows}, indent=2) + "\n")
-    md_path.write_text(f"# {name}\n\n{markdown_table(rows)}")
+    content: dict[str, Any] = {"name": name, "rows": json_rows}
+    if notes:
+        content["notes"] = list(notes)
+    json_path.write_text(json.dumps(content, indent=2) + "\n")
+    legend = "".join(f"- {note}\n" for note in notes)
+    md_path.write_text(f"# {name}\n\n{markdown_table(rows)}" + (f"\n{legend}" if notes else ""))
     return json_path, md_path
 
 

@@ -8,18 +8,24 @@ Windows and their frames come from :mod:`worldsim.evaluation.windows`.
 
 Variants
     A :class:`Variant` is a name, a world model or ``None``, and a memory builder (the memory a
-    window gives it: :func:`episode_memory`, its ``shuffled`` form, or :func:`no_memory`). Every
-    variant with a model rolls out along the recorded camera motion (relative step poses, so the
-    generated views align with the recorded ones) from the same initial noise per window. Without
-    a model there is no learning: with a :class:`~worldsim.memory.RenderedMemory` the memory and
-    context frames are rendered at each future camera and the uncovered pixels taken from the last
-    context frame (the *reprojection* baseline); without memory every future frame is the last
-    context frame (*last frame*).
+    window gives it: :func:`episode_memory`, its ``shuffled`` form, :func:`context_memory` (the
+    context frames alone) or :func:`no_memory`). Every variant with a model rolls out along the
+    recorded camera motion (relative step poses, so the generated views align with the recorded
+    ones) from the same initial noise per window. Without a model there is no learning: with a
+    :class:`~worldsim.memory.RenderedMemory` the memory and context frames are rendered at each
+    future camera and the pixels the render leaves empty (its *holes*) are filled from the last
+    context frame (the *reprojection* baseline) or classically from the render itself
+    (:func:`fill_render_holes`: the *harmonic fill* and *nearest fill* baselines); without
+    memory every future frame is the last context frame (*last frame*).
 
 Scores
     :func:`score_windows` bins every generated frame by its memory-only share (0-10 %, 10-50 %,
-    >= 50 %, computed at full resolution) and reports PSNR, SSIM, LPIPS, depth L1 and PSNR on the
-    memory-only pixels per bin, per chunk and overall.
+    >= 50 %, computed at full resolution) and by its render coverage (the *exploration* frames,
+    < 20 % of the frame drawn by the memory and context render) and reports per bin, per chunk
+    and overall: PSNR (the mean of per-frame values, and pooled), SSIM, LPIPS, depth L1 and PSNR
+    on the memory-only pixels, and on the frames with >= 1 % holes the hole-pixel PSNR, the LPIPS
+    map averaged over the holes and the holes' depth L1. The holes are those of the reprojection
+    render (:func:`unmapped_pixels`), one mask for every variant.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tqdm.auto import tqdm
 
 from worldsim.evaluation.clips import depth_error, reproject
 from worldsim.memory import RenderedMemory
+from worldsim.memory.fills import FILLS, fill_holes
 from worldsim.metrics.video import MetricResult, lpips, psnr, ssim
 from worldsim.simulator.chunks import insert_frames, rollout_along_recorded_poses
 from worldsim.simulator.sampler import SamplerConfig
@@ -50,16 +57,50 @@ BIN_EDGES = (0.1, 0.5)
 """Memory-only shares that separate the bins 0-10 %, 10-50 % and >= 50 %."""
 BIN_NAMES = ("0-10 %", "10-50 %", ">= 50 %")
 """Names of the coverage bins, in order."""
+EXPLORATION_COVERAGE = 0.2
+"""Frames whose memory + context render covers less than this share are exploration frames."""
+EXPLORATION_NAME = "exploration: render < 20 %"
+"""Name of the exploration frames' subset."""
+MIN_HOLE_SHARE = 0.01
+"""Frames with at least this share of holes are scored on their holes (``*_holes`` columns)."""
+LAST_FRAME_FILL = "last frame"
+"""The reprojection's hole fill: the last context frame."""
+HOLE_FILLS = (LAST_FRAME_FILL, *FILLS)
+"""Ways a no-learning variant fills the render's holes (:attr:`Variant.fill`)."""
 METRICS = (
     "psnr",
+    "psnr_pooled",
     "ssim",
     "lpips",
     "depth_l1",
     "psnr_memory_only",
     "psnr_unmapped",
     "unmapped_share",
+    "holes_n",
+    "psnr_holes",
+    "psnr_holes_pooled",
+    "lpips_holes",
+    "depth_l1_holes",
 )
 """Columns of :func:`score_windows`' rows, in order."""
+NOTES = (
+    "frames: the subset scored: every frame; by memory-only share (pixels earlier frames see "
+    "and the context does not) 0-10 %, 10-50 %, >= 50 %; exploration frames, whose memory + "
+    "context render covers < 20 %; each chunk",
+    "psnr: the mean of per-frame PSNR (inf once a frame matches exactly); psnr_pooled: the PSNR "
+    "of the squared error pooled over the subset's frames",
+    "psnr_memory_only / psnr_unmapped: PSNR on the memory-only pixels / on the pixels the "
+    "render leaves empty (holes), over frames that have any; unmapped_share: the holes' share",
+    "holes: the pixels the reprojection's render (memory + context) leaves empty, one mask for "
+    "every variant; holes_n: frames with >= 1 % holes, which the *_holes columns score: "
+    "psnr_holes (mean per frame), psnr_holes_pooled, lpips_holes (the LPIPS map averaged over "
+    "the holes), depth_l1_holes (metres, holes with a recorded depth)",
+    "baselines without learning: reprojection (holes from the last context frame), "
+    "harmonic / nearest fill (holes filled from the render), last frame; context only: a memory "
+    "of the context frames alone, the control beside none",
+)
+"""How to read :func:`score_windows`' table, one line each: the ``notes`` of
+:func:`~worldsim.evaluation.report.write_report`."""
 
 
 MemoryBuilder = Callable[[WindowBatch, torch.device], "Memory | None"]
@@ -87,12 +128,33 @@ def episode_memory(prototype: Memory, shuffled: bool = False) -> MemoryBuilder:
     return build
 
 
+def context_memory(prototype: Memory) -> MemoryBuilder:
+    """An emptied copy of a memory: the rollout writes the window's context frames into it.
+
+    The control against :func:`no_memory`: what the context frames' own render (or features)
+    gives, without any earlier frame. A model's rollout writes the context when
+    ``insert_context_frames`` (the default of :func:`predict_windows`); the reprojection baseline
+    always does.
+
+    Args:
+        prototype: the memory kind and settings; it is copied, never filled.
+    """
+    memory = copy.deepcopy(prototype)
+
+    def build(batch: WindowBatch, device: torch.device) -> Memory:
+        memory.reset(batch.context.rgb.shape[0], device)
+        return memory
+
+    return build
+
+
 def unmapped_pixels(batch: WindowBatch) -> Tensor:
     """Future pixels that no memory or context frame shows: where a model must invent.
 
     The windows' memory and context frames are put in a :class:`RenderedMemory` and rendered
     at the future cameras (what the reprojection baseline draws); the pixels it leaves empty
-    are the ones reprojection fills from the last context frame and a model inpaints.
+    are the ones reprojection fills from the last context frame and a model inpaints: the
+    *holes* of every variant's hole metrics.
 
     Returns:
         (B, length, 1, H, W) bool.
@@ -125,6 +187,32 @@ def reproject_window(memory: RenderedMemory, batch: WindowBatch) -> tuple[Tensor
     )
 
 
+def fill_render_holes(
+    rgb: Tensor, depth: Tensor, drawn: Tensor, method: str
+) -> tuple[Tensor, Tensor]:
+    """The reprojection's frames with the render's holes filled classically from the render.
+
+    As the pixel generator's prefill: RGB and depth are filled together from the drawn pixels
+    (:func:`worldsim.memory.fills.fill_holes`); a frame the render does not cover at all keeps
+    its input (the last context frame, in the reprojection's composite).
+
+    Args:
+        rgb: (B, L, 3, H, W) the reprojection's composite (:func:`reproject_window`).
+        depth: (B, L, 1, H, W) metres, the same.
+        drawn: (B, L, 1, H, W) bool, the pixels the render drew.
+        method: one of :data:`worldsim.memory.fills.FILLS`.
+
+    Returns:
+        ``(rgb, depth)`` of the input shapes, equal to the inputs where ``drawn``.
+    """
+    frames = torch.cat([rgb, depth], dim=2).flatten(0, 1)  # (B*L, 4, H, W)
+    known = drawn.flatten(0, 1)  # (B*L, 1, H, W)
+    filled = fill_holes(frames, known, method)
+    covers_any = known.flatten(1).any(dim=1)[:, None, None, None]  # (B*L, 1, 1, 1)
+    filled = torch.where(covers_any, filled, frames).view(*rgb.shape[:2], 4, *rgb.shape[-2:])
+    return filled[:, :, :3], filled[:, :, 3:]  # (B, L, 3, H, W), (B, L, 1, H, W)
+
+
 def no_memory(batch: WindowBatch, device: torch.device) -> None:
     """The memory builder of a variant without memory."""
     return None
@@ -140,17 +228,48 @@ class Variant:
             :class:`~worldsim.memory.RenderedMemory`, last frame without memory).
         memory: what the variant remembers of the window (:data:`MemoryBuilder`).
         sampler: how the model samples each chunk (ignored by the baselines).
+        fill: how a reprojection baseline fills the render's holes, one of
+            :data:`HOLE_FILLS` (ignored by models and by the last frame).
     """
 
     name: str
     model: WorldModel | None
     memory: MemoryBuilder
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    fill: str = LAST_FRAME_FILL
+
+    def __post_init__(self) -> None:
+        if self.fill not in HOLE_FILLS:
+            raise ValueError(f"Variant.fill must be one of {HOLE_FILLS}, got {self.fill!r}")
 
 
-def reprojection_variant(name: str = "reprojection", shuffled: bool = False) -> Variant:
-    """The no-learning baseline: memory and context rendered at each future camera."""
-    return Variant(name, None, episode_memory(RenderedMemory(), shuffled))
+def reprojection_variant(
+    name: str = "reprojection",
+    shuffled: bool = False,
+    fill: str = LAST_FRAME_FILL,
+    context_only: bool = False,
+) -> Variant:
+    """The no-learning baseline: memory and context rendered at each future camera.
+
+    Args:
+        name: row label.
+        shuffled: render another episode's memory (:attr:`WindowBatch.shuffled`).
+        fill: the holes' fill, one of :data:`HOLE_FILLS` (``"harmonic"`` and ``"nearest"``:
+            :func:`fill_render_holes`).
+        context_only: render the context frames alone (:func:`context_memory`).
+    """
+    if shuffled and context_only:
+        raise ValueError("a reprojection is of a shuffled memory or of the context only, not both")
+    memory = RenderedMemory()
+    builder = context_memory(memory) if context_only else episode_memory(memory, shuffled)
+    return Variant(name, None, builder, fill=fill)
+
+
+def fill_variants() -> list[Variant]:
+    """The classical fills of the reprojection's holes as named baselines."""
+    return [
+        reprojection_variant(f"{method} fill", fill=method) for method in ("harmonic", "nearest")
+    ]
 
 
 def last_frame_variant(name: str = "last frame") -> Variant:
@@ -197,7 +316,9 @@ def predict(
                 "the reprojection baseline needs a memory that gives a render, got "
                 f"{type(memory).__name__}"
             )
-        rgb, depth, _ = reproject_window(memory, batch)
+        rgb, depth, drawn = reproject_window(memory, batch)
+        if variant.fill != LAST_FRAME_FILL:
+            rgb, depth = fill_render_holes(rgb, depth, drawn, variant.fill)
         return rgb, depth
     config = model.config
     if (config.height, config.width) != tuple(future.rgb.shape[-2:]):
@@ -319,6 +440,50 @@ def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return 10 * torch.log10(1 / mse)
 
 
+def pooled_psnr(squared_error: Tensor | np.ndarray, count: Tensor | np.ndarray) -> float:
+    """PSNR (data range 1) of the mean squared error pooled over frames.
+
+    Unlike the mean of per-frame PSNRs it stays finite while some frames match exactly, and
+    it weighs every pixel alike.
+
+    Args:
+        squared_error: (N,) each frame's sum of squared errors over the scored pixel values.
+        count: (N,) how many pixel values each sum holds.
+
+    Returns:
+        dB; ``inf`` when every frame matches exactly, NaN without any scored value.
+    """
+    total, values = float(np.sum(squared_error)), float(np.sum(count))
+    if values == 0:
+        return float("nan")
+    return float("inf") if total == 0 else 10 * np.log10(values / total)
+
+
+def masked_lpips(
+    pred: Tensor, target: Tensor, mask: Tensor, model: LPIPS, batch_size: int = 64
+) -> Tensor:
+    """The LPIPS map (:meth:`~worldsim.metrics.lpips.LPIPS.spatial`) averaged over masked pixels.
+
+    Args:
+        pred: (N, 3, H, W) float in [0, 1].
+        target: same shape.
+        mask: (N, 1, H, W) bool.
+        model: an LPIPS with ``input_range=(0, 1)``.
+        batch_size: frames per trunk pass.
+
+    Returns:
+        (N,) float64; NaN for a frame without masked pixels.
+    """
+    maps = torch.cat(
+        [
+            model.spatial(pred[i : i + batch_size], target[i : i + batch_size])
+            for i in range(0, pred.shape[0], batch_size)
+        ]
+    ).double()  # (N, 1, H, W)
+    weight = mask.double()
+    return (maps * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3))
+
+
 def _mean(name: str, values: np.ndarray, unit: str) -> MetricResult:
     finite = values[~np.isnan(values)]
     if finite.size == 0:
@@ -326,10 +491,30 @@ def _mean(name: str, values: np.ndarray, unit: str) -> MetricResult:
     return MetricResult(name=name, value=float(finite.mean()), unit=unit, per_item=finite)
 
 
+def _pooled(name: str, squared_error: np.ndarray, count: np.ndarray) -> MetricResult:
+    if count.sum() == 0:
+        return MetricResult.unavailable(name, "no frame in this bin has such pixels")
+    return MetricResult(name=name, value=pooled_psnr(squared_error, count), unit="dB")
+
+
+def _subsets(predictions: WindowPredictions, n_future: int) -> dict[str, np.ndarray]:
+    """Frame subsets by name, each an (N*L,) bool: all, bins, exploration, chunks."""
+    batch = predictions.batch
+    length = batch.future.rgb.shape[1]
+    bins = coverage_bins(batch.coverage).flatten().numpy()
+    rendered = 1 - predictions.unmapped.flatten(0, 1).double().mean((1, 2, 3)).numpy()
+    chunk = (np.arange(length) // n_future)[None].repeat(len(predictions.windows), 0).flatten()
+    subsets = {"all": np.ones_like(bins, dtype=bool)}
+    subsets |= {name: bins == b for b, name in enumerate(BIN_NAMES)}
+    subsets[EXPLORATION_NAME] = rendered < EXPLORATION_COVERAGE
+    subsets |= {f"chunk {c + 1}": chunk == c for c in range(-(-length // n_future))}
+    return subsets
+
+
 def score_windows(
     predictions: WindowPredictions, n_future: int, lpips_model: LPIPS | Exception | None = None
 ) -> list[dict]:
-    """Per variant: metrics overall, per coverage bin and per chunk.
+    """Per variant: metrics overall, per coverage bin, on exploration frames and per chunk.
 
     Args:
         predictions: from :func:`predict_windows`.
@@ -338,13 +523,19 @@ def score_windows(
             ``None``; an exception to report LPIPS as unavailable with its message.
 
     Returns:
-        Rows with ``frames`` (subset), ``variant``, ``frames_n``, ``psnr`` (dB), ``ssim``,
-        ``lpips``, ``depth_l1`` (metres; absent for an RGB-only model), ``psnr_memory_only``
-        (dB over the frames' memory-only pixels), ``psnr_unmapped`` (dB over the pixels no
-        memory or context frame shows, :func:`unmapped_pixels`; frames without such pixels are
-        left out of its mean) and ``unmapped_share`` (their share of the frame), for the subsets
-        ``all``, the three coverage bins and ``chunk 1`` .. ``chunk k``. A subset without frames
-        gives ``frames_n = 0`` only.
+        Rows with ``frames`` (subset), ``variant``, ``frames_n``, ``psnr`` (dB, the mean of
+        per-frame values: ``inf`` once a frame matches exactly), ``psnr_pooled`` (dB of the
+        squared error pooled over the subset's frames), ``ssim``, ``lpips``, ``depth_l1``
+        (metres; absent for an RGB-only model), ``psnr_memory_only`` (dB over the frames'
+        memory-only pixels), ``psnr_unmapped`` (dB over the pixels no memory or context frame
+        shows, :func:`unmapped_pixels`; frames without such pixels are left out of its mean),
+        ``unmapped_share`` (their share of the frame), and on the ``holes_n`` frames whose
+        unmapped pixels (*holes*) are >= 1 % of the frame: ``psnr_holes`` (mean over frames of
+        the hole-pixel PSNR), ``psnr_holes_pooled`` (the squared error pooled over all their hole
+        pixels), ``lpips_holes`` (the LPIPS map averaged over the holes, :func:`masked_lpips`)
+        and ``depth_l1_holes`` (metres, over holes with a recorded depth). Subsets: ``all``, the
+        three memory-only bins, :data:`EXPLORATION_NAME` (render coverage < 20 %) and
+        ``chunk 1`` .. ``chunk k``. A subset without frames gives ``frames_n = 0`` only.
     """
     if lpips_model is None:
         from worldsim.metrics.lpips import LPIPS
@@ -355,40 +546,60 @@ def score_windows(
             lpips_model = error
     batch = predictions.batch
     truth = batch.future.rgb.flatten(0, 1)  # (N*L, 3, H, W)
-    truth_depth = batch.future.depth.flatten(0, 1)[:, None]  # (N*L, 1, 1, H, W)
+    truth_depth = batch.future.depth.flatten(0, 1)  # (N*L, 1, H, W)
     only = batch.memory_only.flatten(0, 1)  # (N*L, 1, H, W)
     unmapped = predictions.unmapped.flatten(0, 1)  # (N*L, 1, H, W)
-    length = batch.future.rgb.shape[1]
-    bins = coverage_bins(batch.coverage).flatten().numpy()
-    chunk = (np.arange(length) // n_future)[None].repeat(len(predictions.windows), 0).flatten()
-    subsets = {"all": np.ones_like(bins, dtype=bool)}
-    subsets |= {name: bins == b for b, name in enumerate(BIN_NAMES)}
-    subsets |= {f"chunk {c + 1}": chunk == c for c in range(-(-length // n_future))}
-    per_frame = {}
+    hole_share = unmapped.double().mean((1, 2, 3))  # (N*L,)
+    scored = hole_share >= MIN_HOLE_SHARE  # (N*L,) the frames scored on their holes
+    holes = unmapped & scored[:, None, None, None]  # (N*L, 1, H, W), the same for every variant
+    hole_values = 3 * holes.sum((1, 2, 3)).double().numpy()  # (N*L,) RGB values in the holes
+    subsets = _subsets(predictions, n_future)
+    means, pooled = {}, {}
     for name, generated in predictions.rgb.items():
         pred = generated.flatten(0, 1)
+        squared = (pred - truth).double() ** 2  # (N*L, 3, H, W)
         values = {
             "psnr": (psnr(pred, truth).per_item, "dB"),
             "ssim": (ssim(pred, truth).per_item, "[-1, 1]"),
             "psnr_memory_only": (masked_psnr(pred, truth, only).numpy(), "dB"),
             "psnr_unmapped": (masked_psnr(pred, truth, unmapped).numpy(), "dB"),
-            "unmapped_share": (unmapped.double().mean((1, 2, 3)).numpy(), "fraction"),
+            "unmapped_share": (hole_share.numpy(), "fraction"),
+            "psnr_holes": (masked_psnr(pred, truth, holes).numpy(), "dB"),
+        }
+        pooled[name] = {
+            "psnr_pooled": (squared.sum((1, 2, 3)).numpy(), np.full(len(pred), truth[0].numel())),
+            "psnr_holes_pooled": ((squared * holes).sum((1, 2, 3)).numpy(), hole_values),
         }
         if not isinstance(lpips_model, Exception):
             values["lpips"] = (lpips(pred, truth, lpips_model).per_item, "distance")
+            in_holes = torch.full((len(pred),), float("nan"), dtype=torch.float64)
+            if scored.any():
+                in_holes[scored] = masked_lpips(
+                    pred[scored], truth[scored], holes[scored], lpips_model
+                )
+            values["lpips_holes"] = (in_holes.numpy(), "distance")
         depth = predictions.depth[name]
         if depth is not None:
-            error = depth_error(depth.flatten(0, 1)[:, None], truth_depth)
+            depth = depth.flatten(0, 1)  # (N*L, 1, H, W)
+            error = depth_error(depth[:, None], truth_depth[:, None])
             values["depth_l1"] = (error.per_item, "m")
-        per_frame[name] = values
+            hit = (holes & (truth_depth > 0)).double()  # holes with a recorded depth
+            hole_error = ((depth - truth_depth).abs().double() * hit).sum((1, 2, 3))
+            values["depth_l1_holes"] = ((hole_error / hit.sum((1, 2, 3))).numpy(), "m")
+        means[name] = values
     rows = []
     for subset, chosen in subsets.items():
-        for name, values in per_frame.items():
+        for name, values in means.items():
             row: dict = {"frames": subset, "variant": name, "frames_n": int(chosen.sum())}
             if chosen.any():
                 for metric in METRICS:
-                    if metric == "lpips" and isinstance(lpips_model, Exception):
+                    if metric == "holes_n":
+                        row[metric] = int((chosen & scored.numpy()).sum())
+                    elif metric.startswith("lpips") and isinstance(lpips_model, Exception):
                         row[metric] = MetricResult.unavailable(metric, str(lpips_model))
+                    elif metric in pooled[name]:
+                        squared_error, count = pooled[name][metric]
+                        row[metric] = _pooled(metric, squared_error[chosen], count[chosen])
                     elif metric in values:
                         series, unit = values[metric]
                         row[metric] = _mean(metric, np.asarray(series)[chosen], unit)

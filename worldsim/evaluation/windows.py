@@ -19,7 +19,7 @@ They are scored by :mod:`worldsim.evaluation.revisits`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -211,8 +211,16 @@ def choose_windows(
     return sorted(taken, key=lambda w: (w.episode, w.start))
 
 
+def dataset_scenes(store: TrajectoryStore) -> list[str]:
+    """The houses a dataset's episodes were recorded in, sorted."""
+    return sorted({episode.scene_id for episode in store.episodes})
+
+
 def find_windows(
-    store: TrajectoryStore, config: WindowConfig, progress: bool = False
+    store: TrajectoryStore,
+    config: WindowConfig,
+    progress: bool = False,
+    scenes: Collection[str] | None = None,
 ) -> list[Window]:
     """Rank every episode of a dataset (:func:`pairwise_seen`, :func:`rank_starts`) and choose.
 
@@ -220,13 +228,30 @@ def find_windows(
         store: the recorded episodes (held-out scenes).
         config: window settings.
         progress: show a progress bar over episodes.
+        scenes: take windows only from the episodes of these houses; ``None``: every house.
 
     Returns:
         The chosen windows (:func:`choose_windows`); empty when no window reaches
         ``min_coverage``.
+
+    Raises:
+        ValueError: when ``scenes`` is empty or names a house the dataset does not hold (the
+            message lists those it holds).
     """
-    ranked, scenes = {}, {}
-    for index in tqdm(range(len(store.episodes)), disable=not progress, desc="episodes"):
+    episodes = range(len(store.episodes))
+    if scenes is not None:
+        held = dataset_scenes(store)
+        missing = sorted(set(scenes) - set(held))
+        if not scenes:
+            raise ValueError(f"no house chosen; the dataset {str(store.root)!r} holds {held}")
+        if missing:
+            raise ValueError(
+                f"the dataset {str(store.root)!r} holds no episode of the houses {missing}; it "
+                f"holds {held}"
+            )
+        episodes = [i for i in episodes if store.episodes[i].scene_id in set(scenes)]
+    ranked, scene_of = {}, {}
+    for index in tqdm(episodes, disable=not progress, desc="episodes"):
         arrays = store.read_frames(index, slice(None), ("depth", "intrinsics", "cam_to_world"))
         depth = torch.from_numpy(arrays["depth"].astype(np.float32)).permute(0, 3, 1, 2)
         seen, valid = pairwise_seen(
@@ -236,8 +261,8 @@ def find_windows(
             config.grid,
         )
         ranked[index] = rank_starts(seen, valid, config)
-        scenes[index] = store.episodes[index].scene_id
-    return choose_windows(ranked, scenes, config)
+        scene_of[index] = store.episodes[index].scene_id
+    return choose_windows(ranked, scene_of, config)
 
 
 @dataclass(frozen=True)

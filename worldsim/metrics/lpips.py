@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from worldsim.models.backbones import (
     ALEXNET_LAYER_CHANNELS,
@@ -183,21 +184,8 @@ class LPIPS(nn.Module):
             x = 2.0 * x - 1.0  # to [-1, 1], the range the LPIPS scaling is defined on
         return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
 
-    def per_layer(self, x0: Tensor, x1: Tensor) -> Tensor:
-        """Per-layer LPIPS terms, whose sum over layers is the distance.
-
-        Args:
-            x0: (B, 3, H, W) or (1, 3, H, W) floating RGB in ``input_range``.
-            x1: (B, 3, H, W) or (1, 3, H, W), the same H and W; a batch of 1 on either side is
-                broadcast against the other (e.g. one goal image against B predictions).
-
-        Returns:
-            (B, L) float terms, L = 5 layers (see :attr:`layer_names`), each >= 0.
-
-        Raises:
-            ValueError: for mismatched sizes or batches, or invalid images (see
-                :func:`check_images`).
-        """
+    def _layer_maps(self, x0: Tensor, x1: Tensor) -> list[Tensor]:
+        """Each layer's head over the squared normalised feature difference, (B, 1, h, w)."""
         if self.check_inputs:
             check_images(x0, "x0", self.input_range)
             check_images(x1, "x1", self.input_range)
@@ -224,13 +212,55 @@ class LPIPS(nn.Module):
         else:
             f0, f1 = self.trunk(self._scaled(x0)), self.trunk(self._scaled(x1))
             pairs = [(f0[name], f1[name]) for name in f0]
-        terms = []
+        maps = []
         for (a, b), head in zip(pairs, self.heads, strict=True):
             a = a / (a.square().sum(dim=1, keepdim=True).sqrt() + _FEATURE_EPS)
             b = b / (b.square().sum(dim=1, keepdim=True).sqrt() + _FEATURE_EPS)
-            weighted = head((a - b).square())  # (B, 1, h, w)
-            terms.append(weighted.mean(dim=(1, 2, 3)))  # (B,)
+            maps.append(head((a - b).square()))  # (B, 1, h, w)
+        return maps
+
+    def per_layer(self, x0: Tensor, x1: Tensor) -> Tensor:
+        """Per-layer LPIPS terms, whose sum over layers is the distance.
+
+        Args:
+            x0: (B, 3, H, W) or (1, 3, H, W) floating RGB in ``input_range``.
+            x1: (B, 3, H, W) or (1, 3, H, W), the same H and W; a batch of 1 on either side is
+                broadcast against the other (e.g. one goal image against B predictions).
+
+        Returns:
+            (B, L) float terms, L = 5 layers (see :attr:`layer_names`), each >= 0.
+
+        Raises:
+            ValueError: for mismatched sizes or batches, or invalid images (see
+                :func:`check_images`).
+        """
+        terms = [m.mean(dim=(1, 2, 3)) for m in self._layer_maps(x0, x1)]  # L x (B,)
         return torch.stack(terms, dim=1)  # (B, L)
+
+    def spatial(self, x0: Tensor, x1: Tensor) -> Tensor:
+        """Per-pixel LPIPS map, as the ``lpips`` package's ``spatial=True``.
+
+        Each layer's weighted squared feature difference (B, 1, h, w) is upsampled bilinearly
+        (``align_corners=False``) to the input size and the layers are summed. Its mean over the
+        pixels is close to, not equal to, the distance (upsampling does not keep a map's mean
+        exactly); averaged over a mask it scores a region, e.g. the holes of a render.
+
+        Args:
+            x0: (B, 3, H, W) or (1, 3, H, W) floating RGB in ``input_range``.
+            x1: the same H and W; a batch of 1 on either side broadcasts, as :meth:`per_layer`.
+
+        Returns:
+            (B, 1, H, W) float >= 0; exactly 0 everywhere for identical images.
+
+        Raises:
+            ValueError: as :meth:`per_layer`.
+        """
+        size = tuple(x0.shape[-2:])
+        maps = [
+            functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            for m in self._layer_maps(x0, x1)
+        ]  # L x (B, 1, H, W)
+        return torch.stack(maps).sum(dim=0)  # (B, 1, H, W)
 
     def forward(self, x0: Tensor, x1: Tensor) -> Tensor:
         """LPIPS distances between paired images.

@@ -255,7 +255,7 @@ class PixelDenoiser(ModelMixin, ConfigMixin):
             The :class:`PixelConditions`, in the model's dtype and on its device.
 
         Raises:
-            ValueError: for shapes that do not fit the model.
+            ValueError: for shapes that do not fit the model, or a NaN / infinite input.
         """
         config = self.config
         batch = context_rgb.shape[0]
@@ -273,6 +273,11 @@ class PixelDenoiser(ModelMixin, ConfigMixin):
         for name, (tensor, shape) in expected.items():
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(
+                    f"{name} holds NaN or infinite values; a render marks what it does not "
+                    "show with render_known = False (and any finite value), not with NaN"
+                )
         device, dtype = self.device, self.dtype
         known = render_known.to(device=device, dtype=torch.bool)
         context = self.to_pixels(context_rgb.to(device, dtype), context_depth.to(device, dtype))

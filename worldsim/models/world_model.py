@@ -27,7 +27,9 @@ inpaint what is not". ``memory_token_dim=0`` without a render is the no-memory (
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -45,11 +47,17 @@ from worldsim.geometry import (
     intrinsics_from_hfov,
     plucker_rays,
 )
+from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
 from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
 from worldsim.models.transformer import WorldTransformer
 from worldsim.models.vae import RGBDAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "world_model_small"
+PIXEL_GENERATOR_FOLDER = "pixel_generator"
+"""Sub-folder of a checkpoint holding its pixel generator (:meth:`WorldModel.attach_pixel_generator`
+writes it there): the :class:`PixelDenoiser`'s config, weights and ``sampler.json``."""
+PIXEL_SAMPLER_FILE = "sampler.json"
+"""The pixel generator's :class:`EDMSamplerConfig`, beside its weights."""
 """Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
 LEGACY_SAMPLER_KEYS = (
     "num_inference_steps",
@@ -254,8 +262,69 @@ class WorldModel(ModelMixin, ConfigMixin):
             spatial_interpolation_scale=spatial_interpolation_scale,
         )
         self.scheduler = self.make_scheduler()
+        self.pixel_generator: PixelDenoiser | None = None
+        self.pixel_sampler = EDMSamplerConfig()
 
     # ----------------------------------------------------------------------------- construction
+
+    def attach_pixel_generator(
+        self, generator: PixelDenoiser | None, sampler: EDMSamplerConfig | None = None
+    ) -> WorldModel:
+        """Generate chunks in pixel space with ``generator`` instead of the latent transformer.
+
+        The chunk stepper then builds each future frame from the context frames and the map's
+        render with the pixel denoiser (:func:`worldsim.simulator.sampler.generate_chunk`); the
+        VAE and transformer stay for users who select the latent path (``generator=None``).
+        :meth:`save_pretrained` writes it to ``pixel_generator/`` and :meth:`from_pretrained`
+        attaches it again.
+
+        Args:
+            generator: the denoiser, or ``None`` to generate with the latent transformer.
+            sampler: its sampler's settings (``None``: the defaults).
+
+        Returns:
+            The model itself.
+
+        Raises:
+            ValueError: a generator of another frame size, sensor range or more context frames.
+        """
+        if generator is not None:
+            config, pixel = self.config, generator.config
+            mismatches = [
+                f"{name} {getattr(pixel, name)} (world model: {getattr(config, name)})"
+                for name in ("height", "width", "max_depth_m")
+                if getattr(pixel, name) != getattr(config, name)
+            ]
+            if not config.memory_render:
+                mismatches.append("memory_render False (the pixel generator reads the render)")
+            if pixel.n_context > config.n_context:
+                mismatches.append(
+                    f"n_context {pixel.n_context} (the world model keeps {config.n_context})"
+                )
+            if mismatches:
+                raise ValueError(
+                    "the pixel generator does not fit this world model: "
+                    + ", ".join(mismatches)
+                    + "; train one at the world model's frame size "
+                    "(examples/train_pixel_generator.py)"
+                )
+            generator = generator.to(self.device).eval()
+        self.pixel_generator = generator
+        self.pixel_sampler = EDMSamplerConfig() if sampler is None else sampler
+        return self
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Diffusers' ``save_pretrained``, with the pixel generator in its own sub-folder."""
+        generator = self._modules.pop("pixel_generator", None)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.pixel_generator = generator
+        if generator is not None:
+            folder = Path(save_directory) / PIXEL_GENERATOR_FOLDER
+            generator.save_pretrained(folder)
+            text = json.dumps(dataclasses.asdict(self.pixel_sampler), indent=2) + "\n"
+            (folder / PIXEL_SAMPLER_FILE).write_text(text)
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
@@ -298,7 +367,12 @@ class WorldModel(ModelMixin, ConfigMixin):
             " (for a CogVideoX model folder use WorldModel.from_cogvideox)",
         )
         kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(folder, **kwargs)
+        model = super().from_pretrained(folder, **kwargs)
+        pixel_folder = folder / PIXEL_GENERATOR_FOLDER
+        if pixel_folder.is_dir():
+            generator = PixelDenoiser.from_pretrained(pixel_folder, **kwargs)
+            model.attach_pixel_generator(generator, load_pixel_sampler(pixel_folder))
+        return model
 
     @classmethod
     def from_cogvideox(cls, path: str | os.PathLike, **overrides: Any) -> WorldModel:
@@ -566,3 +640,23 @@ class WorldModel(ModelMixin, ConfigMixin):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Alias of :meth:`predict` (so wrappers such as DDP see the transformer call)."""
         return self.predict(*args, **kwargs)
+
+
+def load_pixel_sampler(folder: str | os.PathLike) -> EDMSamplerConfig:
+    """The :class:`EDMSamplerConfig` in ``folder/sampler.json`` (the defaults without one).
+
+    Raises:
+        ValueError: a malformed file or setting, naming the file.
+    """
+    path = Path(folder) / PIXEL_SAMPLER_FILE
+    if not path.is_file():
+        return EDMSamplerConfig()
+    try:
+        values = json.loads(path.read_text())
+        allowed = {field.name for field in dataclasses.fields(EDMSamplerConfig)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; allowed are {sorted(allowed)}")
+        return EDMSamplerConfig(**values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{str(path)!r}: {error}") from None

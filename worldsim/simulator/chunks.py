@@ -365,6 +365,28 @@ def render_memory(
     return MemoryRender(*(torch.cat(fields) for fields in zip(*parts, strict=True)))
 
 
+def render_age(memory: Memory | Sequence[Memory] | None, render: MemoryRender) -> Tensor | None:
+    """Frames since each drawn point of ``render`` was last seen, (B, F, 1, H, W) float.
+
+    ``None`` without memory (an empty map draws nothing); 0 where nothing is drawn.
+    """
+    if memory is None:
+        return None
+    rows = [memory] if not isinstance(memory, Sequence) else memory
+    device = render.last_seen.device
+    per_row = render.last_seen.shape[0] // len(rows)
+    steps = torch.cat(
+        [
+            torch.zeros(per_row, dtype=torch.long, device=device)
+            if row.steps is None
+            else row.steps.to(device)
+            for row in rows
+        ]
+    )  # (B,)
+    age = (steps[:, None, None, None, None] - render.last_seen).float()
+    return torch.where(render.mask, age.clamp_min(0), torch.zeros_like(age))
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One generated chunk of B rows (:func:`generate_next_chunk`).
@@ -436,6 +458,7 @@ def generate_next_chunk(
             render = render.observed_only()
     else:
         tokens, mask = memory_tokens(memory, targets, chunk_k, image_size)
+    age = render_age(memory, render) if model.pixel_generator is not None else None
     parts_rgb, parts_depth = [], []
     for first in range(0, batch, size):
         part = slice(first, first + size)
@@ -450,6 +473,7 @@ def generate_next_chunk(
             memory_tokens=None if tokens is None else tokens[part],
             memory_mask=None if mask is None else mask[part],
             render=None if render is None else MemoryRender(*(field[part] for field in render)),
+            render_age=None if age is None else age[part],
         )
         parts_rgb.append(new_rgb)
         parts_depth.append(new_depth)

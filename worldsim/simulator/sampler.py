@@ -12,6 +12,10 @@ One chunk
     reprojection's guess, SDEdit), decodes them and, for a model that reads a render, keeps the
     render's pixels where it shows an observed point (:func:`composite_render`): warp what is
     known, inpaint what is not. The chunk stepper (:mod:`worldsim.simulator.chunks`) calls it.
+    A model with a pixel generator (:meth:`WorldModel.attach_pixel_generator`) generates in pixel
+    space instead (:func:`generate_pixel_chunk`): each future frame is one row of the
+    :class:`~worldsim.models.pixel_denoiser.PixelDenoiser`, conditioned on the context frames and
+    the map's render at its camera, sampled with the generator's own EDM settings.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from worldsim.memory.splatting import MemoryRender, grow_into_holes
+from worldsim.models.pixel_denoiser import sample_frames
 from worldsim.models.pretrained import read_config
 from worldsim.models.world_model import LEGACY_SAMPLER_KEYS
 
@@ -314,6 +319,7 @@ def generate_chunk(
     memory_tokens: Tensor | None = None,
     memory_mask: Tensor | None = None,
     render: MemoryRender | None = None,
+    render_age: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Generate the frames of one chunk for B rows in one model call.
 
@@ -331,11 +337,25 @@ def generate_chunk(
         memory_mask: (B, N) bool, True for real tokens.
         render: the memory rendered into the chunk's cameras (a model with ``memory_render``);
             ``None`` for a model that reads tokens.
+        render_age: (B, n_future, 1, H, W) frames since each drawn point was last seen (read by
+            a pixel generator; ``None`` reads every drawn point as fresh).
 
     Returns:
         ``(rgb, depth)``: (B, n_future, 3, H, W) float32 in [0, 1] and (B, n_future, 1, H, W)
         float32 metres (``None`` for an RGB-only model), on the model's device.
     """
+    if model.pixel_generator is not None:
+        return generate_pixel_chunk(
+            model,
+            sampler,
+            context_rgb,
+            context_depth,
+            cam_to_ref,
+            intrinsics,
+            generators=generators,
+            render=render,
+            render_age=render_age,
+        )
     batch, frames = cam_to_ref.shape[:2]
     device, dtype = model.device, model.dtype
     chunk_k = intrinsics.to(device)[:, None].expand(batch, frames, 3, 3)
@@ -371,3 +391,72 @@ def generate_chunk(
             render, rgb, new_depth, model.config.max_depth_m, sampler.render_fill
         )
     return rgb.float(), None if new_depth is None else new_depth.float()
+
+
+@torch.no_grad()
+def generate_pixel_chunk(
+    model: WorldModel,
+    sampler: SamplerConfig,
+    context_rgb: Tensor,
+    context_depth: Tensor,
+    cam_to_ref: Tensor,
+    intrinsics: Tensor,
+    *,
+    generators: torch.Generator | list[torch.Generator] | None,
+    render: MemoryRender | None,
+    render_age: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Generate one chunk with the model's pixel generator: its F frames are F rows of one call.
+
+    Every future frame reads the last ``n_context`` context frames and the map's render at its
+    own camera (known where drawn, observed and within the sensor's range, as in training,
+    :func:`worldsim.data.pixel_index.render_clips`); the generator's EDM sampler
+    (``model.pixel_sampler``) spends at most 4 network evaluations on the chunk. With
+    ``render_composite`` the render's observed points are pasted over the result as in the
+    latent path; without, every pixel is the network's own ("generated only"). Arguments as
+    :func:`generate_chunk` (``render=None`` is an empty map).
+
+    Returns:
+        ``(rgb, depth)``: (B, F, 3, H, W) in [0, 1] and (B, F, 1, H, W) metres, float32.
+    """
+    generator_model = model.pixel_generator
+    batch, frames = cam_to_ref.shape[:2]
+    height, width = model.config.height, model.config.width
+    device = model.device
+    if render is None:
+        render = MemoryRender.empty(batch, frames, (height, width), device)
+    n_context = generator_model.config.n_context
+    rows = batch * frames
+
+    def per_frame(tensor: Tensor) -> Tensor:  # (B, ...) -> (B * F, ...), each row F times
+        return tensor.to(device).repeat_interleave(frames, dim=0)
+
+    known = render.mask & render.observed & (render.depth <= model.config.max_depth_m)
+    age = torch.zeros_like(render.depth) if render_age is None else render_age.to(device)
+    conditions = generator_model.conditions(
+        per_frame(context_rgb[:, -n_context:]),
+        per_frame(context_depth[:, -n_context:]),
+        (render.rgb * known).flatten(0, 1).to(device),
+        (render.depth * known).flatten(0, 1).to(device),
+        known.flatten(0, 1).to(device),
+        age.flatten(0, 1).float(),
+        per_frame(intrinsics),
+        cam_to_ref.to(device).flatten(0, 1),
+    )
+    if isinstance(generators, list):  # one generator per row of the chunk: F noises from it
+        noise_source = [generators[row // frames] for row in range(rows)]
+    else:
+        noise_source = generators
+    pixels = sample_frames(
+        generator_model,
+        conditions,
+        model.pixel_sampler,
+        noise_source,
+        keep_known=sampler.render_composite,
+    )
+    rgb, depth = generator_model.from_pixels(pixels.float())
+    rgb = rgb.reshape(batch, frames, 3, height, width)
+    depth = depth.reshape(batch, frames, 1, height, width)
+    if sampler.render_composite:
+        rgb, depth = composite_render(render, rgb, depth, model.config.max_depth_m)
+    return rgb.float(), depth.float()
