@@ -20,6 +20,7 @@ from torch import Tensor
 
 from envs.oracle import OracleRollout
 from worldsim.memory import Memory
+from worldsim.metrics.lpips import LPIPS
 from worldsim.simulator.checkpoints import learned_planning_rollout
 from worldsim.simulator.learned import LearnedSimulator
 from worldsim.simulator.protocol import RolloutStart
@@ -220,3 +221,111 @@ def earlier_walks(
         walk = oracle.tour(scene, steps, np.random.default_rng([seed, index]))
         maps[scene] = learned.map_of(walk)
     return maps
+
+
+@dataclass(frozen=True)
+class DistinctGoals:
+    """Goal pictures must not look like other places of the house.
+
+    A goal view whose LPIPS to some view of the same house taken more than ``apart_m`` away is
+    below ``min_lpips`` is rejected: a textureless corner looks like every other corner (one
+    scored 0.05 from 3.66 m away), and an agent standing at the look-alike could never tell.
+
+    Attributes:
+        min_lpips: the least LPIPS to every view elsewhere, >= 0 (0 accepts every goal).
+        views: views of each house compared with, at uniform navigable points and headings,
+            >= 1.
+        apart_m: views farther than this from the goal count as elsewhere, metres, > 0.
+        max_rejections: rejected goals per episode after which the most distinctive of them is
+            kept (small frames score lower LPIPS, and some houses have few distinct views),
+            >= 1.
+    """
+
+    min_lpips: float = 0.15
+    views: int = 64
+    apart_m: float = 1.0
+    max_rejections: int = 20
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("min_lpips", self.min_lpips >= 0.0, ">= 0"),
+            ("views", self.views >= 1, ">= 1"),
+            ("apart_m", self.apart_m > 0.0, "> 0"),
+            ("max_rejections", self.max_rejections >= 1, ">= 1"),
+        )
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}")
+
+
+def house_views(
+    oracle: OracleRollout, scene: str, count: int, rng: np.random.Generator
+) -> tuple[Tensor, np.ndarray]:
+    """``count`` views of a house at uniform navigable points and headings.
+
+    Returns:
+        ``(rgb, positions)``: (V, 3, H, W) float RGB in [0, 1] and (V, 3) floor positions.
+    """
+    saved = oracle._save()
+    try:
+        oracle.sim.load_scene(scene)
+        positions = np.stack([oracle.sim.sample_navigable_point(rng) for _ in range(count)])
+    finally:
+        oracle._restore(saved)
+    yaws = rng.uniform(-math.pi, math.pi, size=count)
+    return oracle.start(scene, positions, yaws).rgb[:, -1], positions
+
+
+def sample_distinct_image_goal_episodes(
+    oracle: OracleRollout,
+    scenes: list[str] | tuple[str, ...],
+    count: int,
+    rng: np.random.Generator,
+    lpips: LPIPS,
+    distinct: DistinctGoals,
+    min_distance_m: float = 1.5,
+    max_distance_m: float = 3.0,
+) -> tuple[list[ImageGoalEpisode], int]:
+    """``count`` episodes cycling through ``scenes`` whose goals look like no other place.
+
+    Episodes are drawn as :func:`sample_image_goal_episodes`; each goal view is compared with
+    ``distinct.views`` views of its house (drawn once per house from a generator seeded by
+    the scene id, so the episodes' generator is not consumed by them) and redrawn while it
+    looks like one of them (:class:`DistinctGoals`).
+
+    Returns:
+        ``(episodes, rejected)``: the episodes and how many goals were rejected.
+    """
+    device = next(lpips.parameters()).device
+    views: dict[str, tuple[Tensor, np.ndarray]] = {}
+    episodes, rejected = [], 0
+    for index in range(count):
+        scene = scenes[index % len(scenes)]
+        if scene not in views and distinct.min_lpips > 0.0:
+            seed = np.random.default_rng(list(str(scene).encode()))
+            views[scene] = house_views(oracle, scene, distinct.views, seed)
+        best, best_score = None, -1.0
+        for _ in range(distinct.max_rejections):
+            episode = sample_image_goal_episode(oracle, scene, rng, min_distance_m, max_distance_m)
+            if distinct.min_lpips == 0.0:
+                break
+            rgb, positions = views[scene]
+            elsewhere = (
+                np.linalg.norm(positions[:, [0, 2]] - episode.goal_position[[0, 2]], axis=1)
+                > distinct.apart_m
+            )
+            if not elsewhere.any():
+                break
+            goal = episode_start(oracle, episode)[1]
+            others = rgb[torch.from_numpy(elsewhere)].to(device)
+            with torch.no_grad():
+                nearest = float(lpips(others, goal[None].expand_as(others).to(device)).min())
+            if nearest >= distinct.min_lpips:
+                break
+            rejected += 1
+            if nearest > best_score:
+                best, best_score = episode, nearest
+        else:
+            episode = best  # every draw looked like another place: the least alike of them
+        episodes.append(episode)
+    return episodes, rejected

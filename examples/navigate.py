@@ -8,19 +8,25 @@ by the cross-entropy method in the embedded world model (:mod:`planners.cem`: sa
 sequences, imagine each with the RGB-D video diffusion model reading its map rendered into every
 imagined camera, score the imagined last frame against the goal with LPIPS, refit, repeat),
 executes the first actions of the best plan in the ground-truth simulator, and replans from what
-it sees, until it believes it has arrived. The same planner with the ground truth as its
-imagination (the oracle, which needs no walk) runs the same episodes for reference.
+it sees, until it believes it has arrived. Once the goal picture is found in the map
+(:mod:`planners.localisation`), the cost adds the map's geodesic cost-to-go to it
+(:mod:`planners.goal_map`; ``--cost lpips`` for LPIPS alone), and the agent stops where the map
+puts the goal under it or where its view's LPIPS falls below the calibrated threshold. The same
+planner with the ground truth as its imagination (the oracle, which needs no walk) runs the same
+episodes for reference.
 
 Writes to ``--output-dir`` (``outputs/navigate``):
 
-- ``navigate.md`` / ``.json``: per planner and episode, success (within 0.5 m of the goal, the
-  paper's image-goal radius; the library's metrics default to Habitat's 0.2 m), the start's
+- ``navigate.md`` / ``.json``: per planner and episode, why the planner stopped (``stop``, its
+  belief) apart from success (the truth: within 0.5 m of the goal, the paper's image-goal
+  radius; the library's metrics default to Habitat's 0.2 m), false stops, the start's
   geodesic (walkable) distance to the goal ``start_geodesic_m``, the final straight-line floor
   distance ``final_straight_line_m``, SIM (paper §4.3), actions, wall time; and a summary;
 - ``navigate.mp4``: goal | imagined | executed, one frame per action, the world model's first
   episode and then the oracle's, each frame captioned with the planner, step, action and the
   goal cost (LPIPS) of the imagined and the seen frame;
-- ``topdown.png``: the executed paths of both planners on the house's floor plan.
+- ``topdown.png``: the executed paths of both planners on the house's floor plan;
+- ``episodes.png``: every episode of every planner, reached or not, with start and goal poses.
 
 Run (about 2.5 minutes on a 2-core CPU)::
 
@@ -54,7 +60,8 @@ from envs.tasks import (
 )
 from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
-from planners.metrics import sim_score, success
+from planners.episodes import judge_episode, plot_episode_grid
+from planners.goal_map import map_of_frames
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim import cli
 from worldsim.evaluation.report import plot_trajectories, write_panel_video, write_report
@@ -88,10 +95,12 @@ class Args:
             record_imagined=True,
         )
     )
-    """CEM and its receding-horizon loop (planners.mpc.MPCConfig; flags without a prefix:
-    --num-samples, --num-iterations, --horizon, --execute-steps, --max-steps, ...): the main
-    job's 12 sequences x 2 iterations, a horizon of two of the embedded model's 4-frame chunks,
-    probes of at most 4 x 10° turns either way, 4 actions per decision, 24 per episode."""
+    """CEM, its receding-horizon loop, cost and stopping (planners.mpc.MPCConfig; flags without
+    a prefix: --cost, --num-samples, --horizon, --max-steps, ...): the library's cost and
+    stopping rules with the main job's budget (a minute on a CPU, where the library's defaults
+    take several): 12 sequences x 2 iterations, a horizon of two of the embedded model's
+    4-frame chunks, probes of at most 4 x 10° turns either way, 4 actions per decision, 24 per
+    episode."""
     sampling_steps: int | None = None
     """DDIM steps per imagined chunk (None: the checkpoint's sampler_config.json; the shipped one
     says 4)."""
@@ -133,21 +142,20 @@ def navigate(
 def score(
     run: MPCEpisode, episode: ImageGoalEpisode, radius: float, seconds: float
 ) -> dict[str, float | str | bool]:
-    """Success, final distance, SIM and effort of one episode."""
-    final = run.agent_states[-1]
-    distance = float(np.linalg.norm(final[[0, 2]].numpy() - episode.goal_position[[0, 2]]))
+    """What the planner believed (``stop``) and what the truth says (``success``), effort."""
+    outcome = judge_episode(
+        run, episode.goal_position, episode.goal_yaw, episode.geodesic_distance, radius
+    )
     return {
-        "success": bool(success(final[:3].numpy(), episode.goal_position, radius)),
-        "final_straight_line_m": distance,
+        "success": outcome.success,
+        "false_stop": outcome.false_stop,
+        "final_straight_line_m": outcome.end_distance_m,
         "start_geodesic_m": episode.geodesic_distance,
-        "sim": sim_score(
-            estimate_position=final[:3],
-            estimate_yaw=final[3],
-            reference_position=episode.goal_position,
-            reference_yaw=episode.goal_yaw,
-        ),
-        "actions": len(run.actions),
+        "sim": outcome.sim,
+        "actions": outcome.steps,
         "stop": run.stop_reason,
+        "goal_localised": outcome.localised,
+        "decision_s": outcome.decision_s,
         "seconds": seconds,
     }
 
@@ -198,15 +206,16 @@ def main(args: Args) -> list[dict]:
     ]
     if args.tour_steps < 0:
         raise ValueError(f"--tour-steps must be >= 0 (0: no earlier walk), got {args.tour_steps}")
-    prior = None
+    priors: dict[str, Memory | None] = {"world model": None, "oracle": None}
     if args.tour_steps > 0:
         walk = truth.tour(args.scene, args.tour_steps, np.random.default_rng([args.seed, 1]))
-        prior = learned.map_of(walk)
+        # The oracle's map of the same walk serves only to localise the goal.
+        priors = {"world model": learned.map_of(walk), "oracle": map_of_frames(walk)}
         print(f"earlier walk through {args.scene}: {args.tour_steps} frames in the map")
     planners: dict[str, RolloutModel] = {"world model": learned}
     if args.oracle:
         planners["oracle"] = truth
-    rows, paths, showcase = [], {}, {}
+    rows, paths, showcase, panels = [], {}, {}, []
     for index, episode in enumerate(episodes):
         print(
             f"episode {index}: {episode.scene}, goal {episode.geodesic_distance:.2f} m away "
@@ -220,7 +229,7 @@ def main(args: Args) -> list[dict]:
                 cost,
                 config,
                 args.seed * 1000 + index,
-                prior if planner is learned else None,
+                priors[name],
             )
             row = {
                 "planner": name,
@@ -233,6 +242,23 @@ def main(args: Args) -> list[dict]:
                 f"{row['final_straight_line_m']:.2f} m from it after {row['actions']} actions "
                 f"({row['stop']}), SIM {row['sim']:.1f}, {seconds:.0f} s"
             )
+            panels.append(
+                {
+                    "name": f"{name}, episode {index}",
+                    "outcome": judge_episode(
+                        run,
+                        episode.goal_position,
+                        episode.goal_yaw,
+                        episode.geodesic_distance,
+                        args.success_radius_m,
+                    ),
+                    "positions": run.agent_states[:, :3].numpy(),
+                    "start_yaw": episode.start_yaw,
+                    "goal_position": episode.goal_position,
+                    "goal_yaw": episode.goal_yaw,
+                    "estimate": None if run.goal_estimate is None else run.goal_estimate.position,
+                }
+            )
             if index == 0:
                 paths[name] = run.poses
                 showcase[name] = (run, goal)
@@ -244,13 +270,16 @@ def main(args: Args) -> list[dict]:
                 key: float(np.mean([r[key] for r in rows if r["planner"] == name]))
                 for key in (
                     "success",
+                    "false_stop",
                     "final_straight_line_m",
                     "start_geodesic_m",
                     "sim",
                     "actions",
+                    "decision_s",
                 )
             },
             "stop": "-",
+            "goal_localised": "-",
             "seconds": float(sum(r["seconds"] for r in rows if r["planner"] == name)),
         }
         for name in planners
@@ -260,14 +289,18 @@ def main(args: Args) -> list[dict]:
     write_episode_video(showcase, cost, args.output_dir / "navigate.mp4")
     episode = episodes[0]
     truth.sim.load_scene(episode.scene)
+    navigation = truth.sim.navigation
     plot_trajectories(
         paths,
         args.output_dir / "topdown.png",
-        occupancy=truth.sim.navigation.navigable,
-        extent=truth.sim.navigation.extent,
+        occupancy=navigation.navigable,
+        extent=navigation.extent,
         goal=episode.goal_position,
         title=f"CEM to an image goal in {episode.scene} (episode 0)",
     )
+    for panel in panels:  # every episode, reached or not
+        panel["occupancy"], panel["extent"] = navigation.navigable, navigation.extent
+    plot_episode_grid(panels, args.output_dir / "episodes.png", title=f"{episode.scene}")
     print()
     print((args.output_dir / "navigate.md").read_text())
     print(f"video: {args.output_dir / 'navigate.mp4'}   map: {args.output_dir / 'topdown.png'}")

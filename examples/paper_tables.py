@@ -138,10 +138,11 @@ class CEMSweep:
     """CEM iteration counts compared."""
     planning: MPCConfig = field(
         default_factory=lambda: MPCConfig(
-            cem=CEMConfig(num_samples=12, horizon=8), execute_steps=4, max_steps=24
+            cem=CEMConfig(num_samples=12, horizon=8), execute_steps=4, max_steps=24, cost="lpips"
         )
     )
-    """CEM and its receding-horizon loop (planners.mpc.MPCConfig), as the main job plans."""
+    """CEM and its receding-horizon loop (planners.mpc.MPCConfig), as the main job plans, with
+    the paper's LPIPS-only cost (--fig6a.planning.cost map adds the map's cost-to-go)."""
 
     def __post_init__(self) -> None:
         _check_positive("fig6a", iterations=self.iterations)
@@ -182,7 +183,9 @@ QUICK_TABLES = {
     "table2": Ranking(num_samples=(2, 4)),
     "fig6a": CEMSweep(
         iterations=(1, 2),
-        planning=MPCConfig(cem=CEMConfig(num_samples=4, horizon=3), execute_steps=3, max_steps=3),
+        planning=MPCConfig(
+            cem=CEMConfig(num_samples=4, horizon=3), execute_steps=3, max_steps=3, cost="lpips"
+        ),
     ),
     "fig6b": Adaptation(
         hindsight=HindsightConfig(
@@ -523,7 +526,7 @@ def cem_sweep(args: Args, size: int, turn_step_deg: float) -> Table:
             **simulator,
             **common,
         )
-        keys = ("cem_iterations", "episodes", "success", "sim", "spl", "mean_steps")
+        keys = ("cem_iterations", "episodes", "success", "false_stops", "sim", "spl", "mean_steps")
         table.rows += [{"imagined in": label, **{k: row[k] for k in keys}} for row in rows]
     curves = {
         title: {

@@ -2,10 +2,19 @@
 
 For each episode (a start and an image goal 1.5-3 m away in a house), plan by CEM in the
 planning simulator, execute the first steps in the ground truth, replan; repeat for several
-numbers of CEM iterations. Writes a metrics table (``plan_cem.md`` / ``.json``), SIM against
-iterations (``sim_vs_iterations.png``), a top-down plot of the trajectories (``topdown.png``) and
-a video of the imagined vs. executed views (``imagined_vs_executed.mp4``); ``episodes.json`` has
-every episode's end distance, success, SIM, steps and why it stopped.
+numbers of CEM iterations (the library's own by default). Writes a metrics table
+(``plan_cem.md`` / ``.json``: success with its 95 % Wilson interval, false stops, SIM, SPL,
+decision time), SIM against iterations (``sim_vs_iterations.png``), a top-down picture of every
+episode (``episodes.png``: start and goal poses, path, success or failure, the map's goal
+estimate), videos of the imagined vs. executed views of a success and of a failure
+(``imagined_vs_executed_{success,failure}.mp4``), ``episodes.json`` (per episode why the planner
+stopped, ``stop_reason``, apart from the truth, ``success``) and ``stop_calibration.json`` (the
+LPIPS of every executed view against its true distance to the goal, and the highest stop
+threshold whose views lie within the success radius in >= 95 % of cases).
+
+The cost is ``--cost map`` (LPIPS plus the episode map's geodesic cost-to-go to where the goal
+picture was found in it, :mod:`planners.goal_map`) or the paper's ``--cost lpips``. The map is
+the earlier walk (``--tour-steps``) and the episode's own views, for the oracle too.
 
 The planning simulator is the ground-truth oracle (``--planner oracle``: "imagined" equals
 "executed") or the learned world model (``--planner world-model``: the embedded checkpoint, or
@@ -23,6 +32,11 @@ Tiny setting (as the tests)::
 
     python examples/plan_cem.py --output-dir /tmp/plan_cem --episodes 1 --iterations 1 \
         --num-samples 8 --horizon 4 --max-steps 4 --size 32
+
+The Done-when measurement of issue 26 (held-out houses house-test-0010..0013)::
+
+    python examples/plan_cem.py --split test --scene-start 10 --num-scenes 4 --episodes 20 \
+        --turn-step-deg 10 --tour-steps 300 --cost map
 
 With the learned simulator (the embedded checkpoint unless ``--checkpoint`` names another)::
 
@@ -46,22 +60,27 @@ from envs.embedded.scenes import scene_ids
 from envs.oracle import OracleRollout
 from envs.simulator import SimulatorConfig
 from envs.tasks import (
+    DistinctGoals,
+    ImageGoalEpisode,
     earlier_walks,
     episode_start,
     planning_simulator,
-    sample_image_goal_episodes,
+    sample_distinct_image_goal_episodes,
 )
-from planners.cem import CEMConfig
 from planners.costs import GoalCost, GoalCostConfig
-from planners.metrics import path_length, sim_score, spl, success
+from planners.episodes import (
+    EpisodeOutcome,
+    calibrate_stop_threshold,
+    judge_episode,
+    plot_episode_grid,
+    summarise,
+)
+from planners.goal_map import map_of_frames
 from planners.mpc import MPCConfig, MPCEpisode, run_mpc
 from worldsim import cli
-from worldsim.evaluation.report import (
-    plot_metric_curves,
-    plot_trajectories,
-    write_panel_video,
-    write_report,
-)
+from worldsim.evaluation.report import plot_metric_curves, write_panel_video, write_report
+from worldsim.memory import Memory
+from worldsim.simulator.learned import LearnedSimulator
 
 
 @dataclass(frozen=True)
@@ -94,19 +113,18 @@ class Args:
     --planner world-model (10° for the embedded checkpoint), 30° with the oracle. To compare
     the two planners with the same budget, give the oracle the world model's step (10): with
     30° turns it faces a goal in a third of the actions."""
-    iterations: tuple[int, ...] = (1, 2, 3)
-    """CEM iteration counts compared (Fig. 6a): each run plans with one of them as its
-    num_iterations (so --num-iterations is not read here)."""
+    iterations: tuple[int, ...] | None = None
+    """CEM iteration counts compared (Fig. 6a, e.g. 1 2 3): each run plans with one of them as
+    its num_iterations; None: the planning settings' own (--num-iterations)."""
     planning: Annotated[MPCConfig, tyro.conf.OmitArgPrefixes] = field(
-        default_factory=lambda: MPCConfig(
-            cem=CEMConfig(num_samples=60, horizon=12),
-            execute_steps=3,
-            max_steps=80,
-            record_imagined=True,
-        )
+        default_factory=lambda: MPCConfig(record_imagined=True)
     )
-    """CEM and its receding-horizon loop (planners.mpc.MPCConfig; flags without a prefix:
-    --kind, --num-samples, --horizon, --execute-steps, --max-steps, ...)."""
+    """CEM, its receding-horizon loop, the cost and the stopping rule, at the library's
+    defaults (planners.mpc.MPCConfig; flags without a prefix: --cost, --num-samples,
+    --num-iterations, --horizon, --execute-steps, --max-steps, --stop-lpips, ...)."""
+    distinct: DistinctGoals = field(default_factory=DistinctGoals)
+    """Goal pictures that look like other places of the house are redrawn (envs.tasks;
+    --distinct.min-lpips 0 accepts every goal)."""
     min_goal_m: float = 1.5
     """Smallest start-to-goal geodesic distance, metres."""
     max_goal_m: float = 3.0
@@ -114,9 +132,9 @@ class Args:
     success_radius_m: float = 0.5
     """An episode succeeds when it ends this close to the goal, metres."""
     tour_steps: int = 0
-    """Frames of an earlier walk through each house (random waypoints) that the world model's
-    episode maps start from: what the agent saw there before (0: nothing; the oracle ignores
-    it)."""
+    """Frames of an earlier walk through each house (random waypoints) that the episode maps
+    start from: what the agent saw there before (0: nothing). The world model imagines from its
+    map; the oracle's map serves only the goal's localisation and the map cost."""
     collisions: bool = False
     """The world model's imagined camera collides with the walls its map has observed (the
     oracle always collides)."""
@@ -136,10 +154,38 @@ def episode_video(run: MPCEpisode, path: Path, goal: torch.Tensor) -> Path:
     return write_panel_video({"goal": goal, "imagined": imagined, "executed": run.frames}, path)
 
 
+def episode_maps(
+    oracle: OracleRollout,
+    learned: LearnedSimulator | None,
+    scenes: list[str],
+    steps: int,
+    seed: int,
+    config: MPCConfig,
+) -> dict[str, Memory]:
+    """One map per house of the earlier walk.
+
+    The learned simulator's own maps, or for the oracle (whose map only localises the goal) a
+    rendered map of the same walk.
+    """
+    if learned is not None:
+        return earlier_walks(oracle, learned, scenes, steps, seed)
+    if steps == 0 or not config.uses_map:
+        return {}
+    return {
+        scene: map_of_frames(oracle.tour(scene, steps, np.random.default_rng([seed, index])))
+        for index, scene in enumerate(sorted(set(scenes)))
+    }
+
+
+def view_distances(run: MPCEpisode, episode: ImageGoalEpisode) -> np.ndarray:
+    """(S + 1,) true floor distance of every executed view to the goal, metres."""
+    offset = run.agent_states[:, [0, 2]].double().numpy() - episode.goal_position[[0, 2]]
+    return np.hypot(offset[:, 0], offset[:, 1])
+
+
 def main(args: Args) -> list[dict[str, float]]:
     """Run the experiment; returns the metrics table's rows."""
     scenes = scene_ids(args.split, args.num_scenes, args.scene_start)  # refuses bad ranges first
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     learned, size, turn_step_deg = planning_simulator(
         args.planner,
         args.checkpoint,
@@ -154,91 +200,136 @@ def main(args: Args) -> list[dict[str, float]]:
         config=SimulatorConfig(width=size, height=size, turn_step_deg=turn_step_deg)
     )
     planner = oracle if learned is None else learned
+    horizon = args.planning.cem.horizon
+    if planner.max_horizon is not None and horizon > planner.max_horizon:
+        raise ValueError(
+            f"--horizon {horizon} is beyond what this model supports (max_horizon = "
+            f"{planner.max_horizon}); set --horizon <= {planner.max_horizon}"
+        )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     cost = GoalCost(GoalCostConfig(blur_px=args.cost_blur_px), device=args.device)
     rng = np.random.default_rng(args.seed)
-    episodes = sample_image_goal_episodes(
-        oracle, scenes, args.episodes, rng, args.min_goal_m, args.max_goal_m
+    episodes, rejected = sample_distinct_image_goal_episodes(
+        oracle,
+        scenes,
+        args.episodes,
+        rng,
+        cost.lpips,
+        args.distinct,
+        args.min_goal_m,
+        args.max_goal_m,
     )
+    print(f"{rejected} goals rejected: they looked like other places of their house")
     # One earlier walk per house, the same for every episode and setting there.
-    priors = earlier_walks(
-        oracle, learned, [episode.scene for episode in episodes], args.tour_steps, args.seed
+    priors = episode_maps(
+        oracle,
+        learned,
+        [episode.scene for episode in episodes],
+        args.tour_steps,
+        args.seed,
+        args.planning,
     )
-    rows, showcase, details = [], None, []
-    for iterations in args.iterations:
+    iteration_counts = args.iterations or (args.planning.cem.num_iterations,)
+    rows, details, panels, views = [], [], [], []
+    showcase: dict[bool, tuple] = {}
+    for iterations in iteration_counts:
         config = dataclasses.replace(
             args.planning, cem=dataclasses.replace(args.planning.cem, num_iterations=iterations)
         )
-        sims, successes, shortest, taken, steps = [], [], [], [], []
+        outcomes = []
         for index, episode in enumerate(tqdm(episodes, desc=f"CEM, {iterations} iterations")):
             start, goal = episode_start(oracle, episode)
             generator = torch.Generator().manual_seed(args.seed * 1000 + index)
             prior = priors.get(episode.scene)
             run = run_mpc(planner, oracle, start, goal, cost, config, generator, False, prior)
-            final = run.agent_states[-1]
-            sims.append(
-                sim_score(
-                    estimate_position=final[:3],
-                    estimate_yaw=final[3],
-                    reference_position=episode.goal_position,
-                    reference_yaw=episode.goal_yaw,
-                )
+            outcome = judge_episode(
+                run,
+                episode.goal_position,
+                episode.goal_yaw,
+                episode.geodesic_distance,
+                args.success_radius_m,
             )
-            successes.append(
-                bool(success(final[:3].numpy(), episode.goal_position, args.success_radius_m))
-            )
-            shortest.append(episode.geodesic_distance)
-            taken.append(path_length(run.agent_states[:, :3].numpy()))
-            steps.append(len(run.actions))
-            offset = final[:3].numpy() - episode.goal_position
+            outcomes.append(outcome)
             details.append(
                 {
                     "cem_iterations": iterations,
                     "episode": index,
                     "scene": episode.scene,
-                    "geodesic_m": float(episode.geodesic_distance),
-                    "end_distance_m": float(np.hypot(offset[0], offset[2])),
-                    "success": successes[-1],
-                    "sim": sims[-1],
-                    "steps": len(run.actions),
-                    "stop_reason": run.stop_reason,
+                    **outcome.as_dict(),
                 }
             )
-            if index == 0:
-                showcase = (episode, run, goal)
+            # Written after every episode: a long run that is stopped keeps what it measured.
+            (args.output_dir / "episodes.json").write_text(json.dumps(details, indent=1) + "\n")
+            views.append((cost.frames(run.frames[:, None], goal), view_distances(run, episode)))
+            showcase.setdefault(outcome.success, (episode, run, goal))
+            if iterations == iteration_counts[-1]:
+                panels.append((index, episode, run, outcome))
         rows.append(
             {
                 "planner": args.planner,
+                "cost": config.cost,
+                "tour_steps": args.tour_steps,
                 "cem_iterations": iterations,
-                "episodes": len(episodes),
-                "success": float(np.mean(successes)),
-                "sim": float(np.mean(sims)),
-                "spl": spl(successes, shortest, taken),
-                "mean_steps": float(np.mean(steps)),
+                **summarise(outcomes),
+                "goals_rejected": rejected,
             }
         )
     write_report(rows, args.output_dir, "plan_cem")
     (args.output_dir / "episodes.json").write_text(json.dumps(details, indent=1) + "\n")
+    lpips = np.concatenate([np.asarray(c, dtype=np.float64) for c, _ in views])
+    distance = np.concatenate([d for _, d in views])
+    threshold, rate = calibrate_stop_threshold(lpips, distance, args.success_radius_m, 0.05)
+    calibration = {
+        "success_radius_m": args.success_radius_m,
+        "max_false_rate": 0.05,
+        "threshold": threshold,
+        "false_rate": rate,
+        "views": [[float(c), float(d)] for c, d in zip(lpips, distance, strict=True)],
+    }
+    (args.output_dir / "stop_calibration.json").write_text(json.dumps(calibration) + "\n")
     plot_metric_curves(
         {"SIM": [row["sim"] for row in rows], "success": [row["success"] for row in rows]},
         args.output_dir / "sim_vs_iterations.png",
         title="CEM: SIM against iterations",
-        xlabel=f"CEM iterations {list(args.iterations)} (index)",
+        xlabel=f"CEM iterations {list(iteration_counts)} (index)",
     )
-    episode, run, goal = showcase
-    oracle.sim.load_scene(episode.scene)
-    navigation = oracle.sim.navigation
-    plot_trajectories(
-        {"executed": run.poses},
-        args.output_dir / "topdown.png",
-        occupancy=navigation.navigable,
-        extent=navigation.extent,
-        goal=episode.goal_position,
-        title=f"CEM in {episode.scene}",
+    plot_episode_grid(
+        [
+            episode_panel(oracle, index, episode, run, outcome)
+            for index, episode, run, outcome in panels
+        ],
+        args.output_dir / "episodes.png",
+        title=f"CEM, {args.planner}, cost {args.planning.cost}, {iteration_counts[-1]} iterations",
     )
-    episode_video(run, args.output_dir / "imagined_vs_executed.mp4", goal)
+    for succeeded, (_, run, goal) in showcase.items():
+        name = "success" if succeeded else "failure"
+        episode_video(run, args.output_dir / f"imagined_vs_executed_{name}.mp4", goal)
     print(f"wrote {args.output_dir}/plan_cem.md")
     print((args.output_dir / "plan_cem.md").read_text())
     return rows
+
+
+def episode_panel(
+    oracle: OracleRollout,
+    index: int,
+    episode: ImageGoalEpisode,
+    run: MPCEpisode,
+    outcome: EpisodeOutcome,
+) -> dict:
+    """One panel of :func:`planners.episodes.plot_episode_grid`: the house's floor and the run."""
+    oracle.sim.load_scene(episode.scene)
+    navigation = oracle.sim.navigation
+    return {
+        "name": f"{index}: {episode.scene}",
+        "outcome": outcome,
+        "positions": run.agent_states[:, :3].numpy(),
+        "start_yaw": episode.start_yaw,
+        "goal_position": episode.goal_position,
+        "goal_yaw": episode.goal_yaw,
+        "occupancy": navigation.navigable,
+        "extent": navigation.extent,
+        "estimate": None if run.goal_estimate is None else run.goal_estimate.position,
+    }
 
 
 if __name__ == "__main__":

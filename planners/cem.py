@@ -14,12 +14,12 @@ The discrete search also scores deterministic turn-then-walk probes (:func:`turn
 with its first iteration (``CEMConfig.primitives``); their elites shape the first refit. By
 default a probe turns any number of times that fits in the horizon, ``k in -L..L``, then walks
 any distance that is left: with the simulator's default 10-degree turns and the default
-L = 18, one plan sees every heading (180 degrees either way) and every walk after it. Probes
+L = 16, one plan sees headings 160 degrees either way and every walk after them. Probes
 bounded by ``L // 2`` turns (60 degrees at L = 12) left goals behind the agent unseen.
 Probes that are a prefix of one another share a rollout (:func:`probe_parents`): only the
 longest walk after each turn count is rolled out, and a shorter probe is scored on its frame at
 the step it stops moving (with a one-frame cost; the waits after it do not move the agent). At
-L = 18 that is 37 rollouts instead of 360.
+L = 16 that is 33 rollouts instead of 288.
 
 Two distributions:
 
@@ -79,11 +79,14 @@ class CEMConfig:
     num_samples: int = 60
     elite_fraction: float = 0.3
     num_elites: int | None = None
-    num_iterations: int = 3
-    # 18 steps: with the simulator's default 10-degree turns the probes of one plan turn to
-    # every heading (18 turns = 180 degrees either way); 12 steps saw only 120 degrees, and
-    # goals behind the agent left it turning on the spot in a local minimum of LPIPS.
-    horizon: int = 18
+    # 2 iterations: the third changed few plans and costs a third more time per decision
+    # (issue 26's sweep, README "Planning defaults").
+    num_iterations: int = 2
+    # 16 steps: along the true shortest path LPIPS to a goal behind a corner rises for the first
+    # 10-25 actions, and 8 steps never saw progress (oracle on house-test-0010..0013: 9 / 12
+    # at 8, 12 / 12 at 16 with 48 actions); 16 is four of the embedded model's 4-frame chunks,
+    # and the probes turn 160 degrees either way.
+    horizon: int = 16
     smoothing: float = 0.1
     allowed_actions: tuple[int, ...] = (0, 1, 2, 3)
     initial_mean: tuple[float, float, float] = (0.0, 0.15, 0.0)
@@ -443,7 +446,8 @@ def score_probes(
     parents, parent_of, step_of = probe_parents(probes)
     result = model.rollout(start.repeat(len(parents)), probes[parents], generator=generator)
     frames = result.rgb[parent_of, step_of][:, None]  # (P, 1, 3, H, W)
-    return cost.frames(frames, goal), result.cam_to_world[parent_of, step_of]
+    poses = result.cam_to_world[parent_of, step_of]  # (P, 4, 4)
+    return cost.score(frames, poses, goal), poses
 
 
 def _check_single_start(start: RolloutStart) -> None:

@@ -153,8 +153,17 @@ class GoalCost:
         distances = self.lpips(gaussian_blur(flat, sigma), gaussian_blur(goal, sigma))  # (B F,)
         return distances.reshape(batch, count).mean(dim=1).float().cpu()
 
+    def score(self, frames: Tensor, poses: Tensor, goal: Tensor) -> Tensor:
+        """(B,) costs of frame sequences ending at camera ``poses`` (B, 4, 4).
+
+        The LPIPS cost reads the frames only; a cost that also reads where a rollout ends
+        (:class:`planners.goal_map.MapGoalCost`) has the same method.
+        """
+        del poses  # LPIPS sees pictures, not poses
+        return self.frames(frames, goal)
+
     def __call__(self, result: RolloutResult, goal: Tensor) -> Tensor:
-        """(B,) costs of rollouts (see :meth:`frames`).
+        """(B,) costs of rollouts: their last frames and end poses (see :meth:`score`).
 
         Raises:
             ValueError: if the result has fewer frames than ``last_frames``, or as
@@ -166,4 +175,4 @@ class GoalCost:
                 f"returned {result.num_frames}; roll out with num_frames >= "
                 f"{self.config.last_frames}"
             )
-        return self.frames(result.rgb, goal)
+        return self.score(result.rgb, result.cam_to_world[:, -1], goal)

@@ -194,21 +194,32 @@ def test_plan_cem(tmp_path):
         "6",
         "--horizon",
         "3",
+        "--execute-steps",
+        "3",
         "--max-steps",
         "3",
         "--size",
         "32",
     ]
-    rows = run("plan_cem", argv)
+    rows = run("plan_cem", [*argv, "--tour-steps", "20"])
     assert [row["cem_iterations"] for row in rows] == [1, 2]
     assert all(0.0 < row["sim"] <= 100.0 and row["mean_steps"] <= 3 for row in rows)
-    for name in ("plan_cem.md", "plan_cem.json", "topdown.png", "imagined_vs_executed.mp4"):
+    assert all(row["success_ci_low"] <= row["success"] <= row["success_ci_high"] for row in rows)
+    for name in ("plan_cem.md", "plan_cem.json", "episodes.png", "stop_calibration.json"):
         assert (tmp_path / name).stat().st_size > 0
+    assert list(tmp_path.glob("imagined_vs_executed_*.mp4"))  # a success's or a failure's
+    episodes = json.loads((tmp_path / "episodes.json").read_text())
+    for episode in episodes:  # the planner's belief apart from the truth
+        assert episode["success"] == (episode["end_distance_m"] <= 0.5)
+        assert episode["false_stop"] == (episode["stopped"] and not episode["success"])
+    calibration = json.loads((tmp_path / "stop_calibration.json").read_text())
+    assert len(calibration["views"]) == sum(e["steps"] + 1 for e in episodes)
 
 
 def test_plan_cem_in_houses_chosen_by_flag(tmp_path):
     argv = ["--output-dir", str(tmp_path), "--episodes", "2", "--iterations", "1"]
-    argv += ["--num-samples", "4", "--horizon", "3", "--max-steps", "3", "--size", "32"]
+    argv += ["--num-samples", "4", "--horizon", "3", "--execute-steps", "3", "--max-steps", "3"]
+    argv += ["--size", "32"]
     run("plan_cem", [*argv, "--split", "test", "--scene-start", "10", "--num-scenes", "2"])
     episodes = json.loads((tmp_path / "episodes.json").read_text())
     assert sorted({e["scene"] for e in episodes}) == ["house-test-0010", "house-test-0011"]
@@ -226,11 +237,12 @@ def test_plan_cem_with_the_learned_simulator(tmp_path):
         "tiny-untrained",
     ]
     argv += ["--episodes", "1", "--iterations", "1", "--num-samples", "4", "--horizon", "3"]
-    argv += ["--max-steps", "3", "--sampling-steps", "2"]
+    argv += ["--execute-steps", "3", "--max-steps", "3", "--sampling-steps", "2"]
     rows = run("plan_cem", argv)
     assert [row["planner"] for row in rows] == ["world-model"]
     assert 0.0 < rows[0]["sim"] <= 100.0 and rows[0]["mean_steps"] <= 3
-    video = imageio.mimread(tmp_path / "imagined_vs_executed.mp4")
+    [video_path] = tmp_path.glob("imagined_vs_executed_*.mp4")  # one episode: success or not
+    video = imageio.mimread(video_path)
     # goal | imagined | executed, enlarged to 256 pixels, under a 14-pixel label strip
     assert video[0].shape[:2] == (14 + 256, 3 * 256)
     # Without --checkpoint: the embedded model, whose 10° turns the executed actions take on.

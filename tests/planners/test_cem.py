@@ -1,5 +1,6 @@
 """CEM planning math against hand-computed cases, and CEM MPC against the ground-truth oracle."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -323,7 +324,11 @@ def test_mpc_keeps_one_episode_map_of_what_it_executed(oracle, cost):
         cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
         execute_steps=2,
         max_steps=4,
-        explore_above=0.0,  # never believe to have arrived: execute all four steps
+        # never believe to have arrived: execute all four steps
+        cost="lpips",
+        stop_localised=False,
+        stop_lpips=None,
+        explore_above=0.0,
     )
     episode = run_mpc(
         planner, oracle, start, walk.rgb[0, -1], cost, config, torch.Generator().manual_seed(0)
@@ -362,6 +367,9 @@ def test_an_earlier_walk_is_the_start_of_the_episode_map_and_is_read(oracle, cos
         cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
         execute_steps=2,
         max_steps=2,
+        cost="lpips",
+        stop_localised=False,
+        stop_lpips=None,
         explore_above=0.0,
     )
     generator = torch.Generator().manual_seed(0)
@@ -405,3 +413,46 @@ def test_earlier_walks_give_one_map_per_house_of_the_seeded_walk(oracle):
     assert earlier_walks(oracle, LearnedSimulator(planner.model), [SCENE], 6, 4) == {}
     with pytest.raises(ValueError, match="--tour-steps must be >= 0"):
         earlier_walks(oracle, planner, [SCENE], -1, 4)
+
+
+class _CountingRollout:
+    """The oracle, counting rollouts: bad input must be refused before any."""
+
+    def __init__(self, oracle):
+        self.oracle, self.calls = oracle, 0
+        self.image_size, self.max_horizon = oracle.image_size, 2
+
+    def rollout(self, *args, **kwargs):
+        self.calls += 1
+        return self.oracle.rollout(*args, **kwargs)
+
+
+def test_mpc_refuses_bad_input_before_any_rollout(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 3)
+    counting = _CountingRollout(oracle)
+    small = MPCConfig(cem=CEMConfig(num_samples=4, num_iterations=1, horizon=2), execute_steps=1)
+    with pytest.raises(ValueError, match=r"the goal image is \(16, 16\).*\(32, 32\)"):
+        run_mpc(
+            counting, oracle, start, walk.rgb[0, -1, :, :16, :16], cost, small, torch.Generator()
+        )
+    long = MPCConfig(cem=CEMConfig(num_samples=4, num_iterations=1, horizon=3), execute_steps=1)
+    with pytest.raises(ValueError, match="horizon 3 is beyond what this model supports"):
+        run_mpc(counting, oracle, start, walk.rgb[0, -1], cost, long, torch.Generator())
+    assert counting.calls == 0
+
+
+def test_stop_reasons_say_what_the_planner_believed(oracle, cost):
+    start, walk = _straight_ahead_case(oracle, 3)
+    config = MPCConfig(
+        cem=CEMConfig(num_samples=4, num_iterations=1, horizon=4, probe_turns=1),
+        cost="lpips",
+        stop_localised=False,
+        stop_lpips=0.01,
+    )
+    # The goal is the start view: its LPIPS is 0, below the threshold, and no plan is better.
+    episode = run_mpc(oracle, oracle, start, start.rgb[0, -1], cost, config, torch.Generator())
+    assert episode.stop_reason == "lpips" and len(episode.actions) == 0
+    # Neither rule: the budget ends it (no belief of arrival).
+    blind = dataclasses.replace(config, stop_lpips=None, max_steps=2, execute_steps=2)
+    episode = run_mpc(oracle, oracle, start, walk.rgb[0, -1], cost, blind, torch.Generator())
+    assert episode.stop_reason == "max_steps" and len(episode.actions) == 2
