@@ -91,3 +91,14 @@ def test_a_generator_that_does_not_fit_is_refused():
     tokens = make_tiny()
     with pytest.raises(ValueError, match="memory_render"):
         tokens.attach_pixel_generator(PixelDenoiser.from_config_name("tiny"))
+
+
+def test_a_malformed_pixel_sampler_file_is_named(tmp_path):
+    _pixel_model().save_pretrained(tmp_path)
+    sampler_file = tmp_path / PIXEL_GENERATOR_FOLDER / "sampler.json"
+    sampler_file.write_text('{"num_steps": 9}')
+    with pytest.raises(ValueError, match=r"sampler\.json.*num_steps"):
+        WorldModel.from_pretrained(tmp_path)
+    sampler_file.write_text('{"steps": 2}')
+    with pytest.raises(ValueError, match="unknown settings"):
+        WorldModel.from_pretrained(tmp_path)

@@ -48,7 +48,7 @@ from worldsim.geometry import (
     plucker_rays,
 )
 from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
-from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
+from worldsim.models.pretrained import ModelMixin, check_pretrained_folder, read_config
 from worldsim.models.transformer import WorldTransformer
 from worldsim.models.vae import RGBDAutoencoder
 
@@ -651,8 +651,8 @@ def load_pixel_sampler(folder: str | os.PathLike) -> EDMSamplerConfig:
     path = Path(folder) / PIXEL_SAMPLER_FILE
     if not path.is_file():
         return EDMSamplerConfig()
+    values = read_config(path)
     try:
-        values = json.loads(path.read_text())
         allowed = {field.name for field in dataclasses.fields(EDMSamplerConfig)}
         unknown = sorted(set(values) - allowed)
         if unknown:
