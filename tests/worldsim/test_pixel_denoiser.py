@@ -232,3 +232,38 @@ def test_model_settings_are_validated():
     inputs["render_depth"][0, 0, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="render_depth holds NaN"):
         model.conditions(**inputs)
+
+
+def test_the_mean_solver_averages_one_step_estimates_and_varies_less_by_seed():
+    model = make_tiny(residual=True)
+    conditions = model.conditions(**make_inputs())
+
+    def run(config: EDMSamplerConfig, seed: int) -> torch.Tensor:
+        return sample_frames(model, conditions, config, torch.Generator().manual_seed(seed))
+
+    one_euler = run(EDMSamplerConfig(num_steps=1), 0)
+    one_mean = run(EDMSamplerConfig(num_steps=1, solver="mean"), 0)
+    torch.testing.assert_close(one_mean, one_euler, atol=1e-5, rtol=0)  # D at sigma_max both
+    four = EDMSamplerConfig(num_steps=4, solver="mean")
+    assert four.evaluations == 4
+    # By hand: four draws in turn from the same generator, each denoised once at sigma_max.
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        estimates = [
+            model(
+                conditions.prefill
+                + 5.0 * torch.randn(conditions.prefill.shape, generator=generator),
+                torch.tensor(5.0),
+                conditions,
+            )
+            for _ in range(4)
+        ]
+    expected = torch.where(
+        conditions.known, conditions.render, (sum(estimates) / 4).clamp(-1.0, 1.0)
+    )
+    torch.testing.assert_close(run(four, 3), expected, atol=1e-5, rtol=0)
+    # The control: averaging removes most of the seed's share of the output.
+    holes = ~conditions.known.expand_as(one_euler)
+    spread_one = (run(EDMSamplerConfig(num_steps=1), 1) - one_euler)[holes].std()
+    spread_four = (run(four, 1) - run(four, 0))[holes].std()
+    assert spread_four < 0.75 * spread_one

@@ -60,7 +60,7 @@ RAY_CHANNELS = 6
 MAX_EVALUATIONS = 4
 """Most network evaluations a sampler may spend on a frame (issue 29: <= 4 per chunk)."""
 
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun", "mean")
 """Values of :attr:`EDMSamplerConfig.solver`."""
 
 _CONFIGS: dict[str, dict[str, Any]] = {
@@ -347,7 +347,11 @@ class EDMSamplerConfig:
         sigma_min: the last non-zero noise level, in (0, sigma_max).
         sigma_max: the first noise level, in (sigma_min, 1000].
         rho: the schedule's curvature (EDM's 7), in [1, 100].
-        solver: ``"euler"`` (first order) or ``"heun"`` (second order).
+        solver: ``"euler"`` (first order), ``"heun"`` (second order), or ``"mean"``: the
+            average of ``num_steps`` one-step estimates ``D(p + sigma_max n_k; sigma_max)`` from
+            independent noises, an estimate of the posterior mean (the PSNR-optimal output;
+            it has no sample's structure). The mean of 4 was 0.34 dB above the harmonic fill on
+            validation holes where one Euler step was 0.07 below (docs/pixel_generator.md).
     """
 
     num_steps: int = 3
@@ -382,7 +386,7 @@ class EDMSamplerConfig:
     @property
     def evaluations(self) -> int:
         """Network evaluations per frame."""
-        return self.num_steps if self.solver == "euler" else 2 * self.num_steps - 1
+        return 2 * self.num_steps - 1 if self.solver == "heun" else self.num_steps
 
     def sigmas(self) -> Tensor:
         """(num_steps + 1,) float64 noise levels, ``sigma_max`` down to ``sigma_min``, then 0."""
@@ -402,7 +406,7 @@ def sample_frames(
     generator: torch.Generator | list[torch.Generator] | None,
     keep_known: bool = True,
 ) -> Tensor:
-    """Sample B frames with EDM's deterministic Euler / Heun solver.
+    """Sample B frames with EDM's deterministic Euler / Heun solver (or estimate their mean).
 
     The start is ``p + sigma_max * n`` (``p`` the prefill for a residual model, else 0) with
     ``n`` drawn from ``generator`` (one generator per row makes each row independent of the
@@ -420,11 +424,20 @@ def sample_frames(
         (B, 4, H, W) pixels in [-1, 1] (:meth:`PixelDenoiser.from_pixels` converts).
     """
     prefill = conditions.prefill
-    noise = randn_tensor(
-        tuple(prefill.shape), generator=generator, device=prefill.device, dtype=prefill.dtype
-    )
+
+    def draw() -> Tensor:
+        shape = tuple(prefill.shape)
+        return randn_tensor(shape, generator=generator, device=prefill.device, dtype=prefill.dtype)
+
+    noise = draw()
     sigmas = config.sigmas().tolist()
     base = prefill if model.config.residual else torch.zeros_like(prefill)
+    if config.solver == "mean":  # num_steps one-step estimates from independent noises
+        top = torch.tensor(config.sigma_max)
+        x = model(base + config.sigma_max * noise, top, conditions)
+        for _ in range(config.num_steps - 1):
+            x = x + model(base + config.sigma_max * draw(), top, conditions)
+        return _finish(x / config.num_steps, conditions, keep_known)
     x = base + sigmas[0] * noise
     for index, (sigma, following) in enumerate(itertools.pairwise(sigmas)):
         denoised = model(x, torch.tensor(sigma), conditions)
@@ -435,6 +448,11 @@ def sample_frames(
             slope = 0.5 * (slope + (step - corrected) / following)
             step = x + (following - sigma) * slope
         x = step
+    return _finish(x, conditions, keep_known)
+
+
+def _finish(x: Tensor, conditions: PixelConditions, keep_known: bool) -> Tensor:
+    """Clamp to the pixel range; with ``keep_known``, the render's pixels where it covers."""
     x = x.clamp(-1.0, 1.0)
     if keep_known:
         x = torch.where(conditions.known, conditions.render, x)
