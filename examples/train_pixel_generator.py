@@ -137,7 +137,8 @@ def write_samples(model: PixelDenoiser, index: PixelIndex, args: Args, path: Pat
 
 def attach(args: Args) -> None:
     """Write ``<output-dir>/model`` (and its sampler) into the world model ``--attach-to``."""
-    from worldsim.models.world_model import PIXEL_GENERATOR_FOLDER, WorldModel, load_pixel_sampler
+    from worldsim.models.pixel_denoiser import load_pixel_sampler
+    from worldsim.models.world_model import PIXEL_GENERATOR_FOLDER, WorldModel
 
     if args.attach_to is None:
         raise ValueError("--stage attach needs --attach-to, a world-model checkpoint folder")
@@ -151,7 +152,7 @@ def attach(args: Args) -> None:
     world.attach_pixel_generator(generator, load_pixel_sampler(folder))  # refuses a misfit
     target = args.attach_to / PIXEL_GENERATOR_FOLDER
     world.pixel_generator.save_pretrained(target)
-    (target / "sampler.json").write_text((folder / "sampler.json").read_text())
+    world.pixel_sampler.save(target)
     print(f"attached {str(folder)!r} to {str(args.attach_to)!r} ({str(target)!r})")
 
 

@@ -35,7 +35,7 @@ from worldsim.data import ClipConfig, ClipDataset, collate_clips
 from worldsim.geometry import relative_pose
 from worldsim.memory import RenderedMemory
 from worldsim.models.pixel_denoiser import PixelConditions, PixelDenoiser
-from worldsim.simulator.chunks import insert_clip_memory, insert_frames
+from worldsim.simulator.chunks import insert_clip_memory, insert_frames, render_age
 
 INDEX_FORMAT = "persistent-world-pixel-index-1"
 """Format tag of an index's ``index.json``."""
@@ -152,7 +152,7 @@ def render_clips(batch: dict[str, Any], n_context: int, max_depth_m: float) -> d
     size = tuple(batch["rgb"].shape[-2:])
     render = memory.render(future, batch["intrinsics"][:, n_context:], size)
     known = render.mask & render.observed & (render.depth <= max_depth_m)
-    age = (memory.steps[:, None, None, None, None] - render.last_seen).float()
+    age = render_age(memory, render)  # (B, F, 1, H, W)
     return {
         "context_rgb": batch["rgb"][:, context],
         "context_depth": batch["depth"][:, context],

@@ -34,9 +34,13 @@ apart from models: nothing about sampling is saved in the model's ``config.json`
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -48,7 +52,7 @@ from torch import Tensor
 
 from worldsim.geometry import DEFAULT_MAX_DEPTH_M, plucker_rays
 from worldsim.memory.fills import FILLS, fill_holes
-from worldsim.models.pretrained import ModelMixin
+from worldsim.models.pretrained import ModelMixin, read_config
 
 TIME_SCALE = 1000.0
 """``c_noise`` is multiplied by this before the sinusoidal embedding (frequencies 1 to 1e-4), so
@@ -62,6 +66,8 @@ MAX_EVALUATIONS = 4
 
 SOLVERS = ("euler", "heun", "mean")
 """Values of :attr:`EDMSamplerConfig.solver`."""
+SAMPLER_FILE = "sampler.json"
+"""An :class:`EDMSamplerConfig` beside a generator's weights (:meth:`EDMSamplerConfig.save`)."""
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -383,6 +389,12 @@ class EDMSamplerConfig:
         if not 1 <= self.rho <= 100:
             raise ValueError(f"{owner}.rho must be in [1, 100], got {self.rho}")
 
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the settings to ``folder/sampler.json`` (:func:`load_pixel_sampler` reads it)."""
+        path = Path(folder) / SAMPLER_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
     @property
     def evaluations(self) -> int:
         """Network evaluations per frame."""
@@ -474,3 +486,23 @@ def edm_loss_weight(sigma: Tensor, sigma_data: float) -> Tensor:
 def count_parameters(model: torch.nn.Module) -> int:
     """Trainable parameters of a model."""
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def load_pixel_sampler(folder: str | os.PathLike) -> EDMSamplerConfig:
+    """The :class:`EDMSamplerConfig` in ``folder/sampler.json`` (the defaults without one).
+
+    Raises:
+        ValueError: a malformed file or setting, naming the file.
+    """
+    path = Path(folder) / SAMPLER_FILE
+    if not path.is_file():
+        return EDMSamplerConfig()
+    values = read_config(path)
+    try:
+        allowed = {field.name for field in dataclasses.fields(EDMSamplerConfig)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; allowed are {sorted(allowed)}")
+        return EDMSamplerConfig(**values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{str(path)!r}: {error}") from None

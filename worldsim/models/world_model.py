@@ -27,9 +27,7 @@ inpaint what is not". ``memory_token_dim=0`` without a render is the no-memory (
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -47,18 +45,16 @@ from worldsim.geometry import (
     intrinsics_from_hfov,
     plucker_rays,
 )
-from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser
-from worldsim.models.pretrained import ModelMixin, check_pretrained_folder, read_config
+from worldsim.models.pixel_denoiser import EDMSamplerConfig, PixelDenoiser, load_pixel_sampler
+from worldsim.models.pretrained import ModelMixin, check_pretrained_folder
 from worldsim.models.transformer import WorldTransformer
 from worldsim.models.vae import RGBDAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "world_model_small"
+"""Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
 PIXEL_GENERATOR_FOLDER = "pixel_generator"
 """Sub-folder of a checkpoint holding its pixel generator (:meth:`WorldModel.attach_pixel_generator`
 writes it there): the :class:`PixelDenoiser`'s config, weights and ``sampler.json``."""
-PIXEL_SAMPLER_FILE = "sampler.json"
-"""The pixel generator's :class:`EDMSamplerConfig`, beside its weights."""
-"""Folder of the embedded default checkpoint loaded by ``WorldModel.from_pretrained()``."""
 LEGACY_SAMPLER_KEYS = (
     "num_inference_steps",
     "render_init",
@@ -323,8 +319,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         if generator is not None:
             folder = Path(save_directory) / PIXEL_GENERATOR_FOLDER
             generator.save_pretrained(folder)
-            text = json.dumps(dataclasses.asdict(self.pixel_sampler), indent=2) + "\n"
-            (folder / PIXEL_SAMPLER_FILE).write_text(text)
+            self.pixel_sampler.save(folder)
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
@@ -640,23 +635,3 @@ class WorldModel(ModelMixin, ConfigMixin):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Alias of :meth:`predict` (so wrappers such as DDP see the transformer call)."""
         return self.predict(*args, **kwargs)
-
-
-def load_pixel_sampler(folder: str | os.PathLike) -> EDMSamplerConfig:
-    """The :class:`EDMSamplerConfig` in ``folder/sampler.json`` (the defaults without one).
-
-    Raises:
-        ValueError: a malformed file or setting, naming the file.
-    """
-    path = Path(folder) / PIXEL_SAMPLER_FILE
-    if not path.is_file():
-        return EDMSamplerConfig()
-    values = read_config(path)
-    try:
-        allowed = {field.name for field in dataclasses.fields(EDMSamplerConfig)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(f"unknown settings {unknown}; allowed are {sorted(allowed)}")
-        return EDMSamplerConfig(**values)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{str(path)!r}: {error}") from None

@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,7 @@ class PixelTrainer:
         """Save the EMA model to ``<output_dir>/model`` with the sampler's ``sampler.json``."""
         folder = self.output_dir / "model"
         self.ema_model().save_pretrained(folder)
-        (folder / "sampler.json").write_text(json.dumps(asdict(self.sampler), indent=2) + "\n")
+        self.sampler.save(folder)
         return folder
 
     # ----------------------------------------------------------------------------- training
